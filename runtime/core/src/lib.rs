@@ -1,0 +1,20 @@
+//! twill's domain core: the network config as flannel reads it from etcd, IPv4 subnet
+//! math and allocation, the lease model with flannel's JSON, the set of remote peers
+//! and subnet.env. Everything here is pure — no sockets, no kernel, no clock reads
+//! except where a caller passes the time in — so most of twill's tests live here.
+#![forbid(unsafe_code)]
+
+pub mod acquire;
+pub mod config;
+mod json;
+pub mod lease;
+pub mod mac;
+pub mod peers;
+pub mod subnet;
+pub mod subnet_env;
+
+pub use config::{BackendConfig, Config, ConfigError};
+pub use lease::{Lease, LeaseAttrs, LeaseError, LeaseEvent};
+pub use mac::MacAddr;
+pub use peers::PeerSet;
+pub use subnet::{Subnet, SubnetError};

@@ -1,0 +1,77 @@
+//! subnet.env exactly as flannel writes it (`subnet.WriteSubnetFile`), and reading back
+//! `FLANNEL_SUBNET` to prefer the previous subnet on restart.
+
+use std::net::Ipv4Addr;
+
+use crate::subnet::Subnet;
+
+/// What goes into subnet.env.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetEnv {
+    /// The cluster network.
+    pub network: Subnet,
+    /// The node's subnet.
+    pub subnet: Subnet,
+    /// The MTU pods should use.
+    pub mtu: u32,
+    /// Whether the daemon masquerades traffic leaving the network.
+    pub ip_masq: bool,
+}
+
+impl SubnetEnv {
+    /// The file's text: `FLANNEL_SUBNET` is the first host address with the subnet's prefix.
+    pub fn render(&self) -> String {
+        format!(
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.network,
+            self.subnet.first_host(),
+            self.subnet.prefix(),
+            self.mtu,
+            self.ip_masq
+        )
+    }
+}
+
+/// The subnet recorded in a subnet.env text (`FLANNEL_SUBNET=10.244.1.1/24` gives
+/// `10.244.1.0/24`), if it has a valid one.
+pub fn previous_subnet(text: &str) -> Option<Subnet> {
+    let value = text.lines().find_map(|line| {
+        let (key, value) = line.trim().split_once('=')?;
+        (key.trim() == "FLANNEL_SUBNET").then(|| value.trim().trim_matches('"'))
+    })?;
+    // A leftover from multi-network flannel: the value may be a comma list.
+    let first = value.split(',').next()?;
+    let (addr, prefix) = first.split_once('/')?;
+    let addr: Ipv4Addr = addr.parse().ok()?;
+    Subnet::containing(addr, prefix.parse().ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_flannels_format() {
+        let env = SubnetEnv {
+            network: "10.244.0.0/16".parse().expect("s"),
+            subnet: "10.244.1.0/24".parse().expect("s"),
+            mtu: 1450,
+            ip_masq: false,
+        };
+        assert_eq!(
+            env.render(),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
+        assert_eq!(previous_subnet(&env.render()), Some(env.subnet));
+    }
+
+    #[test]
+    fn reads_previous_subnet_leniently() {
+        assert_eq!(
+            previous_subnet("FLANNEL_SUBNET=10.1.2.1/24,10.9.0.1/24"),
+            Some("10.1.2.0/24".parse().expect("s"))
+        );
+        assert_eq!(previous_subnet("FLANNEL_NETWORK=10.0.0.0/8\n"), None);
+        assert_eq!(previous_subnet("FLANNEL_SUBNET=garbage"), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! Recording fake kernel (to be written).

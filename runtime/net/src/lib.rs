@@ -1,0 +1,183 @@
+//! twill's kernel seam. Everything privileged that a backend asks for — links,
+//! addresses, routes, neighbours, FDB entries, route lookups — goes through the
+//! [`Kernel`] trait; [`Netlink`] implements it over rtnetlink in the calling process's
+//! network namespace, and a recording in-memory fake (feature `test-util`) stands in
+//! for it in unit tests.
+//!
+//! The methods are blocking: they are called from the plugin threads, which are not
+//! tokio workers. Async code calls them through `spawn_blocking`.
+//!
+//! This crate does not decide what may be touched; the plugin host checks every
+//! request against the plugin's grant before it gets here.
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
+mod netlink;
+
+use std::net::Ipv4Addr;
+
+use twill_core::{MacAddr, Subnet};
+
+pub use netlink::Netlink;
+
+/// A kernel network interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// The link kind from IFLA_INFO_KIND (`vxlan`, `bridge`, `veth`, …); `None` for
+    /// physical devices and loopback.
+    pub kind: Option<String>,
+    /// MTU in bytes.
+    pub mtu: u32,
+    /// Hardware address, for Ethernet-like links.
+    pub mac: Option<MacAddr>,
+    /// Whether the link is administratively up.
+    pub up: bool,
+    /// VXLAN attributes, when `kind` is `vxlan`.
+    pub vxlan: Option<VxlanInfo>,
+}
+
+/// The attributes of an existing VXLAN link that decide whether it can be kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanInfo {
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// UDP destination port.
+    pub port: u16,
+    /// Local (source) address.
+    pub local: Option<Ipv4Addr>,
+    /// The underlay device index (IFLA_VXLAN_LINK).
+    pub underlay: Option<u32>,
+    /// Whether the link learns remote MACs.
+    pub learning: bool,
+}
+
+/// A VXLAN link to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    /// Device name, e.g. `flannel.1`.
+    pub name: String,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// UDP destination port (8472 for flannel).
+    pub port: u16,
+    /// Local (source) address: the node's public IP.
+    pub local: Ipv4Addr,
+    /// Index of the underlay device.
+    pub underlay: u32,
+    /// Whether the link learns remote MACs (flannel: off).
+    pub learning: bool,
+    /// The MAC to give the link at creation.
+    pub mac: MacAddr,
+}
+
+/// An IPv4 address on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrInfo {
+    /// Interface index.
+    pub index: u32,
+    /// The address.
+    pub addr: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+/// An IPv4 unicast route in the main table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Destination.
+    pub dst: Subnet,
+    /// Next hop, if any.
+    pub gateway: Option<Ipv4Addr>,
+    /// Output interface index, if any.
+    pub oif: Option<u32>,
+    /// RTNH_F_ONLINK: the gateway is on the link even if no prefix says so.
+    pub onlink: bool,
+}
+
+/// What `ip route get` answers for a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteLookup {
+    /// The next hop, or `None` when the destination is on-link.
+    pub gateway: Option<Ipv4Addr>,
+    /// The output interface.
+    pub oif: u32,
+    /// The preferred source address.
+    pub prefsrc: Option<Ipv4Addr>,
+}
+
+/// A kernel request that failed. Each case names the operation and its object.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A netlink request failed.
+    #[error("{op} {object}: {message}")]
+    Request {
+        /// The operation (`create vxlan`, `replace route`, …).
+        op: &'static str,
+        /// What it was about (device name, route, address).
+        object: String,
+        /// The kernel's or the library's message.
+        message: String,
+        /// The errno, when the kernel gave one.
+        errno: Option<i32>,
+    },
+    /// The netlink socket could not be opened.
+    #[error("open netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+}
+
+impl NetError {
+    /// The kernel's errno, if the failure carried one (e.g. `libc::EEXIST`).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetError::Request { errno, .. } => *errno,
+            NetError::Socket(e) => e.raw_os_error(),
+        }
+    }
+}
+
+/// The kernel operations twill needs, all in the caller's network namespace. Every
+/// mutating call is idempotent where the kernel allows it (`replace` semantics):
+/// replaying the same request leaves the same state.
+pub trait Kernel: Send + Sync + 'static {
+    /// Every link.
+    fn links(&self) -> Result<Vec<LinkInfo>, NetError>;
+    /// The link with this name, if any.
+    fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetError>;
+    /// The link with this index, if any.
+    fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, NetError>;
+    /// Create a VXLAN link (fails with EEXIST if the name is taken).
+    fn create_vxlan(&self, spec: &VxlanSpec) -> Result<LinkInfo, NetError>;
+    /// Delete a link.
+    fn delete_link(&self, index: u32) -> Result<(), NetError>;
+    /// Set a link administratively up.
+    fn set_link_up(&self, index: u32) -> Result<(), NetError>;
+    /// Set a link's MTU.
+    fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetError>;
+    /// Every IPv4 address on every link.
+    fn addrs(&self) -> Result<Vec<AddrInfo>, NetError>;
+    /// Add an IPv4 address (EEXIST if present).
+    fn add_addr(&self, addr: AddrInfo) -> Result<(), NetError>;
+    /// Remove an IPv4 address.
+    fn del_addr(&self, addr: AddrInfo) -> Result<(), NetError>;
+    /// Every IPv4 unicast route in the main table.
+    fn routes(&self) -> Result<Vec<Route>, NetError>;
+    /// Add or replace a route (`ip route replace`), protocol boot, scope universe.
+    fn replace_route(&self, route: &Route) -> Result<(), NetError>;
+    /// Delete a route (ESRCH/ENOENT when absent).
+    fn del_route(&self, route: &Route) -> Result<(), NetError>;
+    /// Ask the kernel how it would reach `dst` (`ip route get`).
+    fn route_get(&self, dst: Ipv4Addr) -> Result<RouteLookup, NetError>;
+    /// Add or replace a permanent ARP entry `ip → mac` on a link.
+    fn replace_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<(), NetError>;
+    /// Delete an ARP entry.
+    fn del_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetError>;
+    /// Add or replace a permanent FDB entry `mac → dst` on a VXLAN link (NTF_SELF,
+    /// `bridge fdb replace <mac> dev <link> dst <dst>`).
+    fn replace_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetError>;
+    /// Delete an FDB entry.
+    fn del_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetError>;
+}

@@ -1,0 +1,106 @@
+//! twill's lease store: the [`LeaseStore`] trait every store implements, the etcd
+//! implementation with flannel's key layout (`<prefix>/config`,
+//! `<prefix>/subnets/10.244.1.0-24`), and [`acquire`], which holds a lease the way
+//! flannel does and retries a lost create race instead of exiting.
+//!
+//! This crate talks to the store only; it never touches the kernel.
+#![forbid(unsafe_code)]
+
+mod etcd;
+mod manager;
+
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use twill_core::subnet::Subnet;
+
+pub use etcd::{EtcdOptions, EtcdStore};
+pub use manager::{AcquireError, Acquired, acquire};
+
+/// flannel's lease TTL.
+pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A store revision (etcd's header revision).
+pub type Revision = i64;
+
+/// Whether a transactional create won.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The key was created; the lease runs out at this time.
+    Won(SystemTime),
+    /// Another node holds the key.
+    Lost,
+}
+
+/// What a lease watch delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A full listing: sent first, and again after a reconnect that lost history
+    /// (compaction). The receiver diffs it against what it knows.
+    Snapshot(Vec<Lease>),
+    /// Changes since the previous delivery, in store order.
+    Events(Vec<LeaseEvent>),
+}
+
+/// A store failure. Store content that does not parse is never an error here: such
+/// keys are skipped with a warning naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or refused the request.
+    #[error("etcd request {op} failed")]
+    Etcd {
+        /// The operation that failed (`get config`, `list leases`, …).
+        op: &'static str,
+        /// The client error.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// Connecting to the endpoints failed.
+    #[error("cannot connect to etcd at {endpoints}")]
+    Connect {
+        /// The endpoints tried, comma-separated.
+        endpoints: String,
+        /// The client error.
+        #[source]
+        source: etcd_client::Error,
+    },
+}
+
+/// Where leases live. Implementations keep flannel's semantics: leases expire after
+/// their TTL unless renewed, creation is transactional, watches resume from a revision.
+pub trait LeaseStore: Send + Sync + 'static {
+    /// The network config text at `<prefix>/config`, or `None` if it is not there yet.
+    fn get_config(&self) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// Every lease that parses, and the revision of the listing.
+    fn list_leases(
+        &self,
+    ) -> impl Future<Output = Result<(Vec<Lease>, Revision), StoreError>> + Send;
+
+    /// Create the lease only if no key exists for `subnet` (etcd: key version = 0).
+    fn create_lease(
+        &self,
+        subnet: Subnet,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Created, StoreError>> + Send;
+
+    /// Write the lease unconditionally with a fresh TTL and return its new expiry —
+    /// except a reservation (a key with no TTL), which stays without one and returns
+    /// `None`.
+    fn renew_lease(
+        &self,
+        subnet: Subnet,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<SystemTime>, StoreError>> + Send;
+
+    /// Delete the lease for `subnet` (absent is not an error).
+    fn delete_lease(&self, subnet: Subnet) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Watch every lease: a [`WatchEvent::Snapshot`] first (a fresh listing), then
+    /// changes. Reconnects with backoff and re-lists after compaction on its own; the
+    /// stream ends only when it is dropped.
+    fn watch_leases(&self) -> impl Stream<Item = WatchEvent> + Send + 'static;
+}
