@@ -68,6 +68,11 @@ impl Subnet {
         })
     }
 
+    /// The /32 holding exactly `addr`.
+    pub fn host(addr: Ipv4Addr) -> Self {
+        Self { addr, prefix: 32 }
+    }
+
     /// The network address.
     pub fn addr(&self) -> Ipv4Addr {
         self.addr

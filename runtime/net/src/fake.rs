@@ -1,1 +1,853 @@
-//! Recording fake kernel (to be written).
+//! A recording, in-memory [`Kernel`] for tests.
+//!
+//! [`FakeKernel`] keeps links, IPv4 addresses, main-table routes, permanent ARP
+//! entries and VXLAN FDB entries, applies the trait's calls to them with the kernel's
+//! semantics where twill depends on them (replace is idempotent, creating a taken
+//! name is `EEXIST`, deleting what is absent fails, deleting a link drops everything
+//! on it, a VXLAN link's MTU is its underlay's minus 50), and records every mutating
+//! call — successful or not — as a [`Call`].
+//!
+//! It does not model the kernel's own routes: adding an address adds no prefix route,
+//! and [`Kernel::route_get`] answers only from the routes given to it.
+//!
+//! ```
+//! use twill_net::Kernel;
+//! use twill_net::fake::{Call, FakeKernel};
+//!
+//! let kernel = FakeKernel::new().with_link("eth0", 1500, "192.168.1.10".parse().unwrap(), 24);
+//! let eth0 = kernel.link_by_name("eth0").unwrap().unwrap();
+//! kernel.set_mtu(eth0.index, 9000).unwrap();
+//! assert_eq!(kernel.calls(), vec![Call::SetMtu { index: eth0.index, mtu: 9000 }]);
+//! ```
+
+use std::net::Ipv4Addr;
+use std::sync::{Mutex, MutexGuard};
+
+use twill_core::{MacAddr, Subnet};
+
+use crate::{
+    AddrInfo, FdbEntry, Kernel, LinkInfo, NetError, Neighbour, Route, RouteLookup, VxlanInfo,
+    VxlanSpec,
+};
+
+/// The headroom the kernel subtracts from the underlay MTU for a VXLAN link over IPv4.
+const VXLAN_HEADROOM: u32 = 50;
+
+/// One mutating call made on a [`FakeKernel`], with its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// [`Kernel::create_vxlan`].
+    CreateVxlan(VxlanSpec),
+    /// [`Kernel::delete_link`].
+    DeleteLink(u32),
+    /// [`Kernel::set_link_up`].
+    SetLinkUp(u32),
+    /// [`Kernel::set_mtu`].
+    SetMtu {
+        /// Interface index.
+        index: u32,
+        /// The new MTU.
+        mtu: u32,
+    },
+    /// [`Kernel::add_addr`].
+    AddAddr(AddrInfo),
+    /// [`Kernel::del_addr`].
+    DelAddr(AddrInfo),
+    /// [`Kernel::replace_route`].
+    ReplaceRoute(Route),
+    /// [`Kernel::del_route`].
+    DelRoute(Route),
+    /// [`Kernel::replace_neighbour`].
+    ReplaceNeighbour {
+        /// Interface index.
+        index: u32,
+        /// Neighbour address.
+        ip: Ipv4Addr,
+        /// Its MAC.
+        mac: MacAddr,
+    },
+    /// [`Kernel::del_neighbour`].
+    DelNeighbour {
+        /// Interface index.
+        index: u32,
+        /// Neighbour address.
+        ip: Ipv4Addr,
+    },
+    /// [`Kernel::replace_fdb`].
+    ReplaceFdb {
+        /// Interface index.
+        index: u32,
+        /// Remote MAC.
+        mac: MacAddr,
+        /// Remote underlay address.
+        dst: Ipv4Addr,
+    },
+    /// [`Kernel::del_fdb`].
+    DelFdb {
+        /// Interface index.
+        index: u32,
+        /// Remote MAC.
+        mac: MacAddr,
+        /// Remote underlay address.
+        dst: Ipv4Addr,
+    },
+}
+
+/// Which [`Kernel`] method a [`Call`] is, for [`FakeKernel::fail_next`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// [`Kernel::create_vxlan`].
+    CreateVxlan,
+    /// [`Kernel::delete_link`].
+    DeleteLink,
+    /// [`Kernel::set_link_up`].
+    SetLinkUp,
+    /// [`Kernel::set_mtu`].
+    SetMtu,
+    /// [`Kernel::add_addr`].
+    AddAddr,
+    /// [`Kernel::del_addr`].
+    DelAddr,
+    /// [`Kernel::replace_route`].
+    ReplaceRoute,
+    /// [`Kernel::del_route`].
+    DelRoute,
+    /// [`Kernel::replace_neighbour`].
+    ReplaceNeighbour,
+    /// [`Kernel::del_neighbour`].
+    DelNeighbour,
+    /// [`Kernel::replace_fdb`].
+    ReplaceFdb,
+    /// [`Kernel::del_fdb`].
+    DelFdb,
+}
+
+impl Call {
+    /// Which method this call is.
+    pub fn op(&self) -> Op {
+        match self {
+            Call::CreateVxlan(_) => Op::CreateVxlan,
+            Call::DeleteLink(_) => Op::DeleteLink,
+            Call::SetLinkUp(_) => Op::SetLinkUp,
+            Call::SetMtu { .. } => Op::SetMtu,
+            Call::AddAddr(_) => Op::AddAddr,
+            Call::DelAddr(_) => Op::DelAddr,
+            Call::ReplaceRoute(_) => Op::ReplaceRoute,
+            Call::DelRoute(_) => Op::DelRoute,
+            Call::ReplaceNeighbour { .. } => Op::ReplaceNeighbour,
+            Call::DelNeighbour { .. } => Op::DelNeighbour,
+            Call::ReplaceFdb { .. } => Op::ReplaceFdb,
+            Call::DelFdb { .. } => Op::DelFdb,
+        }
+    }
+
+    fn describe(&self) -> (&'static str, String) {
+        match self {
+            Call::CreateVxlan(spec) => ("create vxlan", spec.name.clone()),
+            Call::DeleteLink(index) => ("delete link", format!("#{index}")),
+            Call::SetLinkUp(index) => ("set link up", format!("#{index}")),
+            Call::SetMtu { index, mtu } => ("set mtu", format!("#{index} mtu {mtu}")),
+            Call::AddAddr(a) => ("add address", describe_addr(a)),
+            Call::DelAddr(a) => ("delete address", describe_addr(a)),
+            Call::ReplaceRoute(r) => ("replace route", r.dst.to_string()),
+            Call::DelRoute(r) => ("delete route", r.dst.to_string()),
+            Call::ReplaceNeighbour { index, ip, mac } => (
+                "replace neighbour",
+                format!("{ip} lladdr {mac} dev #{index}"),
+            ),
+            Call::DelNeighbour { index, ip } => ("delete neighbour", format!("{ip} dev #{index}")),
+            Call::ReplaceFdb { index, mac, dst } => {
+                ("replace fdb", format!("{mac} dst {dst} dev #{index}"))
+            }
+            Call::DelFdb { index, mac, dst } => {
+                ("delete fdb", format!("{mac} dst {dst} dev #{index}"))
+            }
+        }
+    }
+}
+
+fn describe_addr(a: &AddrInfo) -> String {
+    format!("{}/{} dev #{}", a.addr, a.prefix, a.index)
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Sorted by index.
+    links: Vec<LinkInfo>,
+    next_index: u32,
+    addrs: Vec<AddrInfo>,
+    routes: Vec<Route>,
+    neighbours: Vec<Neighbour>,
+    fdb: Vec<FdbEntry>,
+    calls: Vec<Call>,
+    failures: Vec<(Op, i32)>,
+}
+
+impl State {
+    fn link(&self, index: u32) -> Option<&LinkInfo> {
+        self.links.iter().find(|l| l.index == index)
+    }
+
+    fn link_mut(&mut self, index: u32) -> Option<&mut LinkInfo> {
+        self.links.iter_mut().find(|l| l.index == index)
+    }
+
+    fn add_link(&mut self, mut link: LinkInfo) -> u32 {
+        self.next_index = self.next_index.max(1);
+        link.index = self.next_index;
+        self.next_index += 1;
+        let index = link.index;
+        self.links.push(link);
+        index
+    }
+
+    /// The route `ip route get` would pick: the longest matching prefix.
+    fn lookup(&self, dst: Ipv4Addr) -> Option<&Route> {
+        self.routes
+            .iter()
+            .filter(|r| r.dst.contains(dst))
+            .max_by_key(|r| r.dst.prefix())
+    }
+}
+
+/// An in-memory [`Kernel`] that records every mutating call. See the module docs.
+#[derive(Debug)]
+pub struct FakeKernel {
+    state: Mutex<State>,
+}
+
+impl Default for FakeKernel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The error the real kernel would give, in the shape [`Netlink`](crate::Netlink)
+/// reports it.
+fn kernel_error(op: &'static str, object: String, errno: i32) -> NetError {
+    NetError::Request {
+        op,
+        object,
+        message: std::io::Error::from_raw_os_error(errno).to_string(),
+        errno: Some(errno),
+    }
+}
+
+impl FakeKernel {
+    /// A kernel with only `lo` (index 1, up, 127.0.0.1/8).
+    pub fn new() -> Self {
+        let mut state = State::default();
+        let lo = state.add_link(LinkInfo {
+            index: 0,
+            name: "lo".to_owned(),
+            kind: None,
+            mtu: 65536,
+            mac: Some(MacAddr([0; 6])),
+            up: true,
+            vxlan: None,
+        });
+        state.addrs.push(AddrInfo {
+            index: lo,
+            addr: Ipv4Addr::LOCALHOST,
+            prefix: 8,
+        });
+        Self {
+            state: Mutex::new(state),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Add an up Ethernet link (a NIC such as `eth0`) with one address, as a
+    /// builder. Its MAC is `02:00:00:00:00:<index>`. Not recorded as a call.
+    pub fn with_link(self, name: &str, mtu: u32, addr: Ipv4Addr, prefix: u8) -> Self {
+        self.add_link(name, mtu, addr, prefix);
+        self
+    }
+
+    /// Like [`with_link`](Self::with_link) on a shared kernel; returns the new
+    /// link's index.
+    pub fn add_link(&self, name: &str, mtu: u32, addr: Ipv4Addr, prefix: u8) -> u32 {
+        let mut st = self.lock();
+        let index = st.add_link(LinkInfo {
+            index: 0,
+            name: name.to_owned(),
+            kind: None,
+            mtu,
+            mac: None,
+            up: true,
+            vxlan: None,
+        });
+        if let Some(link) = st.link_mut(index) {
+            link.mac = Some(MacAddr([0x02, 0, 0, 0, 0, index.to_le_bytes()[0]]));
+        }
+        st.addrs.push(AddrInfo {
+            index,
+            addr,
+            prefix,
+        });
+        index
+    }
+
+    /// Seed a link as given (its index is assigned), as a builder. Not recorded.
+    pub fn with_link_info(self, link: LinkInfo) -> Self {
+        self.lock().add_link(link);
+        self
+    }
+
+    /// Seed an address, as a builder. Not recorded.
+    pub fn with_addr(self, addr: AddrInfo) -> Self {
+        self.lock().addrs.push(addr);
+        self
+    }
+
+    /// Seed a route, as a builder (e.g. the default route via the NIC, so that
+    /// [`Kernel::route_get`] can answer). Not recorded.
+    pub fn with_route(self, route: Route) -> Self {
+        self.lock().routes.push(route);
+        self
+    }
+
+    /// Make the next call of `op` fail with `errno` (before changing anything; the
+    /// call is still recorded). Several may be queued.
+    pub fn fail_next(&self, op: Op, errno: i32) {
+        self.lock().failures.push((op, errno));
+    }
+
+    /// Every mutating call so far, oldest first.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Every mutating call so far, and forget them.
+    pub fn take_calls(&self) -> Vec<Call> {
+        std::mem::take(&mut self.lock().calls)
+    }
+
+    /// The current routes, in insertion order.
+    pub fn routes(&self) -> Vec<Route> {
+        self.lock().routes.clone()
+    }
+
+    /// The current ARP entries, in insertion order.
+    pub fn neighbours(&self) -> Vec<Neighbour> {
+        self.lock().neighbours.clone()
+    }
+
+    /// The current FDB entries, in insertion order.
+    pub fn fdb(&self) -> Vec<FdbEntry> {
+        self.lock().fdb.clone()
+    }
+
+    /// The current addresses, in insertion order.
+    pub fn addrs(&self) -> Vec<AddrInfo> {
+        self.lock().addrs.clone()
+    }
+
+    /// The current links, by index.
+    pub fn links(&self) -> Vec<LinkInfo> {
+        self.lock().links.clone()
+    }
+
+    /// Record `call`, then apply it unless a failure was queued for it.
+    fn mutate<T>(
+        &self,
+        call: Call,
+        apply: impl FnOnce(&mut State) -> Result<T, i32>,
+    ) -> Result<T, NetError> {
+        let mut st = self.lock();
+        st.calls.push(call.clone());
+        let op = call.op();
+        let result = match st.failures.iter().position(|(o, _)| *o == op) {
+            Some(pos) => Err(st.failures.remove(pos).1),
+            None => apply(&mut st),
+        };
+        result.map_err(|errno| {
+            let (op, object) = call.describe();
+            kernel_error(op, object, errno)
+        })
+    }
+}
+
+fn require_link(st: &State, index: u32) -> Result<(), i32> {
+    st.link(index).map(|_| ()).ok_or(libc::ENODEV)
+}
+
+impl Kernel for FakeKernel {
+    fn links(&self) -> Result<Vec<LinkInfo>, NetError> {
+        Ok(self.lock().links.clone())
+    }
+
+    fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetError> {
+        Ok(self.lock().links.iter().find(|l| l.name == name).cloned())
+    }
+
+    fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, NetError> {
+        Ok(self.lock().link(index).cloned())
+    }
+
+    fn create_vxlan(&self, spec: &VxlanSpec) -> Result<LinkInfo, NetError> {
+        self.mutate(Call::CreateVxlan(spec.clone()), |st| {
+            if st.links.iter().any(|l| l.name == spec.name) {
+                return Err(libc::EEXIST);
+            }
+            let underlay = st.link(spec.underlay).ok_or(libc::ENODEV)?;
+            let mtu = underlay.mtu.saturating_sub(VXLAN_HEADROOM);
+            let index = st.add_link(LinkInfo {
+                index: 0,
+                name: spec.name.clone(),
+                kind: Some("vxlan".to_owned()),
+                mtu,
+                mac: Some(spec.mac),
+                up: false,
+                vxlan: Some(VxlanInfo {
+                    vni: spec.vni,
+                    port: spec.port,
+                    local: Some(spec.local),
+                    underlay: Some(spec.underlay),
+                    learning: spec.learning,
+                }),
+            });
+            st.link(index).cloned().ok_or(libc::ENODEV)
+        })
+    }
+
+    fn delete_link(&self, index: u32) -> Result<(), NetError> {
+        self.mutate(Call::DeleteLink(index), |st| {
+            require_link(st, index)?;
+            st.links.retain(|l| l.index != index);
+            st.addrs.retain(|a| a.index != index);
+            st.routes.retain(|r| r.oif != Some(index));
+            st.neighbours.retain(|n| n.index != index);
+            st.fdb.retain(|f| f.index != index);
+            Ok(())
+        })
+    }
+
+    fn set_link_up(&self, index: u32) -> Result<(), NetError> {
+        self.mutate(Call::SetLinkUp(index), |st| {
+            st.link_mut(index).ok_or(libc::ENODEV)?.up = true;
+            Ok(())
+        })
+    }
+
+    fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetError> {
+        self.mutate(Call::SetMtu { index, mtu }, |st| {
+            st.link_mut(index).ok_or(libc::ENODEV)?.mtu = mtu;
+            Ok(())
+        })
+    }
+
+    fn addrs(&self) -> Result<Vec<AddrInfo>, NetError> {
+        Ok(self.lock().addrs.clone())
+    }
+
+    fn add_addr(&self, addr: AddrInfo) -> Result<(), NetError> {
+        self.mutate(Call::AddAddr(addr), |st| {
+            require_link(st, addr.index)?;
+            if addr.prefix > 32 {
+                return Err(libc::EINVAL);
+            }
+            if st
+                .addrs
+                .iter()
+                .any(|a| a.index == addr.index && a.addr == addr.addr && a.prefix == addr.prefix)
+            {
+                return Err(libc::EEXIST);
+            }
+            st.addrs.push(addr);
+            Ok(())
+        })
+    }
+
+    fn del_addr(&self, addr: AddrInfo) -> Result<(), NetError> {
+        self.mutate(Call::DelAddr(addr), |st| {
+            let before = st.addrs.len();
+            st.addrs.retain(|a| *a != addr);
+            if st.addrs.len() == before {
+                return Err(libc::EADDRNOTAVAIL);
+            }
+            Ok(())
+        })
+    }
+
+    fn routes(&self) -> Result<Vec<Route>, NetError> {
+        Ok(self.lock().routes.clone())
+    }
+
+    fn replace_route(&self, route: &Route) -> Result<(), NetError> {
+        let route = *route;
+        self.mutate(Call::ReplaceRoute(route), |st| {
+            if let Some(oif) = route.oif {
+                require_link(st, oif)?;
+            }
+            if route.gateway.is_none() && (route.oif.is_none() || route.onlink) {
+                return Err(libc::EINVAL);
+            }
+            // The main table keys routes by destination (tos and metric are always 0
+            // here), so a replace swaps whatever route that prefix had.
+            match st.routes.iter_mut().find(|r| r.dst == route.dst) {
+                Some(existing) => *existing = route,
+                None => st.routes.push(route),
+            }
+            Ok(())
+        })
+    }
+
+    fn del_route(&self, route: &Route) -> Result<(), NetError> {
+        let route = *route;
+        self.mutate(Call::DelRoute(route), |st| {
+            // As the kernel: what the request leaves out matches anything.
+            let pos = st
+                .routes
+                .iter()
+                .position(|r| {
+                    r.dst == route.dst
+                        && (route.gateway.is_none() || r.gateway == route.gateway)
+                        && (route.oif.is_none() || r.oif == route.oif)
+                })
+                .ok_or(libc::ESRCH)?;
+            st.routes.remove(pos);
+            Ok(())
+        })
+    }
+
+    fn route_get(&self, dst: Ipv4Addr) -> Result<RouteLookup, NetError> {
+        let st = self.lock();
+        let unreachable = || kernel_error("route get", dst.to_string(), libc::ENETUNREACH);
+        let route = st.lookup(dst).ok_or_else(unreachable)?;
+        let oif = match (route.oif, route.gateway) {
+            (Some(oif), _) => oif,
+            // A gateway without a device: the device that reaches the gateway.
+            (None, Some(gw)) => st
+                .lookup(gw)
+                .filter(|r| r.gateway.is_none())
+                .and_then(|r| r.oif)
+                .ok_or_else(unreachable)?,
+            (None, None) => return Err(unreachable()),
+        };
+        // The preferred source: an address on the device, preferably in a subnet
+        // holding the next hop.
+        let next_hop = route.gateway.unwrap_or(dst);
+        let on_link: Vec<&AddrInfo> = st.addrs.iter().filter(|a| a.index == oif).collect();
+        let prefsrc = on_link
+            .iter()
+            .find(|a| Subnet::containing(a.addr, a.prefix).is_ok_and(|s| s.contains(next_hop)))
+            .or(on_link.first())
+            .map(|a| a.addr);
+        Ok(RouteLookup {
+            gateway: route.gateway,
+            oif,
+            prefsrc,
+        })
+    }
+
+    fn replace_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<(), NetError> {
+        self.mutate(Call::ReplaceNeighbour { index, ip, mac }, |st| {
+            require_link(st, index)?;
+            let entry = Neighbour { index, ip, mac };
+            match st
+                .neighbours
+                .iter_mut()
+                .find(|n| n.index == index && n.ip == ip)
+            {
+                Some(existing) => *existing = entry,
+                None => st.neighbours.push(entry),
+            }
+            Ok(())
+        })
+    }
+
+    fn del_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetError> {
+        self.mutate(Call::DelNeighbour { index, ip }, |st| {
+            require_link(st, index)?;
+            let pos = st
+                .neighbours
+                .iter()
+                .position(|n| n.index == index && n.ip == ip)
+                .ok_or(libc::ENOENT)?;
+            st.neighbours.remove(pos);
+            Ok(())
+        })
+    }
+
+    fn replace_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetError> {
+        self.mutate(Call::ReplaceFdb { index, mac, dst }, |st| {
+            let link = st.link(index).ok_or(libc::ENODEV)?;
+            if link.vxlan.is_none() {
+                // NTF_SELF on a device without its own FDB.
+                return Err(libc::EOPNOTSUPP);
+            }
+            // As the VXLAN driver: a replace keeps one remote per MAC.
+            let entry = FdbEntry { index, mac, dst };
+            match st
+                .fdb
+                .iter_mut()
+                .find(|f| f.index == index && f.mac == mac)
+            {
+                Some(existing) => *existing = entry,
+                None => st.fdb.push(entry),
+            }
+            Ok(())
+        })
+    }
+
+    fn del_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetError> {
+        self.mutate(Call::DelFdb { index, mac, dst }, |st| {
+            require_link(st, index)?;
+            let pos = st
+                .fdb
+                .iter()
+                .position(|f| f.index == index && f.mac == mac && f.dst == dst)
+                .ok_or(libc::ENOENT)?;
+            st.fdb.remove(pos);
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().expect("valid IPv4")
+    }
+
+    fn subnet(s: &str) -> Subnet {
+        s.parse().expect("valid subnet")
+    }
+
+    fn spec(underlay: u32) -> VxlanSpec {
+        VxlanSpec {
+            name: "flannel.1".to_owned(),
+            vni: 1,
+            port: 8472,
+            local: ip("192.168.1.10"),
+            underlay,
+            learning: false,
+            mac: MacAddr([0x0a, 1, 2, 3, 4, 5]),
+        }
+    }
+
+    fn with_eth0() -> (FakeKernel, u32) {
+        let k = FakeKernel::new().with_link("eth0", 1500, ip("192.168.1.10"), 24);
+        let eth0 = k
+            .link_by_name("eth0")
+            .expect("lookup")
+            .expect("seeded")
+            .index;
+        (k, eth0)
+    }
+
+    #[test]
+    fn vxlan_create_reads_back_and_rejects_a_taken_name() {
+        let (k, eth0) = with_eth0();
+        let link = k.create_vxlan(&spec(eth0)).expect("create");
+        assert_eq!(link.kind.as_deref(), Some("vxlan"));
+        assert_eq!(link.mtu, 1450);
+        assert_eq!(link.mac, Some(MacAddr([0x0a, 1, 2, 3, 4, 5])));
+        assert!(!link.up);
+        let vx = link.vxlan.clone().expect("vxlan info");
+        assert_eq!((vx.vni, vx.port, vx.underlay), (1, 8472, Some(eth0)));
+        assert_eq!(k.link_by_index(link.index).expect("lookup"), Some(link));
+
+        let err = k.create_vxlan(&spec(eth0)).expect_err("taken");
+        assert_eq!(err.errno(), Some(libc::EEXIST));
+        assert_eq!(
+            k.create_vxlan(&VxlanSpec {
+                name: "other".into(),
+                ..spec(999)
+            })
+            .expect_err("no underlay")
+            .errno(),
+            Some(libc::ENODEV)
+        );
+        assert_eq!(k.link_by_name("nope").expect("lookup"), None);
+        assert_eq!(k.calls().len(), 3, "failed calls are recorded too");
+    }
+
+    #[test]
+    fn replaces_are_idempotent_and_recorded() {
+        let (k, eth0) = with_eth0();
+        let vx = k.create_vxlan(&spec(eth0)).expect("create").index;
+        k.take_calls();
+        let route = Route {
+            dst: subnet("10.244.2.0/24"),
+            gateway: Some(ip("10.244.2.0")),
+            oif: Some(vx),
+            onlink: true,
+        };
+        let mac = MacAddr([0x0a, 9, 9, 9, 9, 9]);
+        for _ in 0..2 {
+            k.replace_neighbour(vx, ip("10.244.2.0"), mac).expect("neigh");
+            k.replace_fdb(vx, mac, ip("192.168.1.11")).expect("fdb");
+            k.replace_route(&route).expect("route");
+        }
+        assert_eq!(k.routes(), vec![route]);
+        assert_eq!(
+            k.neighbours(),
+            vec![Neighbour {
+                index: vx,
+                ip: ip("10.244.2.0"),
+                mac
+            }]
+        );
+        assert_eq!(
+            k.fdb(),
+            vec![FdbEntry {
+                index: vx,
+                mac,
+                dst: ip("192.168.1.11")
+            }]
+        );
+        let calls = k.take_calls();
+        assert_eq!(calls.len(), 6);
+        assert_eq!(calls[2], Call::ReplaceRoute(route));
+        assert_eq!(
+            calls[0],
+            Call::ReplaceNeighbour {
+                index: vx,
+                ip: ip("10.244.2.0"),
+                mac
+            }
+        );
+
+        // A replace of the same prefix swaps the route.
+        let moved = Route {
+            gateway: Some(ip("10.244.2.1")),
+            ..route
+        };
+        k.replace_route(&moved).expect("replace");
+        assert_eq!(k.routes(), vec![moved]);
+
+        // Deletes remove, and fail when nothing matches.
+        k.del_route(&moved).expect("del route");
+        assert_eq!(
+            k.del_route(&moved).expect_err("gone").errno(),
+            Some(libc::ESRCH)
+        );
+        k.del_neighbour(vx, ip("10.244.2.0")).expect("del neigh");
+        k.del_fdb(vx, mac, ip("192.168.1.11")).expect("del fdb");
+        assert_eq!(
+            k.del_fdb(vx, mac, ip("192.168.1.11"))
+                .expect_err("gone")
+                .errno(),
+            Some(libc::ENOENT)
+        );
+        assert!(k.routes().is_empty() && k.neighbours().is_empty() && k.fdb().is_empty());
+    }
+
+    #[test]
+    fn route_get_uses_longest_prefix() {
+        let (k, eth0) = with_eth0();
+        let k = k
+            .with_route(Route {
+                dst: subnet("0.0.0.0/0"),
+                gateway: Some(ip("192.168.1.1")),
+                oif: None,
+                onlink: false,
+            })
+            .with_route(Route {
+                dst: subnet("192.168.1.0/24"),
+                gateway: None,
+                oif: Some(eth0),
+                onlink: false,
+            });
+        let vx = k.create_vxlan(&spec(eth0)).expect("create").index;
+        k.add_addr(AddrInfo {
+            index: vx,
+            addr: ip("10.244.1.0"),
+            prefix: 32,
+        })
+        .expect("addr");
+        k.replace_route(&Route {
+            dst: subnet("10.244.2.0/24"),
+            gateway: Some(ip("10.244.2.0")),
+            oif: Some(vx),
+            onlink: true,
+        })
+        .expect("route");
+
+        let on_link = k.route_get(ip("192.168.1.11")).expect("lookup");
+        assert_eq!(
+            on_link,
+            RouteLookup {
+                gateway: None,
+                oif: eth0,
+                prefsrc: Some(ip("192.168.1.10"))
+            }
+        );
+        let default = k.route_get(ip("8.8.8.8")).expect("lookup");
+        assert_eq!(default.gateway, Some(ip("192.168.1.1")));
+        assert_eq!(default.oif, eth0);
+        let overlay = k.route_get(ip("10.244.2.7")).expect("lookup");
+        assert_eq!(
+            overlay,
+            RouteLookup {
+                gateway: Some(ip("10.244.2.0")),
+                oif: vx,
+                prefsrc: Some(ip("10.244.1.0"))
+            }
+        );
+        assert_eq!(
+            FakeKernel::new()
+                .route_get(ip("8.8.8.8"))
+                .expect_err("no route")
+                .errno(),
+            Some(libc::ENETUNREACH)
+        );
+    }
+
+    #[test]
+    fn addresses_links_and_injected_failures() {
+        let (k, eth0) = with_eth0();
+        let a = AddrInfo {
+            index: eth0,
+            addr: ip("10.0.0.1"),
+            prefix: 32,
+        };
+        k.add_addr(a).expect("add");
+        assert_eq!(k.add_addr(a).expect_err("dup").errno(), Some(libc::EEXIST));
+        assert!(Kernel::addrs(&k).expect("addrs").contains(&a));
+        k.del_addr(a).expect("del");
+        assert_eq!(
+            k.del_addr(a).expect_err("gone").errno(),
+            Some(libc::EADDRNOTAVAIL)
+        );
+
+        let vx = k.create_vxlan(&spec(eth0)).expect("create").index;
+        k.set_link_up(vx).expect("up");
+        k.set_mtu(vx, 1400).expect("mtu");
+        let link = k.link_by_index(vx).expect("lookup").expect("exists");
+        assert!(link.up);
+        assert_eq!(link.mtu, 1400);
+
+        k.fail_next(Op::SetMtu, libc::EPERM);
+        assert_eq!(
+            k.set_mtu(vx, 1300).expect_err("injected").errno(),
+            Some(libc::EPERM)
+        );
+        k.set_mtu(vx, 1300).expect("only once");
+
+        k.replace_fdb(vx, MacAddr([2; 6]), ip("192.168.1.12"))
+            .expect("fdb");
+        k.delete_link(vx).expect("delete");
+        assert!(k.fdb().is_empty(), "entries go with their link");
+        assert_eq!(k.link_by_index(vx).expect("lookup"), None);
+        assert_eq!(
+            k.delete_link(vx).expect_err("gone").errno(),
+            Some(libc::ENODEV)
+        );
+        assert_eq!(
+            k.replace_fdb(eth0, MacAddr([2; 6]), ip("192.168.1.12"))
+                .expect_err("not vxlan")
+                .errno(),
+            Some(libc::EOPNOTSUPP)
+        );
+    }
+}

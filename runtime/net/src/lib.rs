@@ -109,6 +109,30 @@ pub struct RouteLookup {
     pub prefsrc: Option<Ipv4Addr>,
 }
 
+/// A permanent ARP entry (`ip neigh … nud permanent`). Not part of [`Kernel`]; the
+/// fake and [`Netlink::neighbours`] report them for inspection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Neighbour {
+    /// Interface index.
+    pub index: u32,
+    /// The neighbour's IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Its link-layer address.
+    pub mac: MacAddr,
+}
+
+/// A VXLAN forwarding entry `mac → dst` on a link (`bridge fdb … dst …`). Not part
+/// of [`Kernel`]; the fake and [`Netlink::fdb`] report them for inspection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FdbEntry {
+    /// Interface index of the VXLAN link.
+    pub index: u32,
+    /// The remote VTEP's MAC.
+    pub mac: MacAddr,
+    /// The remote VTEP's underlay address.
+    pub dst: Ipv4Addr,
+}
+
 /// A kernel request that failed. Each case names the operation and its object.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

@@ -1,1 +1,686 @@
+//! [`Kernel`] over rtnetlink, in the network namespace the socket was opened in.
+//!
+//! rtnetlink is async; the trait is blocking. Each [`Netlink`] owns a private
+//! current-thread tokio runtime with the rtnetlink connection spawned on it, and every
+//! method runs its request with `block_on` under a mutex, which also polls the
+//! connection task. Callers therefore need no tokio context of their own: plain
+//! threads and `spawn_blocking` both work. (Calling from *inside* an async task would
+//! panic, as any nested `block_on` does; use `spawn_blocking`.)
 
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Mutex;
+
+use futures::TryStreamExt;
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
+    RouteScope, RouteType,
+};
+use rtnetlink::{
+    AddressMessageBuilder, Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder,
+};
+use tokio::runtime::Runtime;
+use tracing::debug;
+use twill_core::{MacAddr, Subnet};
+
+use crate::{
+    AddrInfo, FdbEntry, Kernel, LinkInfo, NetError, Neighbour, Route, RouteLookup, VxlanInfo,
+    VxlanSpec,
+};
+
+/// The kernel, through an rtnetlink socket opened by [`Netlink::new`] in the calling
+/// thread's network namespace. Requests are serialised.
+pub struct Netlink {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// Always `Some` until drop; taken there to shut down without blocking.
+    rt: Option<Runtime>,
+    handle: Handle,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // `Runtime`'s own drop blocks and panics inside an async context; a
+        // background shutdown does neither. The connection task only holds the
+        // socket, so abandoning it is harmless.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for Netlink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Netlink").finish_non_exhaustive()
+    }
+}
+
+impl Netlink {
+    /// Open an rtnetlink socket in the calling thread's network namespace, with a
+    /// private runtime to drive it.
+    pub fn new() -> Result<Self, NetError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(NetError::Socket)?;
+        // The socket registers with the runtime's reactor, so it must be created
+        // inside the runtime's context.
+        let (connection, handle, _messages) = {
+            let _guard = rt.enter();
+            rtnetlink::new_connection().map_err(NetError::Socket)?
+        };
+        rt.spawn(connection);
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                rt: Some(rt),
+                handle,
+            }),
+        })
+    }
+
+    /// Run one request on the private runtime, serialised with every other.
+    fn run<T, F, Fut>(&self, f: F) -> Result<T, NetError>
+    where
+        F: FnOnce(Handle) -> Fut,
+        Fut: Future<Output = Result<T, NetError>>,
+    {
+        // A panic while holding the lock leaves nothing half-done that matters:
+        // each request is self-contained.
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let handle = inner.handle.clone();
+        match &inner.rt {
+            Some(rt) => rt.block_on(f(handle)),
+            None => Err(NetError::Socket(std::io::Error::other(
+                "netlink runtime already shut down",
+            ))),
+        }
+    }
+
+    /// Every permanent IPv4 neighbour (ARP) entry. Not part of [`Kernel`]; for
+    /// inspection and tests.
+    pub fn neighbours(&self) -> Result<Vec<Neighbour>, NetError> {
+        self.run(|h| async move {
+            let msgs: Vec<NeighbourMessage> = h
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Inet)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| request_error("list neighbours", String::new(), e))?;
+            Ok(msgs
+                .into_iter()
+                .filter(|m| m.header.state == NeighbourState::Permanent)
+                .filter_map(|m| {
+                    let (ip, mac) = neighbour_fields(&m);
+                    Some(Neighbour {
+                        index: m.header.ifindex,
+                        ip: ip?,
+                        mac: mac?,
+                    })
+                })
+                .collect())
+        })
+    }
+
+    /// Every FDB entry that has a remote destination (VXLAN `dst`). Not part of
+    /// [`Kernel`]; for inspection and tests.
+    pub fn fdb(&self) -> Result<Vec<FdbEntry>, NetError> {
+        self.run(|h| async move {
+            let msgs: Vec<NeighbourMessage> = h
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Bridge)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| request_error("list fdb", String::new(), e))?;
+            Ok(msgs
+                .into_iter()
+                .filter_map(|m| {
+                    let (dst, mac) = neighbour_fields(&m);
+                    Some(FdbEntry {
+                        index: m.header.ifindex,
+                        mac: mac?,
+                        dst: dst?,
+                    })
+                })
+                .collect())
+        })
+    }
+}
+
+/// Turn an rtnetlink failure into a [`NetError::Request`], keeping the kernel's errno
+/// (positive, as in `libc::EEXIST`).
+fn request_error(op: &'static str, object: String, err: rtnetlink::Error) -> NetError {
+    let (message, errno) = match &err {
+        rtnetlink::Error::NetlinkError(msg) => (
+            msg.to_io().to_string(),
+            msg.code.and_then(|c| c.get().checked_neg()),
+        ),
+        other => (other.to_string(), None),
+    };
+    debug!(op, %object, %message, ?errno, "netlink request failed");
+    NetError::Request {
+        op,
+        object,
+        message,
+        errno,
+    }
+}
+
+fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(err, rtnetlink::Error::NetlinkError(m)
+        if m.code.is_some_and(|c| c.get().checked_neg() == Some(errno)))
+}
+
+fn mac_from(bytes: &[u8]) -> Option<MacAddr> {
+    <[u8; 6]>::try_from(bytes).ok().map(MacAddr)
+}
+
+fn ipv4_from(bytes: &[u8]) -> Option<Ipv4Addr> {
+    <[u8; 4]>::try_from(bytes).ok().map(Ipv4Addr::from)
+}
+
+fn link_from_message(msg: LinkMessage) -> LinkInfo {
+    let mut link = LinkInfo {
+        index: msg.header.index,
+        name: String::new(),
+        kind: None,
+        mtu: 0,
+        mac: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        vxlan: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => link.name = name,
+            LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+            LinkAttribute::Address(addr) => link.mac = mac_from(&addr),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        NlLinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                        NlLinkInfo::Data(InfoData::Vxlan(attrs)) => {
+                            link.vxlan = Some(vxlan_from_attrs(attrs));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+fn vxlan_from_attrs(attrs: Vec<InfoVxlan>) -> VxlanInfo {
+    let mut info = VxlanInfo {
+        vni: 0,
+        port: 0,
+        local: None,
+        underlay: None,
+        learning: false,
+    };
+    for attr in attrs {
+        match attr {
+            InfoVxlan::Id(vni) => info.vni = vni,
+            InfoVxlan::Port(port) => info.port = port,
+            InfoVxlan::Local(ip) if !ip.is_unspecified() => info.local = Some(ip),
+            InfoVxlan::Link(index) if index != 0 => info.underlay = Some(index),
+            InfoVxlan::Learning(on) => info.learning = on,
+            _ => {}
+        }
+    }
+    info
+}
+
+/// NDA_DST (as IPv4, whatever the family) and NDA_LLADDR of a neighbour message.
+fn neighbour_fields(msg: &NeighbourMessage) -> (Option<Ipv4Addr>, Option<MacAddr>) {
+    let mut ip = None;
+    let mut mac = None;
+    for attr in &msg.attributes {
+        match attr {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(*v4),
+            // AF_BRIDGE messages carry NDA_DST unparsed.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => ip = ipv4_from(raw),
+            NeighbourAttribute::LinkLayerAddress(raw) => mac = mac_from(raw),
+            _ => {}
+        }
+    }
+    (ip, mac)
+}
+
+fn route_addr_v4(addr: &RouteAddress) -> Option<Ipv4Addr> {
+    match addr {
+        RouteAddress::Inet(v4) => Some(*v4),
+        _ => None,
+    }
+}
+
+/// An IPv4 unicast route of the main table, or `None` for anything else.
+fn route_from_message(msg: &RouteMessage) -> Option<Route> {
+    let h = &msg.header;
+    if h.address_family != AddressFamily::Inet || h.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut table = u32::from(h.table);
+    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut gateway = None;
+    let mut oif = None;
+    let mut onlink = h.flags.contains(RouteFlags::Onlink);
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(a) => dst = route_addr_v4(a)?,
+            RouteAttribute::Gateway(a) => gateway = route_addr_v4(a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::MultiPath(hops) => {
+                // twill never writes multipath routes; report the first hop.
+                if let Some(hop) = hops.first() {
+                    oif = Some(hop.interface_index);
+                    onlink |= hop
+                        .flags
+                        .contains(netlink_packet_route::route::RouteNextHopFlags::Onlink);
+                    gateway = hop.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Gateway(g) => route_addr_v4(g),
+                        _ => None,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return None;
+    }
+    let dst = Subnet::containing(dst, h.destination_prefix_length).ok()?;
+    Some(Route {
+        dst,
+        gateway,
+        oif,
+        onlink,
+    })
+}
+
+fn describe_route(route: &Route) -> String {
+    let mut s = route.dst.to_string();
+    if let Some(gw) = route.gateway {
+        s.push_str(&format!(" via {gw}"));
+    }
+    if let Some(oif) = route.oif {
+        s.push_str(&format!(" dev #{oif}"));
+    }
+    if route.onlink {
+        s.push_str(" onlink");
+    }
+    s
+}
+
+/// A route message carrying `route`'s destination, gateway, device and flags, in
+/// the main table, with the header left for the caller to finish.
+fn route_message(route: &Route) -> RouteMessage {
+    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(route.dst.addr(), route.dst.prefix());
+    if let Some(gw) = route.gateway {
+        b = b.gateway(gw);
+    }
+    if let Some(oif) = route.oif {
+        b = b.output_interface(oif);
+    }
+    if route.onlink {
+        b = b.onlink();
+    }
+    b.build()
+}
+
+impl Kernel for Netlink {
+    fn links(&self) -> Result<Vec<LinkInfo>, NetError> {
+        self.run(|h| async move {
+            let msgs: Vec<LinkMessage> = h
+                .link()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| request_error("list links", String::new(), e))?;
+            Ok(msgs.into_iter().map(link_from_message).collect())
+        })
+    }
+
+    fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetError> {
+        self.run(|h| async move {
+            let mut stream = h.link().get().match_name(name).execute();
+            match stream.try_next().await {
+                Ok(msg) => Ok(msg.map(link_from_message)),
+                Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+                Err(e) => Err(request_error("get link", name.to_owned(), e)),
+            }
+        })
+    }
+
+    fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, NetError> {
+        self.run(|h| async move {
+            let mut stream = h.link().get().match_index(index).execute();
+            match stream.try_next().await {
+                Ok(msg) => Ok(msg.map(link_from_message)),
+                Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+                Err(e) => Err(request_error("get link", format!("#{index}"), e)),
+            }
+        })
+    }
+
+    fn create_vxlan(&self, spec: &VxlanSpec) -> Result<LinkInfo, NetError> {
+        debug!(?spec, "create vxlan");
+        let msg = LinkVxlan::new(&spec.name, spec.vni)
+            .dev(spec.underlay)
+            .local(spec.local)
+            .port(spec.port)
+            .learning(spec.learning)
+            .l2miss(false)
+            .l3miss(false)
+            .address(spec.mac.0.to_vec())
+            .build();
+        let name = spec.name.clone();
+        self.run(|h| async move {
+            h.link()
+                .add(msg)
+                .execute()
+                .await
+                .map_err(|e| request_error("create vxlan", name.clone(), e))?;
+            let mut stream = h.link().get().match_name(name.clone()).execute();
+            match stream.try_next().await {
+                Ok(Some(msg)) => Ok(link_from_message(msg)),
+                Ok(None) => Err(NetError::Request {
+                    op: "create vxlan",
+                    object: name,
+                    message: "link not found after creation".to_owned(),
+                    errno: None,
+                }),
+                Err(e) => Err(request_error("create vxlan", name, e)),
+            }
+        })
+    }
+
+    fn delete_link(&self, index: u32) -> Result<(), NetError> {
+        debug!(index, "delete link");
+        self.run(|h| async move {
+            h.link()
+                .del(index)
+                .execute()
+                .await
+                .map_err(|e| request_error("delete link", format!("#{index}"), e))
+        })
+    }
+
+    fn set_link_up(&self, index: u32) -> Result<(), NetError> {
+        debug!(index, "set link up");
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.run(|h| async move {
+            h.link()
+                .change(msg)
+                .execute()
+                .await
+                .map_err(|e| request_error("set link up", format!("#{index}"), e))
+        })
+    }
+
+    fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetError> {
+        debug!(index, mtu, "set mtu");
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.run(|h| async move {
+            h.link()
+                .change(msg)
+                .execute()
+                .await
+                .map_err(|e| request_error("set mtu", format!("#{index} mtu {mtu}"), e))
+        })
+    }
+
+    fn addrs(&self) -> Result<Vec<AddrInfo>, NetError> {
+        self.run(|h| async move {
+            let msgs: Vec<AddressMessage> = h
+                .address()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| request_error("list addresses", String::new(), e))?;
+            Ok(msgs
+                .into_iter()
+                .filter(|m| m.header.family == AddressFamily::Inet)
+                .filter_map(|m| {
+                    // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the
+                    // peer on point-to-point links and equal to it otherwise.
+                    let mut local = None;
+                    let mut address = None;
+                    for attr in &m.attributes {
+                        match attr {
+                            AddressAttribute::Local(IpAddr::V4(a)) => local = Some(*a),
+                            AddressAttribute::Address(IpAddr::V4(a)) => address = Some(*a),
+                            _ => {}
+                        }
+                    }
+                    Some(AddrInfo {
+                        index: m.header.index,
+                        addr: local.or(address)?,
+                        prefix: m.header.prefix_len,
+                    })
+                })
+                .collect())
+        })
+    }
+
+    fn add_addr(&self, addr: AddrInfo) -> Result<(), NetError> {
+        debug!(?addr, "add address");
+        self.run(|h| async move {
+            h.address()
+                .add(addr.index, IpAddr::V4(addr.addr), addr.prefix)
+                .execute()
+                .await
+                .map_err(|e| {
+                    request_error(
+                        "add address",
+                        format!("{}/{} dev #{}", addr.addr, addr.prefix, addr.index),
+                        e,
+                    )
+                })
+        })
+    }
+
+    fn del_addr(&self, addr: AddrInfo) -> Result<(), NetError> {
+        debug!(?addr, "delete address");
+        let msg = AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(addr.index)
+            .address(addr.addr, addr.prefix)
+            .build();
+        self.run(|h| async move {
+            h.address().del(msg).execute().await.map_err(|e| {
+                request_error(
+                    "delete address",
+                    format!("{}/{} dev #{}", addr.addr, addr.prefix, addr.index),
+                    e,
+                )
+            })
+        })
+    }
+
+    fn routes(&self) -> Result<Vec<Route>, NetError> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        self.run(|h| async move {
+            let msgs: Vec<RouteMessage> = h
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| request_error("list routes", String::new(), e))?;
+            Ok(msgs.iter().filter_map(route_from_message).collect())
+        })
+    }
+
+    fn replace_route(&self, route: &Route) -> Result<(), NetError> {
+        debug!(?route, "replace route");
+        let mut msg = route_message(route);
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = RouteType::Unicast;
+        let object = describe_route(route);
+        self.run(|h| async move {
+            h.route()
+                .add(msg)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| request_error("replace route", object, e))
+        })
+    }
+
+    fn del_route(&self, route: &Route) -> Result<(), NetError> {
+        debug!(?route, "delete route");
+        // As `ip route del`: any protocol, scope and type; the destination, gateway
+        // and device given must match.
+        let mut msg = route_message(route);
+        msg.header.protocol = RouteProtocol::Unspec;
+        msg.header.scope = RouteScope::NoWhere;
+        msg.header.kind = RouteType::Unspec;
+        msg.header.flags = RouteFlags::empty();
+        let object = describe_route(route);
+        self.run(|h| async move {
+            h.route()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(|e| request_error("delete route", object, e))
+        })
+    }
+
+    fn route_get(&self, dst: Ipv4Addr) -> Result<RouteLookup, NetError> {
+        // As `ip route get`: only the family and the /32 destination are set.
+        let mut query = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, 32)
+            .build();
+        query.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        query.header.protocol = RouteProtocol::Unspec;
+        query.header.scope = RouteScope::Universe;
+        query.header.kind = RouteType::Unspec;
+        self.run(|h| async move {
+            let mut stream = h.route().get(query).execute();
+            let msg = stream
+                .try_next()
+                .await
+                .map_err(|e| request_error("route get", dst.to_string(), e))?;
+            let Some(msg) = msg else {
+                return Err(NetError::Request {
+                    op: "route get",
+                    object: dst.to_string(),
+                    message: "no answer from the kernel".to_owned(),
+                    errno: None,
+                });
+            };
+            let mut gateway = None;
+            let mut oif = None;
+            let mut prefsrc = None;
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Gateway(a) => gateway = route_addr_v4(a),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::PrefSource(a) => prefsrc = route_addr_v4(a),
+                    _ => {}
+                }
+            }
+            let oif = oif.ok_or_else(|| NetError::Request {
+                op: "route get",
+                object: dst.to_string(),
+                message: "the kernel's answer has no output interface".to_owned(),
+                errno: None,
+            })?;
+            Ok(RouteLookup {
+                gateway,
+                oif,
+                prefsrc,
+            })
+        })
+    }
+
+    fn replace_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<(), NetError> {
+        debug!(index, %ip, %mac, "replace neighbour");
+        self.run(|h| async move {
+            h.neighbours()
+                .add(index, IpAddr::V4(ip))
+                .link_layer_address(&mac.0)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| {
+                    request_error("replace neighbour", format!("{ip} lladdr {mac} dev #{index}"), e)
+                })
+        })
+    }
+
+    fn del_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetError> {
+        debug!(index, %ip, "delete neighbour");
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        self.run(|h| async move {
+            h.neighbours()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(|e| request_error("delete neighbour", format!("{ip} dev #{index}"), e))
+        })
+    }
+
+    fn replace_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetError> {
+        debug!(index, %mac, %dst, "replace fdb");
+        self.run(|h| async move {
+            // add_bridge: AF_BRIDGE, NUD_PERMANENT, NDA_LLADDR. `Own` is NTF_SELF.
+            h.neighbours()
+                .add_bridge(index, &mac.0)
+                .flags(NeighbourFlags::Own)
+                .destination(IpAddr::V4(dst))
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| request_error("replace fdb", format!("{mac} dst {dst} dev #{index}"), e))
+        })
+    }
+
+    fn del_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetError> {
+        debug!(index, %mac, %dst, "delete fdb");
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = index;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.header.state = NeighbourState::Permanent;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        self.run(|h| async move {
+            h.neighbours()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(|e| request_error("delete fdb", format!("{mac} dst {dst} dev #{index}"), e))
+        })
+    }
+}

@@ -1,1 +1,625 @@
+//! The etcd v3 lease store, with flannel's key layout and lease protocol
+//! (`pkg/subnet/etcd/{registry.go,local_manager.go}`), minus two of its defects:
+//! reservations (keys without an etcd lease) stay without one when renewed (#1329), and
+//! the etcd lease a renewal replaces is revoked instead of left to run out.
 
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
+    TxnOp, WatchOptions, WatchResponse, WatchStream,
+};
+use futures::{Stream, StreamExt, TryStreamExt};
+use tracing::{debug, info, warn};
+use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use twill_core::subnet::Subnet;
+
+use crate::{Created, LeaseStore, Revision, StoreError, WatchEvent};
+
+/// flannel's default `--etcd-prefix`.
+pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+
+/// How many `TimeToLive` requests a listing keeps in flight.
+const TTL_CONCURRENCY: usize = 16;
+
+/// Watch reconnect backoff: doubles from the first to the last.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How many times `renew_lease` re-reads a key that changed under it before it writes
+/// unconditionally, as flannel always does.
+const RENEW_TRIES: usize = 5;
+
+/// Where the etcd store is and where under it flannel's keys live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdOptions {
+    /// Client URLs, e.g. `http://127.0.0.1:2379` (a bare `host:port` means http).
+    pub endpoints: Vec<String>,
+    /// The key prefix, flannel's `--etcd-prefix` (default `/coreos.com/network`).
+    pub prefix: String,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            prefix: DEFAULT_PREFIX.to_owned(),
+        }
+    }
+}
+
+/// Leases in etcd under `<prefix>/subnets/`, the config at `<prefix>/config`.
+///
+/// Cloning is cheap and shares the connection.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    keys: Keys,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("prefix", &self.keys.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key layout.
+#[derive(Debug, Clone)]
+struct Keys {
+    prefix: String,
+    /// `<prefix>/subnets/`
+    subnets: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        let prefix = prefix.trim_end_matches('/').to_owned();
+        let subnets = format!("{prefix}/subnets/");
+        Self { prefix, subnets }
+    }
+
+    fn config(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+
+    fn lease(&self, subnet: Subnet) -> String {
+        format!("{}{}", self.subnets, subnet.key())
+    }
+}
+
+fn etcd_err(op: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
+    move |source| StoreError::Etcd { op, source }
+}
+
+/// A TTL as whole etcd seconds, rounded up, at least 1.
+fn ttl_secs(ttl: Duration) -> i64 {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+/// `now + secs`, with etcd's `-1` (lease gone) read as "already expired".
+fn expiry_in(secs: i64) -> SystemTime {
+    SystemTime::now() + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}
+
+/// The attributes a delete event carries when the deleted value is not known.
+fn placeholder_attrs() -> LeaseAttrs {
+    LeaseAttrs {
+        public_ip: Ipv4Addr::UNSPECIFIED,
+        backend_type: String::new(),
+        backend_data: None,
+    }
+}
+
+/// The subnet a lease key names, or `None` (with a warning) if it names none.
+fn parse_key(keys: &Keys, key: &[u8]) -> Option<Subnet> {
+    let text = String::from_utf8_lossy(key);
+    let Some(suffix) = text.strip_prefix(keys.subnets.as_str()) else {
+        warn!(key = %text, "skipping etcd key outside the subnets prefix");
+        return None;
+    };
+    match Subnet::from_key(suffix) {
+        Ok(subnet) => Some(subnet),
+        Err(e) => {
+            warn!(key = %text, error = %e, "skipping etcd lease key that is not a subnet");
+            None
+        }
+    }
+}
+
+/// The subnet and attributes of a lease key-value, or `None` (with a warning).
+fn parse_kv(keys: &Keys, kv: &KeyValue) -> Option<(Subnet, LeaseAttrs)> {
+    let subnet = parse_key(keys, kv.key())?;
+    let parsed = match std::str::from_utf8(kv.value()) {
+        Ok(text) => LeaseAttrs::from_json(text).map_err(|e| e.to_string()),
+        Err(e) => Err(format!("value is not UTF-8: {e}")),
+    };
+    match parsed {
+        Ok(attrs) => Some((subnet, attrs)),
+        Err(e) => {
+            warn!(
+                key = %String::from_utf8_lossy(kv.key()),
+                error = %e,
+                "skipping etcd lease whose value does not parse"
+            );
+            None
+        }
+    }
+}
+
+/// When the etcd lease `id` runs out; `None` for id 0 (a key without a lease).
+async fn expiry_of(client: &Client, id: i64) -> Result<Option<SystemTime>, etcd_client::Error> {
+    if id == 0 {
+        return Ok(None);
+    }
+    let resp = client.clone().lease_time_to_live(id, None).await?;
+    Ok(Some(expiry_in(resp.ttl())))
+}
+
+/// Every lease under the subnets prefix that parses, with the listing's revision.
+async fn list(client: &Client, keys: &Keys) -> Result<(Vec<Lease>, Revision), StoreError> {
+    let mut resp = client
+        .clone()
+        .get(keys.subnets.as_str(), Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(etcd_err("list leases"))?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let parsed: Vec<(Subnet, LeaseAttrs, i64)> = resp
+        .take_kvs()
+        .iter()
+        .filter_map(|kv| parse_kv(keys, kv).map(|(s, a)| (s, a, kv.lease())))
+        .collect();
+    let leases = futures::stream::iter(parsed)
+        .map(|(subnet, attrs, id)| async move {
+            let expires = expiry_of(client, id).await?;
+            Ok::<_, etcd_client::Error>(Lease {
+                subnet,
+                attrs,
+                expires,
+            })
+        })
+        .buffered(TTL_CONCURRENCY)
+        .try_collect()
+        .await
+        .map_err(etcd_err("lease time-to-live"))?;
+    Ok((leases, revision))
+}
+
+/// Revoke an etcd lease we no longer need. Failure only costs the lease running out
+/// on its own, so it is logged, not returned.
+async fn revoke(client: &Client, id: i64, why: &str) {
+    if let Err(e) = client.clone().lease_revoke(id).await {
+        debug!(lease = id, error = %e, "could not revoke etcd lease ({why})");
+    }
+}
+
+impl EtcdStore {
+    /// A store client for `opts.endpoints`. The connection is made lazily: this fails
+    /// only for unusable endpoints (none, or not a URL); an unreachable etcd shows up
+    /// as [`StoreError::Etcd`] on the first request.
+    pub async fn connect(opts: EtcdOptions) -> Result<EtcdStore, StoreError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            // Notice a dead connection under a long-lived watch.
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(false)
+            // As flannel's WithRequireLeader: fail rather than hang without a leader.
+            .with_require_leader(true);
+        let client = Client::connect(&opts.endpoints, Some(options))
+            .await
+            .map_err(|source| StoreError::Connect {
+                endpoints: opts.endpoints.join(","),
+                source,
+            })?;
+        Ok(EtcdStore {
+            client,
+            keys: Keys::new(&opts.prefix),
+        })
+    }
+
+    /// The underlying etcd client (shares this store's connection).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The etcd key holding the lease on `subnet`: `<prefix>/subnets/10.244.1.0-24`.
+    pub fn lease_key(&self, subnet: Subnet) -> String {
+        self.keys.lease(subnet)
+    }
+
+    /// The etcd key holding the network config: `<prefix>/config`.
+    pub fn config_key(&self) -> String {
+        self.keys.config()
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<(i64, SystemTime), StoreError> {
+        let resp = self
+            .client
+            .clone()
+            .lease_grant(ttl_secs(ttl), None)
+            .await
+            .map_err(etcd_err("grant lease"))?;
+        Ok((resp.id(), expiry_in(resp.ttl())))
+    }
+}
+
+impl LeaseStore for EtcdStore {
+    async fn get_config(&self) -> Result<Option<String>, StoreError> {
+        let mut resp = self
+            .client
+            .clone()
+            .get(self.keys.config(), None)
+            .await
+            .map_err(etcd_err("get config"))?;
+        Ok(resp
+            .take_kvs()
+            .into_iter()
+            .next()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    async fn list_leases(&self) -> Result<(Vec<Lease>, Revision), StoreError> {
+        list(&self.client, &self.keys).await
+    }
+
+    async fn create_lease(
+        &self,
+        subnet: Subnet,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Created, StoreError> {
+        let key = self.keys.lease(subnet);
+        let (id, expires) = self.grant(ttl).await?;
+        let txn = Txn::new()
+            .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                attrs.to_json(),
+                Some(PutOptions::new().with_lease(id)),
+            )]);
+        match self.client.clone().txn(txn).await {
+            Ok(resp) if resp.succeeded() => Ok(Created::Won(expires)),
+            Ok(_) => {
+                revoke(&self.client, id, "lost create race").await;
+                Ok(Created::Lost)
+            }
+            Err(e) => {
+                revoke(&self.client, id, "create failed").await;
+                Err(StoreError::Etcd {
+                    op: "create lease",
+                    source: e,
+                })
+            }
+        }
+    }
+
+    async fn renew_lease(
+        &self,
+        subnet: Subnet,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Option<SystemTime>, StoreError> {
+        let key = self.keys.lease(subnet);
+        let value = attrs.to_json();
+        for attempt in 1..=RENEW_TRIES {
+            let mut resp = self
+                .client
+                .clone()
+                .get(key.as_str(), None)
+                .await
+                .map_err(etcd_err("read lease"))?;
+            let current = resp.take_kvs().into_iter().next();
+            let last = attempt == RENEW_TRIES;
+            // Write only if the key is still as read (or still absent), so a
+            // reservation made meanwhile is not put under a TTL; the last try writes
+            // unconditionally, as flannel always does.
+            let guard = match &current {
+                _ if last => vec![],
+                Some(kv) => vec![Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )],
+                None => vec![Compare::version(key.as_str(), CompareOp::Equal, 0)],
+            };
+            let old_lease = current.as_ref().map_or(0, KeyValue::lease);
+            if current.is_some() && old_lease == 0 {
+                // A reservation: keep it without a TTL (flannel #1329 puts it under one).
+                let txn = Txn::new().when(guard).and_then([TxnOp::put(
+                    key.as_str(),
+                    value.as_str(),
+                    None,
+                )]);
+                let resp = self
+                    .client
+                    .clone()
+                    .txn(txn)
+                    .await
+                    .map_err(etcd_err("renew reservation"))?;
+                if resp.succeeded() {
+                    return Ok(None);
+                }
+                debug!(key, "reservation changed while renewing it; reading again");
+                continue;
+            }
+            let (id, expires) = self.grant(ttl).await?;
+            let txn = Txn::new().when(guard).and_then([TxnOp::put(
+                key.as_str(),
+                value.as_str(),
+                Some(PutOptions::new().with_lease(id)),
+            )]);
+            match self.client.clone().txn(txn).await {
+                Ok(resp) if resp.succeeded() => {
+                    if old_lease != 0 && old_lease != id {
+                        revoke(&self.client, old_lease, "replaced by renewal").await;
+                    }
+                    return Ok(Some(expires));
+                }
+                Ok(_) => {
+                    revoke(&self.client, id, "renewal raced").await;
+                    debug!(key, "lease changed while renewing it; reading again");
+                }
+                Err(e) => {
+                    revoke(&self.client, id, "renewal failed").await;
+                    return Err(StoreError::Etcd {
+                        op: "renew lease",
+                        source: e,
+                    });
+                }
+            }
+        }
+        // Unreachable: the last try has no guard, so its txn succeeds or fails above.
+        Err(StoreError::Etcd {
+            op: "renew lease",
+            source: etcd_client::Error::Internal("renewal kept racing".to_owned()),
+        })
+    }
+
+    async fn delete_lease(&self, subnet: Subnet) -> Result<(), StoreError> {
+        self.client
+            .clone()
+            .delete(self.keys.lease(subnet), None)
+            .await
+            .map_err(etcd_err("delete lease"))?;
+        Ok(())
+    }
+
+    fn watch_leases(&self) -> impl Stream<Item = WatchEvent> + Send + 'static {
+        let state = Watcher {
+            client: self.client.clone(),
+            keys: self.keys.clone(),
+            since: 0,
+            resync: true,
+            stream: None,
+            backoff: BACKOFF_MIN,
+        };
+        futures::stream::unfold(state, |mut w| async move {
+            let event = w.next().await;
+            Some((event, w))
+        })
+    }
+}
+
+/// The state of one lease watch. It does nothing until polled: the listing is taken
+/// on the first poll and the etcd watch is opened on the poll after the snapshot.
+struct Watcher {
+    client: Client,
+    keys: Keys,
+    /// The first revision not yet delivered.
+    since: Revision,
+    /// A fresh listing is due (first poll, or history was compacted away).
+    resync: bool,
+    stream: Option<WatchStream>,
+    backoff: Duration,
+}
+
+/// What one watch response amounts to.
+enum Outcome {
+    Deliver(Vec<LeaseEvent>),
+    Nothing,
+    Compacted(Revision),
+    Failed(String),
+}
+
+fn is_compacted(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("required revision has been compacted")
+}
+
+impl Watcher {
+    /// The next delivery; retries store failures forever with backoff.
+    async fn next(&mut self) -> WatchEvent {
+        loop {
+            if self.resync {
+                match list(&self.client, &self.keys).await {
+                    Ok((leases, revision)) => {
+                        self.resync = false;
+                        self.stream = None;
+                        self.since = revision + 1;
+                        self.backoff = BACKOFF_MIN;
+                        return WatchEvent::Snapshot(leases);
+                    }
+                    Err(e) => {
+                        self.fail(&format!("listing leases failed: {}", error_chain(&e)))
+                            .await;
+                        continue;
+                    }
+                }
+            }
+            let stream = match &mut self.stream {
+                Some(stream) => stream,
+                None => {
+                    let options = WatchOptions::new()
+                        .with_prefix()
+                        .with_prev_key()
+                        .with_progress_notify()
+                        .with_start_revision(self.since);
+                    match self
+                        .client
+                        .clone()
+                        .watch(self.keys.subnets.as_str(), Some(options))
+                        .await
+                    {
+                        Ok(stream) => self.stream.insert(stream),
+                        Err(e) if is_compacted(&e) => {
+                            self.compacted(0);
+                            continue;
+                        }
+                        Err(e) => {
+                            self.fail(&format!("opening the lease watch failed: {e}"))
+                                .await;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let outcome = match stream.message().await {
+                Ok(Some(resp)) => self.handle(resp).await,
+                Ok(None) => Outcome::Failed("the lease watch was closed".to_owned()),
+                Err(e) if is_compacted(&e) => Outcome::Compacted(0),
+                Err(e) => Outcome::Failed(format!("the lease watch failed: {e}")),
+            };
+            match outcome {
+                Outcome::Deliver(events) => {
+                    self.backoff = BACKOFF_MIN;
+                    return WatchEvent::Events(events);
+                }
+                Outcome::Nothing => self.backoff = BACKOFF_MIN,
+                Outcome::Compacted(rev) => self.compacted(rev),
+                Outcome::Failed(why) => {
+                    self.stream = None;
+                    self.fail(&why).await;
+                }
+            }
+        }
+    }
+
+    fn compacted(&mut self, compact_revision: Revision) {
+        warn!(
+            since = self.since,
+            compact_revision, "lease watch history was compacted; listing leases again"
+        );
+        self.stream = None;
+        self.resync = true;
+    }
+
+    async fn fail(&mut self, why: &str) {
+        warn!(retry_in = ?self.backoff, since = self.since, "{why}");
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    async fn handle(&mut self, resp: WatchResponse) -> Outcome {
+        if resp.compact_revision() != 0 {
+            return Outcome::Compacted(resp.compact_revision());
+        }
+        if resp.canceled() {
+            return Outcome::Failed(format!(
+                "the lease watch was canceled: {}",
+                resp.cancel_reason()
+            ));
+        }
+        if resp.events().is_empty() {
+            // A progress notification promises every event up to its revision was
+            // sent. The creation response does not: its revision is the store's, and
+            // older events may still be on their way.
+            if !resp.created()
+                && let Some(h) = resp.header()
+            {
+                self.since = self.since.max(h.revision() + 1);
+            }
+            return Outcome::Nothing;
+        }
+        let mut events = Vec::with_capacity(resp.events().len());
+        let mut last = self.since;
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            last = last.max(kv.mod_revision() + 1);
+            match event.event_type() {
+                EventType::Put => {
+                    let Some((subnet, attrs)) = parse_kv(&self.keys, kv) else {
+                        continue;
+                    };
+                    let expires = match expiry_of(&self.client, kv.lease()).await {
+                        Ok(expires) => expires,
+                        // Not delivered yet: the watch reopens at this response.
+                        Err(e) => return Outcome::Failed(format!("lease time-to-live failed: {e}")),
+                    };
+                    events.push(LeaseEvent::Added(Lease {
+                        subnet,
+                        attrs,
+                        expires,
+                    }));
+                }
+                EventType::Delete => {
+                    let Some(subnet) = parse_key(&self.keys, kv.key()) else {
+                        continue;
+                    };
+                    // The deleted value, when etcd still had it; otherwise a
+                    // placeholder (the peer set answers with the lease it stored).
+                    let attrs = event
+                        .prev_kv()
+                        .and_then(|prev| std::str::from_utf8(prev.value()).ok())
+                        .and_then(|text| LeaseAttrs::from_json(text).ok())
+                        .unwrap_or_else(placeholder_attrs);
+                    info!(%subnet, "lease removed");
+                    events.push(LeaseEvent::Removed(Lease {
+                        subnet,
+                        attrs,
+                        expires: None,
+                    }));
+                }
+            }
+        }
+        self.since = last;
+        if events.is_empty() {
+            Outcome::Nothing
+        } else {
+            Outcome::Deliver(events)
+        }
+    }
+}
+
+/// An error with its sources, for one log line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_layout_matches_flannel() {
+        let keys = Keys::new("/coreos.com/network/");
+        let subnet: Subnet = "10.244.1.0/24".parse().expect("subnet");
+        assert_eq!(keys.config(), "/coreos.com/network/config");
+        assert_eq!(keys.lease(subnet), "/coreos.com/network/subnets/10.244.1.0-24");
+        assert_eq!(
+            parse_key(&keys, b"/coreos.com/network/subnets/10.244.1.0-24"),
+            Some(subnet)
+        );
+        assert_eq!(
+            parse_key(&keys, b"/coreos.com/network/subnets/10.244.1.0-24&fc00::-64"),
+            Some(subnet)
+        );
+        assert_eq!(parse_key(&keys, b"/coreos.com/network/subnets/junk"), None);
+        assert_eq!(parse_key(&keys, b"/elsewhere/10.244.1.0-24"), None);
+    }
+
+    #[test]
+    fn ttl_rounds_up_to_whole_seconds() {
+        assert_eq!(ttl_secs(Duration::from_secs(86400)), 86400);
+        assert_eq!(ttl_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(ttl_secs(Duration::ZERO), 1);
+    }
+}

@@ -1,1 +1,96 @@
+//! Acquiring this node's lease as flannel's `LocalManager.tryAcquireLease` does, but
+//! retrying a lost create race (flannel exits on it: its retry test never matches the
+//! error its own create returns).
 
+use tracing::{info, warn};
+use twill_core::acquire::{Action, Exhausted, plan};
+use twill_core::config::Config;
+use twill_core::lease::{Lease, LeaseAttrs};
+use twill_core::subnet::Subnet;
+
+use crate::{Created, LEASE_TTL, LeaseStore, StoreError};
+
+/// flannel's `raceRetries`: how many times a lost create race is retried.
+pub const RACE_RETRIES: u32 = 10;
+
+/// The lease this node now holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquired {
+    /// The lease as written: our attributes, and its expiry (`None` for a
+    /// reservation, which has no TTL).
+    pub lease: Lease,
+}
+
+/// Why no lease could be acquired.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Every subnet is leased.
+    #[error(transparent)]
+    Exhausted(#[from] Exhausted),
+    /// Other nodes took the chosen subnet first, every time.
+    #[error("lost the race for a free subnet {tries} times in a row")]
+    RaceLost {
+        /// How many creates were lost.
+        tries: u32,
+    },
+}
+
+/// Hold a lease for `attrs.public_ip`: renew the lease that already has our public IP,
+/// else create one on `previous` (the subnet from subnet.env) if it is free, else on a
+/// random free subnet. Leases with our IP that no longer fit `config` are deleted.
+pub async fn acquire<S: LeaseStore>(
+    store: &S,
+    config: &Config,
+    attrs: &LeaseAttrs,
+    previous: Option<Subnet>,
+) -> Result<Acquired, AcquireError> {
+    for attempt in 1..=RACE_RETRIES {
+        let (leases, _) = store.list_leases().await?;
+        let plan = plan(
+            config,
+            &leases,
+            attrs.public_ip,
+            previous,
+            &mut rand::rng(),
+        )?;
+        for subnet in plan.stale {
+            info!(%subnet, "deleting our lease that no longer fits the network config");
+            store.delete_lease(subnet).await?;
+        }
+        let subnet = match plan.action {
+            Action::Renew(lease) => {
+                let expires = store.renew_lease(lease.subnet, attrs, LEASE_TTL).await?;
+                info!(subnet = %lease.subnet, reservation = expires.is_none(), "reusing our lease");
+                return Ok(Acquired {
+                    lease: Lease {
+                        subnet: lease.subnet,
+                        attrs: attrs.clone(),
+                        expires,
+                    },
+                });
+            }
+            Action::Create(subnet) => subnet,
+        };
+        match store.create_lease(subnet, attrs, LEASE_TTL).await? {
+            Created::Won(expires) => {
+                info!(%subnet, "acquired a new lease");
+                return Ok(Acquired {
+                    lease: Lease {
+                        subnet,
+                        attrs: attrs.clone(),
+                        expires: Some(expires),
+                    },
+                });
+            }
+            Created::Lost => {
+                warn!(%subnet, attempt, "another node took the subnet first; trying again");
+            }
+        }
+    }
+    Err(AcquireError::RaceLost {
+        tries: RACE_RETRIES,
+    })
+}

@@ -1,0 +1,38 @@
+//! `twill:backend/fdb`: forwarding entries on the plugin's own VXLAN devices.
+
+use crate::bindings::twill::backend::fdb::Host;
+use crate::bindings::Error;
+use crate::convert::{ip, mac_from_wit};
+use crate::state::{is_absent, kernel_error, PluginState};
+
+const CAP: &str = "fdb";
+
+impl PluginState {
+    fn check_fdb(&self, dev: u32, dst: u32) -> Result<(), Error> {
+        self.require_owned(CAP, dev)?;
+        let dst = ip(dst);
+        if dst.is_unspecified() || dst.is_broadcast() || dst.is_multicast() {
+            return Err(Error::Invalid(format!("FDB destination {dst} is not a unicast address")));
+        }
+        Ok(())
+    }
+}
+
+impl Host for PluginState {
+    fn replace(&mut self, dev: u32, mac: (u8, u8, u8, u8, u8, u8), dst: u32) -> wasmtime::Result<Result<(), Error>> {
+        Ok(self.check_fdb(dev, dst).and_then(|()| {
+            self.kernel
+                .replace_fdb(dev, mac_from_wit(mac), ip(dst))
+                .map_err(kernel_error)
+        }))
+    }
+
+    fn delete(&mut self, dev: u32, mac: (u8, u8, u8, u8, u8, u8), dst: u32) -> wasmtime::Result<Result<(), Error>> {
+        Ok(self.check_fdb(dev, dst).and_then(|()| {
+            match self.kernel.del_fdb(dev, mac_from_wit(mac), ip(dst)) {
+                Err(e) if !is_absent(&e) => Err(kernel_error(e)),
+                _ => Ok(()),
+            }
+        }))
+    }
+}

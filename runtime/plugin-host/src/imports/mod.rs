@@ -1,0 +1,14 @@
+//! The host side of each WIT interface, one file each. Every mutating call is checked
+//! against the plugin's [`Grant`](crate::Grant) before it reaches the kernel.
+
+mod fdb;
+mod links;
+mod log;
+mod neighbours;
+mod route_lookup;
+mod routes;
+
+use crate::bindings::twill::backend::types;
+use crate::state::PluginState;
+
+impl types::Host for PluginState {}

@@ -1,0 +1,66 @@
+//! `twill:backend/routes`: routes to peers' subnets, inside the cluster network only.
+
+use twill_net::Route;
+
+use crate::bindings::twill::backend::routes::{Host, Route as WitRoute};
+use crate::bindings::Error;
+use crate::convert::{ip, subnet_from_wit};
+use crate::state::{is_absent, kernel_error, PluginState};
+
+const CAP: &str = "routes";
+
+impl PluginState {
+    /// The route as the kernel seam takes it, if the plugin may touch it.
+    fn checked_route(&self, r: &WitRoute) -> Result<Route, Error> {
+        let Some(dst) = subnet_from_wit(r.dst) else {
+            return Err(Error::Invalid(format!(
+                "route destination {}/{} is not a network address",
+                ip(r.dst.addr),
+                r.dst.prefix
+            )));
+        };
+        let network = self.grant.network;
+        if !network.contains_subnet(&dst) {
+            return self.deny(CAP, format!("route to {dst} is outside the cluster network {network}"));
+        }
+        let own = self.own_subnet(CAP)?;
+        if own.contains_subnet(&dst) {
+            return self.deny(CAP, format!("route to {dst} would take over the node's own subnet {own}"));
+        }
+        let external = &self.grant.external;
+        if r.dev == external.index {
+            if r.gateway.is_none() {
+                return self.deny(
+                    CAP,
+                    format!("a route on the external interface {} must go via a peer", external.name),
+                );
+            }
+            if dst.contains_subnet(&own) {
+                return self.deny(CAP, format!("route to {dst} on {} covers the node's own subnet", external.name));
+            }
+        } else {
+            self.require_owned(CAP, r.dev)?;
+        }
+        Ok(Route {
+            dst,
+            gateway: r.gateway.map(ip),
+            oif: Some(r.dev),
+            onlink: r.onlink,
+        })
+    }
+}
+
+impl Host for PluginState {
+    fn replace(&mut self, route: WitRoute) -> wasmtime::Result<Result<(), Error>> {
+        Ok(self
+            .checked_route(&route)
+            .and_then(|r| self.kernel.replace_route(&r).map_err(kernel_error)))
+    }
+
+    fn delete(&mut self, route: WitRoute) -> wasmtime::Result<Result<(), Error>> {
+        Ok(self.checked_route(&route).and_then(|r| match self.kernel.del_route(&r) {
+            Err(e) if !is_absent(&e) => Err(kernel_error(e)),
+            _ => Ok(()),
+        }))
+    }
+}

@@ -1,0 +1,175 @@
+//! What each plugin's Store holds: its grant (what it may touch), the devices it owns,
+//! its limits and counters, and the kernel it asks.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use twill_core::Subnet;
+use twill_net::{Kernel, NetError};
+use wasmtime::StoreLimits;
+
+use crate::bindings::Error;
+
+/// The node's external interface, as the host resolved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalIface {
+    /// Interface name.
+    pub name: String,
+    /// Interface index.
+    pub index: u32,
+    /// Interface MTU.
+    pub mtu: u32,
+    /// The interface's IPv4 address.
+    pub addr: Ipv4Addr,
+}
+
+/// What a plugin instance may touch. Fixed at spawn, except the node's own subnet,
+/// which is set when the node holds its lease (`start`).
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The cluster network: route destinations must lie inside it.
+    pub network: Subnet,
+    /// The node's own subnet: routes to it are never the plugin's.
+    pub own_subnet: Option<Subnet>,
+    /// The node's external interface: usable only as the device of a route via a peer.
+    pub external: ExternalIface,
+    /// The node's public IP: the only local address a tunnel may use.
+    pub public_ip: Ipv4Addr,
+}
+
+/// Which plugin owns which device name, shared by every plugin of one host so that no
+/// plugin can take over a device another one created.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceRegistry(Arc<Mutex<HashMap<String, String>>>);
+
+impl DeviceRegistry {
+    /// Record that `plugin` owns `device`; refused if another plugin does.
+    pub(crate) fn claim(&self, device: &str, plugin: &str) -> Result<(), String> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match map.get(device) {
+            Some(owner) if owner != plugin => Err(owner.clone()),
+            Some(_) => Ok(()),
+            None => {
+                map.insert(device.to_owned(), plugin.to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    /// Forget `device`.
+    pub(crate) fn release(&self, device: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(device);
+    }
+}
+
+/// Per-plugin counters, readable while the plugin runs.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    calls: Mutex<BTreeMap<&'static str, u64>>,
+    denied: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl PluginStats {
+    pub(crate) fn count_call(&self, function: &'static str) {
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(function)
+            .or_default() += 1;
+    }
+
+    pub(crate) fn count_denied(&self, capability: &'static str) {
+        *self
+            .denied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(capability)
+            .or_default() += 1;
+    }
+
+    /// Calls into the plugin, by exported function.
+    pub fn calls(&self) -> BTreeMap<&'static str, u64> {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Denied host calls, by capability (WIT interface).
+    pub fn denied(&self) -> BTreeMap<&'static str, u64> {
+        self.denied.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// The data of one plugin instance's Store.
+pub(crate) struct PluginState {
+    pub(crate) plugin: String,
+    pub(crate) kernel: Arc<dyn Kernel>,
+    pub(crate) grant: Grant,
+    pub(crate) devices: DeviceRegistry,
+    pub(crate) owned: BTreeSet<u32>,
+    pub(crate) limits: StoreLimits,
+    pub(crate) stats: Arc<PluginStats>,
+}
+
+impl PluginState {
+    /// Refuse a request: logged with the plugin's name, counted, and returned to the
+    /// guest as `error::denied`.
+    pub(crate) fn deny<T>(&self, capability: &'static str, reason: impl fmt::Display) -> Result<T, Error> {
+        let reason = reason.to_string();
+        tracing::warn!(plugin = %self.plugin, capability, "denied: {reason}");
+        self.stats.count_denied(capability);
+        Err(Error::Denied(reason))
+    }
+
+    /// Whether `index` is a device this plugin created or adopted.
+    pub(crate) fn owns(&self, index: u32) -> bool {
+        self.owned.contains(&index)
+    }
+
+    /// Refuse unless the plugin owns `index`.
+    pub(crate) fn require_owned(&self, capability: &'static str, index: u32) -> Result<(), Error> {
+        if self.owns(index) {
+            Ok(())
+        } else {
+            self.deny(capability, format!("device {index} is not one this plugin created"))
+        }
+    }
+
+    /// The node's own subnet, or a denial when the node holds no lease yet.
+    pub(crate) fn own_subnet(&self, capability: &'static str) -> Result<Subnet, Error> {
+        match self.grant.own_subnet {
+            Some(s) => Ok(s),
+            None => self.deny(capability, "the node holds no lease yet (called before start)"),
+        }
+    }
+}
+
+/// A kernel failure as the guest sees it.
+pub(crate) fn kernel_error(e: NetError) -> Error {
+    match e.errno() {
+        Some(libc_errno::ENOENT | libc_errno::ESRCH | libc_errno::ENODEV) => Error::NotFound(e.to_string()),
+        Some(libc_errno::EEXIST) => Error::Exists(e.to_string()),
+        _ => Error::Kernel(e.to_string()),
+    }
+}
+
+/// Whether a failed delete only means "already gone".
+pub(crate) fn is_absent(e: &NetError) -> bool {
+    matches!(
+        e.errno(),
+        Some(libc_errno::ENOENT | libc_errno::ESRCH | libc_errno::ENODEV | libc_errno::EADDRNOTAVAIL)
+    )
+}
+
+/// The errno values this crate tests for (Linux numbering), without a libc dependency.
+pub(crate) mod libc_errno {
+    pub const ENOENT: i32 = 2;
+    pub const ESRCH: i32 = 3;
+    pub const ENODEV: i32 = 19;
+    pub const EEXIST: i32 = 17;
+    pub const EADDRNOTAVAIL: i32 = 99;
+}
