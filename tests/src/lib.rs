@@ -1,1 +1,580 @@
-//! placeholder
+//! The end-to-end harness: a cluster of network namespaces on one machine.
+//!
+//! ```text
+//!   <id>-u      underlay namespace: bridge `br0` joining everyone on 192.168.77.0/24
+//!   <id>-etcd   a real etcd server (Debian etcd-server) at 192.168.77.250
+//!   <id>-nK     node K at 192.168.77.K, running the real `twill run`
+//!   <id>-pK     node K's pod at <node subnet>.2, behind bridge `cni0` (<node subnet>.1)
+//! ```
+//!
+//! Nothing touches the host's own namespace: every device lives in a namespace the
+//! harness made, every address is inside them. [`Cluster`]'s `Drop` kills the processes
+//! and deletes the namespaces and files, also when a test fails. Missing privileges or
+//! tools make the test fail with a message saying what is missing.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The underlay network's first three octets.
+pub const UNDERLAY: &str = "192.168.77";
+/// etcd's address on the underlay.
+pub const ETCD_IP: &str = "192.168.77.250";
+
+/// Run a command; panic with its output if it fails.
+pub fn sh(cmd: &[&str]) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "command failed: {}\nstdout: {}\nstderr: {}",
+        cmd.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run a command and return its output, whatever its status.
+pub fn run(cmd: &[&str]) -> Output {
+    Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cmd[0]))
+}
+
+/// Fail unless the test can build a namespace cluster here.
+pub fn require_privileges_and_tools() {
+    let uid = sh(&["id", "-u"]);
+    assert_eq!(
+        uid.trim(),
+        "0",
+        "the end-to-end tests need root (network namespaces, vxlan); run them as root"
+    );
+    for (tool, package) in [
+        ("ip", "iproute2"),
+        ("bridge", "iproute2"),
+        ("ping", "iputils-ping"),
+        ("etcd", "etcd-server"),
+        ("etcdctl", "etcd-client"),
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(found, "{tool} not found: apt-get install {package}");
+    }
+}
+
+/// The twill binary the workspace built next to this test.
+pub fn twill_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TWILL_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/twill
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("twill"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first (cargo build -p twill) or set TWILL_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A node of the cluster.
+pub struct Node {
+    /// 1-based node number; its underlay address is 192.168.77.<n>.
+    pub n: u8,
+    /// The node's namespace.
+    pub ns: String,
+    /// The pod's namespace.
+    pub pod_ns: String,
+    /// Where twill writes subnet.env.
+    pub subnet_file: PathBuf,
+    /// twill's log.
+    pub log: PathBuf,
+    twill: Option<Child>,
+    restarts: u32,
+}
+
+impl Node {
+    /// The node's underlay address.
+    pub fn ip(&self) -> String {
+        format!("{UNDERLAY}.{}", self.n)
+    }
+
+    /// Run a command in the node's namespace.
+    pub fn exec(&self, cmd: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.ns];
+        full.extend_from_slice(cmd);
+        sh(&full)
+    }
+
+    /// subnet.env as key → value.
+    pub fn subnet_env(&self) -> Option<BTreeMap<String, String>> {
+        let text = fs::read_to_string(&self.subnet_file).ok()?;
+        Some(
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+    }
+
+    /// `FLANNEL_SUBNET`'s network as `a.b.c.0/len`.
+    pub fn subnet(&self) -> String {
+        let env = self.subnet_env().expect("subnet.env written");
+        let first = &env["FLANNEL_SUBNET"];
+        let (ip, len) = first.split_once('/').expect("a/len");
+        let mut octets: Vec<&str> = ip.split('.').collect();
+        octets[3] = "0";
+        format!("{}/{len}", octets.join("."))
+    }
+
+    /// The pod's address: `<subnet>.2`.
+    pub fn pod_ip(&self) -> String {
+        let subnet = self.subnet();
+        let net = subnet.split('/').next().expect("addr");
+        let mut octets: Vec<&str> = net.split('.').collect();
+        octets[3] = "2";
+        octets.join(".")
+    }
+
+    /// Send SIGTERM to twill and wait; returns its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.twill.take()?;
+        sh(&["kill", "-TERM", &child.id().to_string()]);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("twill on {} did not stop within 15 s of SIGTERM", self.ns);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether twill has exited (and with what code).
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        let child = self.twill.as_mut()?;
+        child.try_wait().ok().flatten().map(|s| s.code())
+    }
+
+    /// The tail of twill's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// A cluster of namespaces with etcd.
+pub struct Cluster {
+    /// Short unique id; every namespace name starts with it.
+    pub id: String,
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    /// The etcd prefix.
+    pub prefix: String,
+    dir: PathBuf,
+    etcd: Option<Child>,
+    namespaces: Vec<String>,
+}
+
+impl Cluster {
+    /// Build the underlay, etcd and `n` node namespaces (twill not started yet).
+    pub fn new(n: u8) -> Cluster {
+        require_privileges_and_tools();
+        let id = format!("tw{:04x}", rand::random::<u16>());
+        let dir = std::env::temp_dir().join(format!("twill-e2e-{id}"));
+        fs::create_dir_all(&dir).expect("create test directory");
+        let mut c = Cluster {
+            id: id.clone(),
+            nodes: Vec::new(),
+            prefix: "/coreos.com/network".into(),
+            dir,
+            etcd: None,
+            namespaces: Vec::new(),
+        };
+        let underlay = c.add_ns("u");
+        sh(&[
+            "ip", "-n", &underlay, "link", "add", "br0", "type", "bridge",
+        ]);
+        sh(&["ip", "-n", &underlay, "link", "set", "br0", "up"]);
+        let etcd_ns = c.add_ns("etcd");
+        c.plug(&etcd_ns, "etcd", ETCD_IP);
+        for k in 1..=n {
+            let ns = c.add_ns(&format!("n{k}"));
+            let ip = format!("{UNDERLAY}.{k}");
+            c.plug(&ns, &format!("n{k}"), &ip);
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("{UNDERLAY}.254"),
+                "dev",
+                "eth0",
+                "onlink",
+            ]);
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ]);
+            let pod_ns = c.add_ns(&format!("p{k}"));
+            sh(&["ip", "-n", &ns, "link", "add", "cni0", "type", "bridge"]);
+            sh(&[
+                "ip", "-n", &ns, "link", "add", "vpod", "type", "veth", "peer", "name", "eth0",
+                "netns", &pod_ns,
+            ]);
+            sh(&[
+                "ip", "-n", &ns, "link", "set", "vpod", "master", "cni0", "up",
+            ]);
+            sh(&["ip", "-n", &pod_ns, "link", "set", "lo", "up"]);
+            let node_dir = c.dir.join(format!("n{k}"));
+            fs::create_dir_all(&node_dir).expect("node directory");
+            c.nodes.push(Node {
+                n: k,
+                ns,
+                pod_ns,
+                subnet_file: node_dir.join("subnet.env"),
+                log: node_dir.join("twill.log"),
+                twill: None,
+                restarts: 0,
+            });
+        }
+        c.start_etcd(&etcd_ns);
+        c
+    }
+
+    fn add_ns(&mut self, suffix: &str) -> String {
+        let ns = format!("{}-{suffix}", self.id);
+        sh(&["ip", "netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Join `ns` to the underlay bridge with `eth0` at `ip`/24.
+    fn plug(&self, ns: &str, tag: &str, ip: &str) {
+        let underlay = format!("{}-u", self.id);
+        let peer = format!("u-{tag}");
+        sh(&[
+            "ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
+            &underlay,
+        ]);
+        sh(&[
+            "ip", "-n", &underlay, "link", "set", &peer, "master", "br0", "up",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+    }
+
+    fn start_etcd(&mut self, ns: &str) {
+        let data = self.dir.join("etcd-data");
+        let client = format!("http://{ETCD_IP}:2379");
+        let log = fs::File::create(self.dir.join("etcd.log")).expect("etcd log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "etcd", "--name", "e0", "--data-dir"])
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &format!("{client},http://127.0.0.1:2379"),
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-cluster",
+                "e0=http://127.0.0.1:2380",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.etcd = Some(child);
+        wait_for("etcd to answer", Duration::from_secs(20), || {
+            let out = self.etcdctl_out(&["endpoint", "health"]);
+            out.status.success().then_some(())
+        });
+    }
+
+    fn etcdctl_out(&self, args: &[&str]) -> Output {
+        let ns = format!("{}-etcd", self.id);
+        let mut cmd = vec![
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "etcdctl",
+            "--endpoints",
+            "http://127.0.0.1:2379",
+        ];
+        cmd.extend_from_slice(args);
+        Command::new(cmd[0])
+            .args(&cmd[1..])
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("run etcdctl")
+    }
+
+    /// Run etcdctl against the cluster's etcd; panic if it fails.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let out = self.etcdctl_out(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Put the network config.
+    pub fn put_config(&self, json: &str) {
+        self.etcdctl(&["put", &format!("{}/config", self.prefix), json]);
+    }
+
+    /// Every lease key (without prefix) → value.
+    pub fn leases(&self) -> BTreeMap<String, String> {
+        let out = self.etcdctl(&["get", "--prefix", &format!("{}/subnets/", self.prefix)]);
+        let lines: Vec<&str> = out.lines().collect();
+        lines
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| {
+                let key = c[0]
+                    .trim_start_matches(&format!("{}/subnets/", self.prefix))
+                    .to_owned();
+                (key, c[1].to_owned())
+            })
+            .collect()
+    }
+
+    /// The remaining TTL in seconds of the etcd lease attached to a subnet key (`None`
+    /// for a key without a lease).
+    pub fn lease_ttl(&self, key: &str) -> Option<i64> {
+        let fields = self.etcdctl(&[
+            "get",
+            "-w",
+            "fields",
+            &format!("{}/subnets/{key}", self.prefix),
+        ]);
+        let lease: i64 = fields
+            .lines()
+            .find_map(|l| l.strip_prefix("\"Lease\" : "))
+            .and_then(|v| v.trim().parse().ok())?;
+        if lease == 0 {
+            return None;
+        }
+        let out = self.etcdctl(&["lease", "timetolive", &format!("{lease:x}")]);
+        // "lease 694d7a2d1d2f1a04 granted with TTL(86400s), remaining(86398s)"
+        out.split("remaining(")
+            .nth(1)
+            .and_then(|r| r.split('s').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Start (or restart) twill on node `k` (1-based).
+    pub fn start_twill(&mut self, k: usize) {
+        let bin = twill_bin();
+        let node = &mut self.nodes[k - 1];
+        assert!(node.twill.is_none(), "twill already running on {}", node.ns);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("twill log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.ns])
+            .arg(&bin)
+            .args([
+                "run",
+                "--etcd-endpoints",
+                &format!("http://{ETCD_IP}:2379"),
+                "--iface",
+                "eth0",
+                "--subnet-file",
+            ])
+            .arg(&node.subnet_file)
+            .env("TWILL_LOG", "info,twill=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start twill");
+        node.twill = Some(child);
+        node.restarts += 1;
+    }
+
+    /// Wait until every running node wrote subnet.env, then wire its pod: `cni0` gets
+    /// the first address of the node's subnet, the pod `.2` with a default route.
+    pub fn wire_pods(&mut self) {
+        for node in &mut self.nodes {
+            let subnet_file = node.subnet_file.clone();
+            wait_for(
+                &format!("{} to write subnet.env", node.ns),
+                Duration::from_secs(60),
+                || subnet_file.exists().then_some(()),
+            );
+            let env = node.subnet_env().expect("subnet.env");
+            let first = env["FLANNEL_SUBNET"].clone();
+            let mtu = env["FLANNEL_MTU"].clone();
+            let pod_ip = node.pod_ip();
+            let prefix = first.split('/').nth(1).expect("len").to_owned();
+            let gw = first.split('/').next().expect("gw").to_owned();
+            let has = run(&["ip", "-n", &node.ns, "-4", "addr", "show", "dev", "cni0"]);
+            if !String::from_utf8_lossy(&has.stdout).contains(&first) {
+                sh(&["ip", "-n", &node.ns, "addr", "add", &first, "dev", "cni0"]);
+            }
+            sh(&["ip", "-n", &node.ns, "link", "set", "cni0", "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                &node.pod_ns,
+                "addr",
+                "replace",
+                &format!("{pod_ip}/{prefix}"),
+                "dev",
+                "eth0",
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &node.pod_ns,
+                "link",
+                "set",
+                "eth0",
+                "mtu",
+                &mtu,
+                "up",
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &node.pod_ns,
+                "route",
+                "replace",
+                "default",
+                "via",
+                &gw,
+            ]);
+        }
+    }
+
+    /// Whether a ping from node `from`'s pod to node `to`'s pod succeeds.
+    pub fn pod_ping(&self, from: usize, to: usize) -> bool {
+        let dst = self.nodes[to - 1].pod_ip();
+        let ns = &self.nodes[from - 1].pod_ns;
+        run(&[
+            "ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", &dst,
+        ])
+        .status
+        .success()
+    }
+
+    /// Assert that every pod reaches every other pod (waiting up to `timeout` for the
+    /// overlay to converge).
+    pub fn assert_full_mesh(&self, timeout: Duration) {
+        let n = self.nodes.len();
+        let start = Instant::now();
+        for from in 1..=n {
+            for to in (1..=n).filter(|t| *t != from) {
+                loop {
+                    if self.pod_ping(from, to) {
+                        break;
+                    }
+                    if start.elapsed() > timeout {
+                        panic!(
+                            "pod {from} cannot reach pod {to} ({}) after {timeout:?}\n--- node {from} log ---\n{}\n--- node {to} log ---\n{}",
+                            self.nodes[to - 1].pod_ip(),
+                            self.nodes[from - 1].log_tail(),
+                            self.nodes[to - 1].log_tail()
+                        );
+                    }
+                    thread::sleep(Duration::from_millis(300));
+                }
+            }
+        }
+    }
+
+    /// The test's scratch directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.twill.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if let Some(mut etcd) = self.etcd.take() {
+            let _ = etcd.kill();
+            let _ = etcd.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            // Anything still running inside (a ping a test left) dies with the namespace's pids.
+            let _ = Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()
+                .map(|o| {
+                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                        let _ = Command::new("kill").args(["-KILL", pid]).output();
+                    }
+                });
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        if std::env::var_os("TWILL_E2E_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -102,7 +102,11 @@ pub trait Backend: 'static {
     /// Read the `Backend` config object (JSON text), prepare devices, and say what to
     /// publish in the lease. `previous` is this node's `BackendData` from its last
     /// lease, to keep identifiers (such as a VTEP MAC) stable across restarts.
-    fn init(config: &str, node: &Node, previous: Option<&str>) -> Result<(Self, Registration), Error>
+    fn init(
+        config: &str,
+        node: &Node,
+        previous: Option<&str>,
+    ) -> Result<(Self, Registration), Error>
     where
         Self: Sized;
 
@@ -129,7 +133,11 @@ fn not_initialised() -> Error {
 pub mod __private {
     use super::*;
 
-    pub fn init<B: Backend>(config: String, node: Node, previous: Option<String>) -> Result<Registration, Error> {
+    pub fn init<B: Backend>(
+        config: String,
+        node: Node,
+        previous: Option<String>,
+    ) -> Result<Registration, Error> {
         let (backend, registration) = B::init(&config, &node, previous.as_deref())?;
         INSTANCE.with(|cell| *cell.borrow_mut() = Some(Box::new(backend)));
         Ok(registration)
@@ -229,8 +237,11 @@ pub fn format_mac(m: bindings::twill::backend::types::Mac) -> String {
 /// config parsing does).
 pub fn config_field<'a>(obj: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
     let map = obj.as_object()?;
-    map.get(key)
-        .or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+    map.get(key).or_else(|| {
+        map.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
 }
 
 impl std::fmt::Display for Subnet {

@@ -13,8 +13,8 @@ use serde_json::Value;
 use twill_plugin_sdk::bindings::twill::backend::types::Mac;
 use twill_plugin_sdk::host::{fdb, links, neighbours, routes};
 use twill_plugin_sdk::{
-    config_field, export_backend, format_mac, host, ip, parse_mac, Backend, Error, Info, Lease,
-    LeaseEvent, Node, Registration, Subnet,
+    Backend, Error, Info, Lease, LeaseEvent, Node, Registration, Subnet, config_field,
+    export_backend, format_mac, host, ip, parse_mac,
 };
 
 /// The VXLAN header overhead flannel subtracts from the interface MTU.
@@ -41,22 +41,25 @@ fn invalid(msg: String) -> Error {
 }
 
 fn parse_config(text: &str) -> Result<VxlanConfig, Error> {
-    let obj: Value = serde_json::from_str(text)
-        .map_err(|e| invalid(format!("Backend is not JSON: {e}")))?;
+    let obj: Value =
+        serde_json::from_str(text).map_err(|e| invalid(format!("Backend is not JSON: {e}")))?;
     let uint = |key: &str| -> Result<Option<u64>, Error> {
         match config_field(&obj, key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| invalid(format!("Backend.{key}: expected a non-negative integer, got {v}"))),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                invalid(format!(
+                    "Backend.{key}: expected a non-negative integer, got {v}"
+                ))
+            }),
         }
     };
     let flag = |key: &str| -> Result<bool, Error> {
         match config_field(&obj, key) {
             None | Some(Value::Null) => Ok(false),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => Err(invalid(format!("Backend.{key}: expected true or false, got {v}"))),
+            Some(v) => Err(invalid(format!(
+                "Backend.{key}: expected true or false, got {v}"
+            ))),
         }
     };
     let vni = match uint("VNI")? {
@@ -66,14 +69,20 @@ fn parse_config(text: &str) -> Result<VxlanConfig, Error> {
     };
     let port = match uint("Port")? {
         None | Some(0) => DEFAULT_PORT,
-        Some(p) => u16::try_from(p).map_err(|_| invalid(format!("Backend.Port: {p} is not a UDP port")))?,
+        Some(p) => {
+            u16::try_from(p).map_err(|_| invalid(format!("Backend.Port: {p} is not a UDP port")))?
+        }
     };
     let mtu = match uint("MTU")? {
         None | Some(0) => None,
-        Some(m) => Some(u32::try_from(m).map_err(|_| invalid(format!("Backend.MTU: {m} is too large")))?),
+        Some(m) => {
+            Some(u32::try_from(m).map_err(|_| invalid(format!("Backend.MTU: {m} is too large")))?)
+        }
     };
     if flag("GBP")? {
-        return Err(Error::Unsupported("Backend.GBP is not supported by twill's vxlan backend".into()));
+        return Err(Error::Unsupported(
+            "Backend.GBP is not supported by twill's vxlan backend".into(),
+        ));
     }
     if flag("DirectRouting")? {
         return Err(Error::Unsupported(
@@ -142,7 +151,11 @@ impl Backend for Vxlan {
         }
     }
 
-    fn init(config: &str, node: &Node, previous: Option<&str>) -> Result<(Self, Registration), Error> {
+    fn init(
+        config: &str,
+        node: &Node,
+        previous: Option<&str>,
+    ) -> Result<(Self, Registration), Error> {
         let cfg = parse_config(config)?;
         let mac = previous.and_then(vtep_mac);
         let link = links::ensure_vxlan(&links::VxlanSpec {
@@ -155,9 +168,14 @@ impl Backend for Vxlan {
             mac,
         })?;
         let base = cfg.mtu.unwrap_or(node.iface.mtu);
-        let mtu = base.checked_sub(ENCAP_OVERHEAD).filter(|m| *m >= 68).ok_or_else(|| {
-            invalid(format!("MTU {base} leaves no room for the {ENCAP_OVERHEAD}-byte VXLAN overhead"))
-        })?;
+        let mtu = base
+            .checked_sub(ENCAP_OVERHEAD)
+            .filter(|m| *m >= 68)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "MTU {base} leaves no room for the {ENCAP_OVERHEAD}-byte VXLAN overhead"
+                ))
+            })?;
         if link.mtu != mtu {
             links::set_mtu(link.index, mtu)?;
         }
@@ -168,12 +186,27 @@ impl Backend for Vxlan {
             cfg.vni,
             cfg.port,
             format_mac(link.mac),
-            if mac.is_some() { " (MAC kept from the previous lease)" } else { "" }
+            if mac.is_some() {
+                " (MAC kept from the previous lease)"
+            } else {
+                ""
+            }
         ));
-        let data = format!(r#"{{"VNI":{},"VtepMAC":"{}"}}"#, cfg.vni, format_mac(link.mac));
+        let data = format!(
+            r#"{{"VNI":{},"VtepMAC":"{}"}}"#,
+            cfg.vni,
+            format_mac(link.mac)
+        );
         Ok((
-            Vxlan { vni: cfg.vni, dev: link.index },
-            Registration { backend_type: "vxlan".into(), backend_data: data, mtu },
+            Vxlan {
+                vni: cfg.vni,
+                dev: link.index,
+            },
+            Registration {
+                backend_type: "vxlan".into(),
+                backend_data: data,
+                mtu,
+            },
         ))
     }
 
@@ -199,14 +232,24 @@ impl Backend for Vxlan {
                 LeaseEvent::Removed(l) => (l, self.remove_peer(l)),
             };
             if let Err(e) = result {
-                host::error(&format!("peer {} ({}) on VNI {}: {e}", lease.subnet, ip(lease.public_ip), self.vni));
+                host::error(&format!(
+                    "peer {} ({}) on VNI {}: {e}",
+                    lease.subnet,
+                    ip(lease.public_ip),
+                    self.vni
+                ));
                 failed.push(format!("{}: {e}", lease.subnet));
             }
         }
         if failed.is_empty() {
             Ok(())
         } else {
-            Err(Error::Kernel(format!("{} of {} peer events failed: {}", failed.len(), events.len(), failed.join("; "))))
+            Err(Error::Kernel(format!(
+                "{} of {} peer events failed: {}",
+                failed.len(),
+                events.len(),
+                failed.join("; ")
+            )))
         }
     }
 }
@@ -221,20 +264,40 @@ mod tests {
     fn config_defaults_and_errors() {
         assert_eq!(
             parse_config(r#"{"Type":"vxlan"}"#).expect("valid"),
-            VxlanConfig { vni: 1, port: 8472, mtu: None, learning: false }
+            VxlanConfig {
+                vni: 1,
+                port: 8472,
+                mtu: None,
+                learning: false
+            }
         );
         assert_eq!(
             parse_config(r#"{"type":"vxlan","vni":42,"port":4789,"mtu":9000}"#).expect("valid"),
-            VxlanConfig { vni: 42, port: 4789, mtu: Some(9000), learning: false }
+            VxlanConfig {
+                vni: 42,
+                port: 4789,
+                mtu: Some(9000),
+                learning: false
+            }
         );
-        assert!(matches!(parse_config(r#"{"VNI":"x"}"#), Err(Error::Invalid(m)) if m.contains("Backend.VNI")));
-        assert!(matches!(parse_config(r#"{"Port":70000}"#), Err(Error::Invalid(m)) if m.contains("Backend.Port")));
-        assert!(matches!(parse_config(r#"{"GBP":true}"#), Err(Error::Unsupported(_))));
+        assert!(
+            matches!(parse_config(r#"{"VNI":"x"}"#), Err(Error::Invalid(m)) if m.contains("Backend.VNI"))
+        );
+        assert!(
+            matches!(parse_config(r#"{"Port":70000}"#), Err(Error::Invalid(m)) if m.contains("Backend.Port"))
+        );
+        assert!(matches!(
+            parse_config(r#"{"GBP":true}"#),
+            Err(Error::Unsupported(_))
+        ));
     }
 
     #[test]
     fn reads_vtep_mac() {
-        assert_eq!(vtep_mac(r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:0a"}"#), Some((2, 0, 0, 0, 0, 10)));
+        assert_eq!(
+            vtep_mac(r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:0a"}"#),
+            Some((2, 0, 0, 0, 0, 10))
+        );
         assert_eq!(vtep_mac(r#"{"VNI":1}"#), None);
         assert_eq!(vtep_mac("not json"), None);
     }

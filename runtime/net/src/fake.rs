@@ -26,7 +26,7 @@ use std::sync::{Mutex, MutexGuard};
 use twill_core::{MacAddr, Subnet};
 
 use crate::{
-    AddrInfo, FdbEntry, Kernel, LinkInfo, NetError, Neighbour, Route, RouteLookup, VxlanInfo,
+    AddrInfo, FdbEntry, Kernel, LinkInfo, Neighbour, NetError, Route, RouteLookup, VxlanInfo,
     VxlanSpec,
 };
 
@@ -584,11 +584,7 @@ impl Kernel for FakeKernel {
             }
             // As the VXLAN driver: a replace keeps one remote per MAC.
             let entry = FdbEntry { index, mac, dst };
-            match st
-                .fdb
-                .iter_mut()
-                .find(|f| f.index == index && f.mac == mac)
-            {
+            match st.fdb.iter_mut().find(|f| f.index == index && f.mac == mac) {
                 Some(existing) => *existing = entry,
                 None => st.fdb.push(entry),
             }
@@ -684,7 +680,8 @@ mod tests {
         };
         let mac = MacAddr([0x0a, 9, 9, 9, 9, 9]);
         for _ in 0..2 {
-            k.replace_neighbour(vx, ip("10.244.2.0"), mac).expect("neigh");
+            k.replace_neighbour(vx, ip("10.244.2.0"), mac)
+                .expect("neigh");
             k.replace_fdb(vx, mac, ip("192.168.1.11")).expect("fdb");
             k.replace_route(&route).expect("route");
         }

@@ -21,18 +21,16 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
-    RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
-use rtnetlink::{
-    AddressMessageBuilder, Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder,
-};
+use rtnetlink::{AddressMessageBuilder, Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use tokio::runtime::Runtime;
 use tracing::debug;
 use twill_core::{MacAddr, Subnet};
 
 use crate::{
-    AddrInfo, FdbEntry, Kernel, LinkInfo, NetError, Neighbour, Route, RouteLookup, VxlanInfo,
+    AddrInfo, FdbEntry, Kernel, LinkInfo, Neighbour, NetError, Route, RouteLookup, VxlanInfo,
     VxlanSpec,
 };
 
@@ -628,7 +626,11 @@ impl Kernel for Netlink {
                 .execute()
                 .await
                 .map_err(|e| {
-                    request_error("replace neighbour", format!("{ip} lladdr {mac} dev #{index}"), e)
+                    request_error(
+                        "replace neighbour",
+                        format!("{ip} lladdr {mac} dev #{index}"),
+                        e,
+                    )
                 })
         })
     }
@@ -660,7 +662,9 @@ impl Kernel for Netlink {
                 .replace()
                 .execute()
                 .await
-                .map_err(|e| request_error("replace fdb", format!("{mac} dst {dst} dev #{index}"), e))
+                .map_err(|e| {
+                    request_error("replace fdb", format!("{mac} dst {dst} dev #{index}"), e)
+                })
         })
     }
 
@@ -676,11 +680,9 @@ impl Kernel for Netlink {
         msg.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
         self.run(|h| async move {
-            h.neighbours()
-                .del(msg)
-                .execute()
-                .await
-                .map_err(|e| request_error("delete fdb", format!("{mac} dst {dst} dev #{index}"), e))
+            h.neighbours().del(msg).execute().await.map_err(|e| {
+                request_error("delete fdb", format!("{mac} dst {dst} dev #{index}"), e)
+            })
         })
     }
 }

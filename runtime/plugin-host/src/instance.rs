@@ -3,13 +3,13 @@
 //! design), so after one the instance refuses further calls with [`CallError::Trap`].
 
 use std::fmt;
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::thread;
 
 use tokio::sync::oneshot;
-use twill_core::lease::LeaseEvent;
 use twill_core::Subnet;
+use twill_core::lease::LeaseEvent;
 use wasmtime::Store;
 
 use crate::bindings::{self as wit, OverlayBackend};
@@ -142,11 +142,17 @@ pub struct Backend {
 
 impl fmt::Debug for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Backend").field("plugin", &self.plugin).finish_non_exhaustive()
+        f.debug_struct("Backend")
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
     }
 }
 
-pub(crate) fn spawn(host: &PluginHost, plugin: &Plugin, grant: Grant) -> Result<Backend, CallError> {
+pub(crate) fn spawn(
+    host: &PluginHost,
+    plugin: &Plugin,
+    grant: Grant,
+) -> Result<Backend, CallError> {
     let stats = Arc::new(PluginStats::default());
     let node = wit::Node {
         public_ip: u32::from(grant.public_ip),
@@ -164,7 +170,10 @@ pub(crate) fn spawn(host: &PluginHost, plugin: &Plugin, grant: Grant) -> Result<
         function,
         message: format!("{e:#}"),
     };
-    let bindings = plugin.pre.instantiate(&mut store).map_err(|e| trap("instantiate", e))?;
+    let bindings = plugin
+        .pre
+        .instantiate(&mut store)
+        .map_err(|e| trap("instantiate", e))?;
     let (tx, rx) = mpsc::channel();
     let mut worker = Worker {
         plugin: plugin.name.clone(),
@@ -254,8 +263,12 @@ impl Worker {
                 Command::Init(info, reply) => {
                     let node = self.node.clone();
                     let result = self.call("init", |b, s| {
-                        b.twill_backend_backend()
-                            .call_init(s, &info.config, &node, info.previous_data.as_deref())
+                        b.twill_backend_backend().call_init(
+                            s,
+                            &info.config,
+                            &node,
+                            info.previous_data.as_deref(),
+                        )
                     });
                     let _ = reply.send(result.map(|r| Registration {
                         backend_type: r.backend_type,
@@ -265,16 +278,22 @@ impl Worker {
                 }
                 Command::Start(own, reply) => {
                     self.store.data_mut().grant.own_subnet = Some(own);
-                    let result = self.call("start", |b, s| b.twill_backend_backend().call_start(s, subnet_to_wit(own)));
+                    let result = self.call("start", |b, s| {
+                        b.twill_backend_backend().call_start(s, subnet_to_wit(own))
+                    });
                     let _ = reply.send(result);
                 }
                 Command::OnLeases(events, reply) => {
                     let events: Vec<wit::LeaseEvent> = events.iter().map(event_to_wit).collect();
-                    let result = self.call("on-leases", |b, s| b.twill_backend_backend().call_on_leases(s, &events));
+                    let result = self.call("on-leases", |b, s| {
+                        b.twill_backend_backend().call_on_leases(s, &events)
+                    });
                     let _ = reply.send(result);
                 }
                 Command::Shutdown(reply) => {
-                    let result = self.call("shutdown", |b, s| b.twill_backend_backend().call_shutdown(s).map(Ok));
+                    let result = self.call("shutdown", |b, s| {
+                        b.twill_backend_backend().call_shutdown(s).map(Ok)
+                    });
                     let _ = reply.send(result);
                     return;
                 }
@@ -287,7 +306,10 @@ impl Worker {
     fn call<T>(
         &mut self,
         function: &'static str,
-        f: impl FnOnce(&OverlayBackend, &mut Store<PluginState>) -> wasmtime::Result<Result<T, wit::Error>>,
+        f: impl FnOnce(
+            &OverlayBackend,
+            &mut Store<PluginState>,
+        ) -> wasmtime::Result<Result<T, wit::Error>>,
     ) -> Result<T, CallError> {
         if let Some(message) = &self.poisoned {
             return Err(CallError::Trap {

@@ -15,8 +15,8 @@ mod imports;
 mod instance;
 mod state;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -135,7 +135,15 @@ impl Drop for PluginHost {
 }
 
 /// The interfaces of twill:backend a plugin may import, without version.
-const CAPABILITIES: &[&str] = &["types", "links", "routes", "neighbours", "fdb", "route-lookup", "log"];
+const CAPABILITIES: &[&str] = &[
+    "types",
+    "links",
+    "routes",
+    "neighbours",
+    "fdb",
+    "route-lookup",
+    "log",
+];
 
 impl PluginHost {
     /// An engine with epoch interruption, and its ticker thread.
@@ -174,9 +182,8 @@ impl PluginHost {
         })?;
         let capabilities = self.check_imports(source, &component)?;
         let mut linker = Linker::<PluginState>::new(&self.engine);
-        OverlayBackend::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s).map_err(|e| {
-            LoadError::Engine(format!("link twill:backend: {e:#}"))
-        })?;
+        OverlayBackend::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(format!("link twill:backend: {e:#}")))?;
         // Rust's std on wasm32-wasip2 imports WASI interfaces it never calls in a
         // backend; none is granted: each traps if called.
         linker
@@ -210,7 +217,8 @@ impl PluginHost {
                 .strip_prefix("twill:backend/")
                 .and_then(|rest| rest.split_once('@'))
                 .filter(|(iface, version)| {
-                    CAPABILITIES.contains(iface) && (version.starts_with("0.1.") || *version == "0.1")
+                    CAPABILITIES.contains(iface)
+                        && (version.starts_with("0.1.") || *version == "0.1")
                 });
             match known {
                 Some((iface, _)) => {
@@ -240,7 +248,12 @@ impl PluginHost {
             .map_err(|e| format!("{e:#}"))
     }
 
-    pub(crate) fn store(&self, plugin: &str, grant: Grant, stats: Arc<PluginStats>) -> Store<PluginState> {
+    pub(crate) fn store(
+        &self,
+        plugin: &str,
+        grant: Grant,
+        stats: Arc<PluginStats>,
+    ) -> Store<PluginState> {
         let state = PluginState {
             plugin: plugin.to_owned(),
             kernel: self.kernel.clone(),

@@ -95,12 +95,18 @@ impl PluginStats {
 
     /// Calls into the plugin, by exported function.
     pub fn calls(&self) -> BTreeMap<&'static str, u64> {
-        self.calls.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Denied host calls, by capability (WIT interface).
     pub fn denied(&self) -> BTreeMap<&'static str, u64> {
-        self.denied.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.denied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -118,7 +124,11 @@ pub(crate) struct PluginState {
 impl PluginState {
     /// Refuse a request: logged with the plugin's name, counted, and returned to the
     /// guest as `error::denied`.
-    pub(crate) fn deny<T>(&self, capability: &'static str, reason: impl fmt::Display) -> Result<T, Error> {
+    pub(crate) fn deny<T>(
+        &self,
+        capability: &'static str,
+        reason: impl fmt::Display,
+    ) -> Result<T, Error> {
         let reason = reason.to_string();
         tracing::warn!(plugin = %self.plugin, capability, "denied: {reason}");
         self.stats.count_denied(capability);
@@ -135,7 +145,10 @@ impl PluginState {
         if self.owns(index) {
             Ok(())
         } else {
-            self.deny(capability, format!("device {index} is not one this plugin created"))
+            self.deny(
+                capability,
+                format!("device {index} is not one this plugin created"),
+            )
         }
     }
 
@@ -143,7 +156,10 @@ impl PluginState {
     pub(crate) fn own_subnet(&self, capability: &'static str) -> Result<Subnet, Error> {
         match self.grant.own_subnet {
             Some(s) => Ok(s),
-            None => self.deny(capability, "the node holds no lease yet (called before start)"),
+            None => self.deny(
+                capability,
+                "the node holds no lease yet (called before start)",
+            ),
         }
     }
 }
@@ -151,7 +167,9 @@ impl PluginState {
 /// A kernel failure as the guest sees it.
 pub(crate) fn kernel_error(e: NetError) -> Error {
     match e.errno() {
-        Some(libc_errno::ENOENT | libc_errno::ESRCH | libc_errno::ENODEV) => Error::NotFound(e.to_string()),
+        Some(libc_errno::ENOENT | libc_errno::ESRCH | libc_errno::ENODEV) => {
+            Error::NotFound(e.to_string())
+        }
         Some(libc_errno::EEXIST) => Error::Exists(e.to_string()),
         _ => Error::Kernel(e.to_string()),
     }
@@ -161,7 +179,9 @@ pub(crate) fn kernel_error(e: NetError) -> Error {
 pub(crate) fn is_absent(e: &NetError) -> bool {
     matches!(
         e.errno(),
-        Some(libc_errno::ENOENT | libc_errno::ESRCH | libc_errno::ENODEV | libc_errno::EADDRNOTAVAIL)
+        Some(
+            libc_errno::ENOENT | libc_errno::ESRCH | libc_errno::ENODEV | libc_errno::EADDRNOTAVAIL
+        )
     )
 }
 

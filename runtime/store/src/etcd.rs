@@ -11,7 +11,7 @@ use etcd_client::{
     TxnOp, WatchOptions, WatchResponse, WatchStream,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet::Subnet;
 
@@ -26,6 +26,9 @@ const TTL_CONCURRENCY: usize = 16;
 /// Watch reconnect backoff: doubles from the first to the last.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The longest a single store request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How many times `renew_lease` re-reads a key that changed under it before it writes
 /// unconditionally, as flannel always does.
@@ -203,6 +206,9 @@ impl EtcdStore {
     pub async fn connect(opts: EtcdOptions) -> Result<EtcdStore, StoreError> {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
+            // Bounds each unary request; a watch stream is not cut by it (tonic applies
+            // it until the response headers, checked against etcd 3.4).
+            .with_timeout(REQUEST_TIMEOUT)
             // Notice a dead connection under a long-lived watch.
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(false)
@@ -425,7 +431,8 @@ enum Outcome {
 }
 
 fn is_compacted(e: &etcd_client::Error) -> bool {
-    e.to_string().contains("required revision has been compacted")
+    e.to_string()
+        .contains("required revision has been compacted")
 }
 
 impl Watcher {
@@ -545,7 +552,9 @@ impl Watcher {
                     let expires = match expiry_of(&self.client, kv.lease()).await {
                         Ok(expires) => expires,
                         // Not delivered yet: the watch reopens at this response.
-                        Err(e) => return Outcome::Failed(format!("lease time-to-live failed: {e}")),
+                        Err(e) => {
+                            return Outcome::Failed(format!("lease time-to-live failed: {e}"));
+                        }
                     };
                     events.push(LeaseEvent::Added(Lease {
                         subnet,
@@ -564,7 +573,7 @@ impl Watcher {
                         .and_then(|prev| std::str::from_utf8(prev.value()).ok())
                         .and_then(|text| LeaseAttrs::from_json(text).ok())
                         .unwrap_or_else(placeholder_attrs);
-                    info!(%subnet, "lease removed");
+                    debug!(%subnet, "lease removed");
                     events.push(LeaseEvent::Removed(Lease {
                         subnet,
                         attrs,
@@ -603,13 +612,19 @@ mod tests {
         let keys = Keys::new("/coreos.com/network/");
         let subnet: Subnet = "10.244.1.0/24".parse().expect("subnet");
         assert_eq!(keys.config(), "/coreos.com/network/config");
-        assert_eq!(keys.lease(subnet), "/coreos.com/network/subnets/10.244.1.0-24");
+        assert_eq!(
+            keys.lease(subnet),
+            "/coreos.com/network/subnets/10.244.1.0-24"
+        );
         assert_eq!(
             parse_key(&keys, b"/coreos.com/network/subnets/10.244.1.0-24"),
             Some(subnet)
         );
         assert_eq!(
-            parse_key(&keys, b"/coreos.com/network/subnets/10.244.1.0-24&fc00::-64"),
+            parse_key(
+                &keys,
+                b"/coreos.com/network/subnets/10.244.1.0-24&fc00::-64"
+            ),
             Some(subnet)
         );
         assert_eq!(parse_key(&keys, b"/coreos.com/network/subnets/junk"), None);

@@ -49,13 +49,7 @@ pub async fn acquire<S: LeaseStore>(
 ) -> Result<Acquired, AcquireError> {
     for attempt in 1..=RACE_RETRIES {
         let (leases, _) = store.list_leases().await?;
-        let plan = plan(
-            config,
-            &leases,
-            attrs.public_ip,
-            previous,
-            &mut rand::rng(),
-        )?;
+        let plan = plan(config, &leases, attrs.public_ip, previous, &mut rand::rng())?;
         for subnet in plan.stale {
             info!(%subnet, "deleting our lease that no longer fits the network config");
             store.delete_lease(subnet).await?;

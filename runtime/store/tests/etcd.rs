@@ -212,11 +212,7 @@ async fn a_reservation_survives_renewal_without_a_ttl() {
     let s = subnet("10.244.5.0/24");
     // As Documentation/reservations.md: put without --lease.
     client
-        .put(
-            key("10.244.5.0/24"),
-            r#"{"PublicIP":"192.168.0.5"}"#,
-            None,
-        )
+        .put(key("10.244.5.0/24"), r#"{"PublicIP":"192.168.0.5"}"#, None)
         .await
         .expect("put reservation");
     let (listed, _) = store.list_leases().await.expect("list");
@@ -231,13 +227,18 @@ async fn a_reservation_survives_renewal_without_a_ttl() {
     let (value, lease) = read_raw(&mut client, &key("10.244.5.0/24"))
         .await
         .expect("reservation kept");
-    assert_eq!(lease, 0, "the reservation did not get a TTL (flannel #1329)");
+    assert_eq!(
+        lease, 0,
+        "the reservation did not get a TTL (flannel #1329)"
+    );
     assert_eq!(value, mine.to_json());
     assert!(client.leases().await.expect("leases").leases().is_empty());
 
     // And acquire keeps it a reservation too.
     let config = Config::parse(r#"{"Network":"10.244.0.0/16"}"#).expect("config");
-    let got = acquire(&store, &config, &mine, None).await.expect("acquire");
+    let got = acquire(&store, &config, &mine, None)
+        .await
+        .expect("acquire");
     assert_eq!(got.lease.subnet, s);
     assert_eq!(got.lease.expires, None);
     let (_, lease) = read_raw(&mut client, &key("10.244.5.0/24"))
@@ -258,7 +259,10 @@ async fn listing_skips_garbage_keys_and_values() {
         .expect("create");
     for (k, v) in [
         (key("10.244.7.0/24"), "this is not json".to_owned()),
-        (key("10.244.8.0/24"), r#"{"PublicIP":"300.0.0.1"}"#.to_owned()),
+        (
+            key("10.244.8.0/24"),
+            r#"{"PublicIP":"300.0.0.1"}"#.to_owned(),
+        ),
         (format!("{PREFIX}/subnets/not-a-subnet"), good.to_json()),
         (format!("{PREFIX}/subnets/10.244.9.7-24"), good.to_json()),
     ] {
@@ -448,10 +452,16 @@ async fn watch_reconnects_after_etcd_restarts() {
     assert_eq!(events(next(&mut watch).await).len(), 1);
 
     etcd.restart();
-    store
+    // The first request on the old connection may fail (broken pipe): callers retry.
+    let mut tries = 0;
+    while let Err(e) = store
         .create_lease(subnet("10.244.31.0/24"), &a, Duration::from_secs(600))
         .await
-        .expect("create after restart");
+    {
+        tries += 1;
+        assert!(tries < 50, "create after restart: {e:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     match events(next(&mut watch).await).as_slice() {
         [LeaseEvent::Added(l)] => assert_eq!(l.subnet, subnet("10.244.31.0/24")),
         other => panic!("expected one Added, got {other:?}"),
@@ -464,7 +474,10 @@ async fn racing_acquires_for_the_last_subnet_one_wins_one_is_exhausted() {
     let store = store(&etcd).await;
     // /28s in 10.5.0.0/26: .0 is skipped, .16 and .48 are taken, .32 is the last.
     let config = Config::parse(r#"{"Network":"10.5.0.0/26"}"#).expect("config");
-    for (s, ip) in [("10.5.0.16/28", [1, 1, 1, 1]), ("10.5.0.48/28", [1, 1, 1, 2])] {
+    for (s, ip) in [
+        ("10.5.0.16/28", [1, 1, 1, 1]),
+        ("10.5.0.48/28", [1, 1, 1, 2]),
+    ] {
         store
             .create_lease(subnet(s), &attrs(ip), Duration::from_secs(600))
             .await
@@ -493,7 +506,10 @@ async fn racing_acquires_for_the_last_subnet_one_wins_one_is_exhausted() {
         .expect("written");
     assert_eq!(value, won.lease.attrs.to_json());
     let all = client
-        .get(format!("{PREFIX}/subnets/"), Some(GetOptions::new().with_prefix()))
+        .get(
+            format!("{PREFIX}/subnets/"),
+            Some(GetOptions::new().with_prefix()),
+        )
         .await
         .expect("get");
     assert_eq!(all.kvs().len(), 3);
@@ -516,7 +532,11 @@ async fn acquire_reuses_the_lease_with_our_public_ip() {
         .await
         .expect("create");
     store
-        .create_lease(subnet("10.244.41.0/24"), &attrs([192, 168, 6, 2]), Duration::from_secs(60))
+        .create_lease(
+            subnet("10.244.41.0/24"),
+            &attrs([192, 168, 6, 2]),
+            Duration::from_secs(60),
+        )
         .await
         .expect("create");
     let me = attrs([192, 168, 6, 1]);
@@ -532,7 +552,11 @@ async fn acquire_reuses_the_lease_with_our_public_ip() {
     assert_eq!(value, me.to_json());
     let ttl = client.lease_time_to_live(lease, None).await.expect("ttl");
     assert!(ttl.granted_ttl() == 86_400, "granted {}", ttl.granted_ttl());
-    assert!(read_raw(&mut client, &key("10.244.99.0/24")).await.is_none());
+    assert!(
+        read_raw(&mut client, &key("10.244.99.0/24"))
+            .await
+            .is_none()
+    );
 }
 
 #[tokio::test]

@@ -1,9 +1,9 @@
 //! `twill:backend/fdb`: forwarding entries on the plugin's own VXLAN devices.
 
-use crate::bindings::twill::backend::fdb::Host;
 use crate::bindings::Error;
+use crate::bindings::twill::backend::fdb::Host;
 use crate::convert::{ip, mac_from_wit};
-use crate::state::{is_absent, kernel_error, PluginState};
+use crate::state::{PluginState, is_absent, kernel_error};
 
 const CAP: &str = "fdb";
 
@@ -12,14 +12,21 @@ impl PluginState {
         self.require_owned(CAP, dev)?;
         let dst = ip(dst);
         if dst.is_unspecified() || dst.is_broadcast() || dst.is_multicast() {
-            return Err(Error::Invalid(format!("FDB destination {dst} is not a unicast address")));
+            return Err(Error::Invalid(format!(
+                "FDB destination {dst} is not a unicast address"
+            )));
         }
         Ok(())
     }
 }
 
 impl Host for PluginState {
-    fn replace(&mut self, dev: u32, mac: (u8, u8, u8, u8, u8, u8), dst: u32) -> wasmtime::Result<Result<(), Error>> {
+    fn replace(
+        &mut self,
+        dev: u32,
+        mac: (u8, u8, u8, u8, u8, u8),
+        dst: u32,
+    ) -> wasmtime::Result<Result<(), Error>> {
         Ok(self.check_fdb(dev, dst).and_then(|()| {
             self.kernel
                 .replace_fdb(dev, mac_from_wit(mac), ip(dst))
@@ -27,7 +34,12 @@ impl Host for PluginState {
         }))
     }
 
-    fn delete(&mut self, dev: u32, mac: (u8, u8, u8, u8, u8, u8), dst: u32) -> wasmtime::Result<Result<(), Error>> {
+    fn delete(
+        &mut self,
+        dev: u32,
+        mac: (u8, u8, u8, u8, u8, u8),
+        dst: u32,
+    ) -> wasmtime::Result<Result<(), Error>> {
         Ok(self.check_fdb(dev, dst).and_then(|()| {
             match self.kernel.del_fdb(dev, mac_from_wit(mac), ip(dst)) {
                 Err(e) if !is_absent(&e) => Err(kernel_error(e)),

@@ -3,10 +3,10 @@
 use twill_core::MacAddr;
 use twill_net::{AddrInfo, LinkInfo, VxlanInfo, VxlanSpec};
 
-use crate::bindings::twill::backend::links::{Host, Link, VxlanSpec as WitVxlanSpec};
 use crate::bindings::Error;
+use crate::bindings::twill::backend::links::{Host, Link, VxlanSpec as WitVxlanSpec};
 use crate::convert::{ip, mac_from_wit, mac_to_wit};
-use crate::state::{kernel_error, PluginState};
+use crate::state::{PluginState, kernel_error};
 
 const CAP: &str = "links";
 
@@ -18,7 +18,9 @@ fn valid_ifname(name: &str) -> bool {
         && name.len() <= MAX_IFNAME
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
 }
 
 fn compatible(have: Option<&VxlanInfo>, want: &VxlanSpec) -> bool {
@@ -44,7 +46,9 @@ impl PluginState {
     fn ensure_vxlan_checked(&mut self, spec: WitVxlanSpec) -> Result<Link, Error> {
         let name = spec.name;
         if !valid_ifname(&name) {
-            return Err(Error::Invalid(format!("{name:?} is not a valid device name")));
+            return Err(Error::Invalid(format!(
+                "{name:?} is not a valid device name"
+            )));
         }
         if name == self.grant.external.name || name == "lo" {
             return self.deny(CAP, format!("device {name} is the host's own interface"));
@@ -52,13 +56,20 @@ impl PluginState {
         if ip(spec.local) != self.grant.public_ip {
             return self.deny(
                 CAP,
-                format!("vxlan local address {} is not the node's public IP {}", ip(spec.local), self.grant.public_ip),
+                format!(
+                    "vxlan local address {} is not the node's public IP {}",
+                    ip(spec.local),
+                    self.grant.public_ip
+                ),
             );
         }
         if spec.underlay != self.grant.external.index {
             return self.deny(
                 CAP,
-                format!("vxlan underlay {} is not the external interface {}", spec.underlay, self.grant.external.name),
+                format!(
+                    "vxlan underlay {} is not the external interface {}",
+                    spec.underlay, self.grant.external.name
+                ),
             );
         }
         if let Err(owner) = self.devices.claim(&name, &self.plugin) {
@@ -89,7 +100,10 @@ impl PluginState {
             Some(link) if link.kind.as_deref() != Some("vxlan") => {
                 return self.deny(
                     CAP,
-                    format!("device {} exists and is not a vxlan device ({:?})", want.name, link.kind),
+                    format!(
+                        "device {} exists and is not a vxlan device ({:?})",
+                        want.name, link.kind
+                    ),
                 );
             }
             Some(link) if compatible(link.vxlan.as_ref(), want) => {
@@ -118,9 +132,16 @@ impl PluginState {
         let own = self.own_subnet(CAP)?;
         let addr = ip(addr);
         if prefix > 32 || !own.contains(addr) {
-            return self.deny(CAP, format!("address {addr}/{prefix} is not inside the node's subnet {own}"));
+            return self.deny(
+                CAP,
+                format!("address {addr}/{prefix} is not inside the node's subnet {own}"),
+            );
         }
-        let want = AddrInfo { index, addr, prefix };
+        let want = AddrInfo {
+            index,
+            addr,
+            prefix,
+        };
         let present = self.kernel.addrs().map_err(kernel_error)?;
         let mut have = false;
         for a in present.into_iter().filter(|a| a.index == index) {
@@ -150,14 +171,21 @@ impl Host for PluginState {
 
     fn set_mtu(&mut self, index: u32, mtu: u32) -> wasmtime::Result<Result<(), Error>> {
         if !(68..=65535).contains(&mtu) {
-            return Ok(Err(Error::Invalid(format!("MTU {mtu} is outside 68..=65535"))));
+            return Ok(Err(Error::Invalid(format!(
+                "MTU {mtu} is outside 68..=65535"
+            ))));
         }
         Ok(self
             .require_owned(CAP, index)
             .and_then(|()| self.kernel.set_mtu(index, mtu).map_err(kernel_error)))
     }
 
-    fn ensure_address(&mut self, index: u32, addr: u32, prefix: u8) -> wasmtime::Result<Result<(), Error>> {
+    fn ensure_address(
+        &mut self,
+        index: u32,
+        addr: u32,
+        prefix: u8,
+    ) -> wasmtime::Result<Result<(), Error>> {
         Ok(self.ensure_address_checked(index, addr, prefix))
     }
 
@@ -165,7 +193,12 @@ impl Host for PluginState {
         if let Err(e) = self.require_owned(CAP, index) {
             return Ok(Err(e));
         }
-        let name = self.kernel.link_by_index(index).ok().flatten().map(|l| l.name);
+        let name = self
+            .kernel
+            .link_by_index(index)
+            .ok()
+            .flatten()
+            .map(|l| l.name);
         let result = self.kernel.delete_link(index).map_err(kernel_error);
         if result.is_ok() {
             self.owned.remove(&index);

@@ -1,9 +1,9 @@
 //! `twill:backend/neighbours`: permanent ARP entries on the plugin's own devices.
 
-use crate::bindings::twill::backend::neighbours::Host;
 use crate::bindings::Error;
+use crate::bindings::twill::backend::neighbours::Host;
 use crate::convert::{ip, mac_from_wit};
-use crate::state::{is_absent, kernel_error, PluginState};
+use crate::state::{PluginState, is_absent, kernel_error};
 
 const CAP: &str = "neighbours";
 
@@ -13,7 +13,11 @@ impl PluginState {
         if !self.grant.network.contains(ip(addr)) {
             return self.deny(
                 CAP,
-                format!("neighbour {} is outside the cluster network {}", ip(addr), self.grant.network),
+                format!(
+                    "neighbour {} is outside the cluster network {}",
+                    ip(addr),
+                    self.grant.network
+                ),
             );
         }
         Ok(())
@@ -21,7 +25,12 @@ impl PluginState {
 }
 
 impl Host for PluginState {
-    fn replace(&mut self, dev: u32, addr: u32, mac: (u8, u8, u8, u8, u8, u8)) -> wasmtime::Result<Result<(), Error>> {
+    fn replace(
+        &mut self,
+        dev: u32,
+        addr: u32,
+        mac: (u8, u8, u8, u8, u8, u8),
+    ) -> wasmtime::Result<Result<(), Error>> {
         Ok(self.check_neighbour(dev, addr).and_then(|()| {
             self.kernel
                 .replace_neighbour(dev, ip(addr), mac_from_wit(mac))
@@ -30,9 +39,11 @@ impl Host for PluginState {
     }
 
     fn delete(&mut self, dev: u32, addr: u32) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self.check_neighbour(dev, addr).and_then(|()| match self.kernel.del_neighbour(dev, ip(addr)) {
-            Err(e) if !is_absent(&e) => Err(kernel_error(e)),
-            _ => Ok(()),
+        Ok(self.check_neighbour(dev, addr).and_then(|()| {
+            match self.kernel.del_neighbour(dev, ip(addr)) {
+                Err(e) if !is_absent(&e) => Err(kernel_error(e)),
+                _ => Ok(()),
+            }
         }))
     }
 }

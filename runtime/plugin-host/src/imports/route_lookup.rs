@@ -1,9 +1,9 @@
 //! `twill:backend/route-lookup`: read-only `ip route get`.
 
-use crate::bindings::twill::backend::route_lookup::{Host, Path};
 use crate::bindings::Error;
+use crate::bindings::twill::backend::route_lookup::{Host, Path};
 use crate::convert::ip;
-use crate::state::{kernel_error, PluginState};
+use crate::state::{PluginState, kernel_error};
 
 impl Host for PluginState {
     fn get(&mut self, dst: u32) -> wasmtime::Result<Result<Path, Error>> {

@@ -2,10 +2,10 @@
 
 use twill_net::Route;
 
-use crate::bindings::twill::backend::routes::{Host, Route as WitRoute};
 use crate::bindings::Error;
+use crate::bindings::twill::backend::routes::{Host, Route as WitRoute};
 use crate::convert::{ip, subnet_from_wit};
-use crate::state::{is_absent, kernel_error, PluginState};
+use crate::state::{PluginState, is_absent, kernel_error};
 
 const CAP: &str = "routes";
 
@@ -21,22 +21,37 @@ impl PluginState {
         };
         let network = self.grant.network;
         if !network.contains_subnet(&dst) {
-            return self.deny(CAP, format!("route to {dst} is outside the cluster network {network}"));
+            return self.deny(
+                CAP,
+                format!("route to {dst} is outside the cluster network {network}"),
+            );
         }
         let own = self.own_subnet(CAP)?;
         if own.contains_subnet(&dst) {
-            return self.deny(CAP, format!("route to {dst} would take over the node's own subnet {own}"));
+            return self.deny(
+                CAP,
+                format!("route to {dst} would take over the node's own subnet {own}"),
+            );
         }
         let external = &self.grant.external;
         if r.dev == external.index {
             if r.gateway.is_none() {
                 return self.deny(
                     CAP,
-                    format!("a route on the external interface {} must go via a peer", external.name),
+                    format!(
+                        "a route on the external interface {} must go via a peer",
+                        external.name
+                    ),
                 );
             }
             if dst.contains_subnet(&own) {
-                return self.deny(CAP, format!("route to {dst} on {} covers the node's own subnet", external.name));
+                return self.deny(
+                    CAP,
+                    format!(
+                        "route to {dst} on {} covers the node's own subnet",
+                        external.name
+                    ),
+                );
             }
         } else {
             self.require_owned(CAP, r.dev)?;
@@ -58,9 +73,11 @@ impl Host for PluginState {
     }
 
     fn delete(&mut self, route: WitRoute) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self.checked_route(&route).and_then(|r| match self.kernel.del_route(&r) {
-            Err(e) if !is_absent(&e) => Err(kernel_error(e)),
-            _ => Ok(()),
-        }))
+        Ok(self
+            .checked_route(&route)
+            .and_then(|r| match self.kernel.del_route(&r) {
+                Err(e) if !is_absent(&e) => Err(kernel_error(e)),
+                _ => Ok(()),
+            }))
     }
 }

@@ -19,18 +19,19 @@ pub struct Etcd {
 
 /// The etcd binary: `$TWILL_ETCD`, else `etcd` on PATH, else `/usr/bin/etcd`.
 fn etcd_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("TWILL_ETCD") {
-        return PathBuf::from(path);
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("etcd"))
-        .find(|p| p.is_file());
-    let path = on_path.unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"));
+    let path = match std::env::var_os("TWILL_ETCD") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .map(|dir| dir.join("etcd"))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd")),
+    };
     assert!(
         path.is_file(),
-        "etcd not found: apt-get install etcd-server (or set TWILL_ETCD to the etcd binary)"
+        "etcd not found: apt-get install etcd-server (or set TWILL_ETCD to the etcd binary; tried {})",
+        path.display()
     );
     path
 }

@@ -1,0 +1,113 @@
+//! Build every backend plugin under `plugins/` (all but the SDK) for `wasm32-wasip2`
+//! with cargo, into a target directory of its own, and generate the table that
+//! `include_bytes!`s them. A plain `cargo build` is then all it takes to get a `twill`
+//! binary with its backends inside.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root");
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    println!("cargo:rerun-if-changed={}", root.join("plugins").display());
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
+
+    let plugins = backend_packages(&root.join("plugins"));
+    let target_dir = plugin_target_dir(&out);
+    build(&root, &target_dir, &plugins);
+
+    let mut table = String::from("/// Built-in plugins: (package directory, component bytes).\n");
+    table.push_str("pub static BUILTIN: &[(&str, &[u8])] = &[\n");
+    for (dir, package) in &plugins {
+        let wasm = target_dir
+            .join(TARGET)
+            .join("release")
+            .join(format!("{}.wasm", package.replace('-', "_")));
+        assert!(wasm.exists(), "plugin build produced no {}", wasm.display());
+        table.push_str(&format!(
+            "    ({dir:?}, include_bytes!({:?})),\n",
+            wasm.display().to_string()
+        ));
+    }
+    table.push_str("];\n");
+    fs::write(out.join("builtin.rs"), table).expect("write builtin.rs");
+}
+
+/// `(directory name, package name)` of every plugin crate but the SDK.
+fn backend_packages(plugins: &Path) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(plugins).expect("read plugins/") {
+        let path = entry.expect("plugins/ entry").path();
+        let dir = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let manifest = path.join("Cargo.toml");
+        if dir == "sdk" || !manifest.exists() {
+            continue;
+        }
+        let text = fs::read_to_string(&manifest).expect("read plugin Cargo.toml");
+        let name = text
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("name = ")
+                    .map(|v| v.trim_matches('"').to_owned())
+            })
+            .expect("plugin Cargo.toml has a package name");
+        found.push((dir, name));
+    }
+    found.sort();
+    found
+}
+
+/// A target directory next to the outer build's profile directories, so it survives
+/// rebuilds of this crate and is shared by build, test and clippy.
+fn plugin_target_dir(out: &Path) -> PathBuf {
+    // OUT_DIR is <target>/<profile>/build/twill-builtin-<hash>/out.
+    out.ancestors()
+        .nth(4)
+        .map(|t| t.join("wasm-plugins"))
+        .unwrap_or_else(|| out.join("wasm-plugins"))
+}
+
+fn build(root: &Path, target_dir: &Path, plugins: &[(String, String)]) {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .arg(target_dir);
+    for (_, package) in plugins {
+        cmd.args(["-p", package]);
+    }
+    // The outer build's settings are for the host, not for the plugins.
+    for (key, _) in env::vars() {
+        if key.starts_with("CARGO_") && !key.starts_with("CARGO_HOME")
+            || key == "RUSTFLAGS"
+            || key == "RUSTC_WRAPPER"
+            || key == "RUSTC_WORKSPACE_WRAPPER"
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
+        .env("CARGO_PROFILE_RELEASE_LTO", "true")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
+        .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false");
+    let status = cmd.status().expect("run cargo to build the plugins");
+    assert!(
+        status.success(),
+        "building the backend plugins for {TARGET} failed (is the target installed? `rustup target add {TARGET}`)"
+    );
+}

@@ -1,0 +1,85 @@
+//! The command line. Flag names are flannel's where flannel has the flag; each can also
+//! come from the environment as `FLANNELD_<NAME>`, as with flanneld.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// twill — a flannel-compatible overlay network for container clusters.
+///
+/// Every node leases a subnet of one cluster network from etcd; containers on different
+/// nodes reach each other by IP without NAT. Backends (vxlan, …) are WebAssembly
+/// components; the daemon owns everything privileged and checks what they ask for.
+#[derive(Debug, Parser)]
+#[command(name = "twill", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node daemon (what flanneld does).
+    ///
+    /// Reads the network config from etcd at <etcd-prefix>/config (waiting until it
+    /// exists), leases a subnet, programs the backend, writes subnet.env and keeps peers
+    /// in sync. SIGTERM stops it and leaves the kernel objects in place, so a restart does
+    /// not cut traffic.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379",
+        value_name = "URLS"
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// etcd prefix under which the config and the leases live.
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_PREFIX",
+        default_value = "/coreos.com/network",
+        value_name = "PREFIX"
+    )]
+    pub etcd_prefix: String,
+
+    /// Interface (name or IPv4 address) for the overlay's underlay traffic; may be
+    /// repeated, the first that exists wins. Default: the interface of the default route.
+    #[arg(
+        long,
+        env = "FLANNELD_IFACE",
+        value_delimiter = ',',
+        value_name = "NAME|IP"
+    )]
+    pub iface: Vec<String>,
+
+    /// IP address peers reach this node at. Default: the interface's address.
+    #[arg(long, env = "FLANNELD_PUBLIC_IP", value_name = "IP")]
+    pub public_ip: Option<Ipv4Addr>,
+
+    /// Where to write the subnet file.
+    #[arg(
+        long,
+        env = "FLANNELD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env",
+        value_name = "PATH"
+    )]
+    pub subnet_file: PathBuf,
+
+    /// Minutes before the lease expires at which to renew it (1..=1439).
+    #[arg(
+        long,
+        env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u32).range(1..=1439),
+        value_name = "MINUTES"
+    )]
+    pub subnet_lease_renew_margin: u32,
+}

@@ -1,0 +1,314 @@
+//! `twill run`: the node daemon's lifecycle.
+//!
+//! 1. resolve the external interface and public IP; 2. wait for the network config in
+//! the store; 3. load the backend plugin and `init` it (with our previous BackendData,
+//! so the VTEP MAC survives restarts); 4. acquire a lease; 5. `start` the backend and
+//! write subnet.env; 6. loop: feed peer lease changes to the backend in batches, renew
+//! the lease a margin before it expires, re-apply every peer periodically (repairs
+//! kernel state someone removed), and stop cleanly on SIGTERM/SIGINT, leaving the
+//! kernel objects in place.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, anyhow, bail};
+use futures::StreamExt;
+use tokio::signal::unix::{SignalKind, signal};
+use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use twill_core::subnet_env::SubnetEnv;
+use twill_core::{Config, PeerSet};
+use twill_net::{Kernel, Netlink};
+use twill_plugin_host::{Backend, CallError, Grant, Limits, NodeInfo, Plugin, PluginHost};
+use twill_store::{EtcdOptions, EtcdStore, LEASE_TTL, LeaseStore, WatchEvent, acquire};
+
+use crate::cli::RunArgs;
+use crate::{iface, subnet_file};
+
+/// How often every known peer is re-applied, repairing kernel state that went missing.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+/// How long to wait before retrying a failed renewal (flannel: one minute).
+const RENEW_RETRY: Duration = Duration::from_secs(60);
+/// How often to look for the network config while it is missing (flannel: 1 s).
+const CONFIG_POLL: Duration = Duration::from_secs(1);
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let kernel: Arc<dyn Kernel> = Arc::new(
+        tokio::task::spawn_blocking(Netlink::new)
+            .await?
+            .context("open netlink")?,
+    );
+    let external = {
+        let (k, wanted) = (kernel.clone(), args.iface.clone());
+        tokio::task::spawn_blocking(move || iface::resolve(k.as_ref(), &wanted)).await??
+    };
+    let public_ip = args.public_ip.unwrap_or(external.addr);
+    tracing::info!(
+        iface = %external.name, index = external.index, mtu = external.mtu,
+        iface_addr = %external.addr, %public_ip, "using interface"
+    );
+
+    let store = connect(&args).await;
+    let config = wait_for_config(&store, &args.etcd_prefix).await?;
+    tracing::info!(
+        network = %config.network, subnet_len = config.subnet_len,
+        subnet_min = %config.subnet_min, subnet_max = %config.subnet_max,
+        backend = %config.backend.kind, "network config"
+    );
+
+    let host =
+        PluginHost::new(kernel.clone(), Limits::default()).context("start the plugin host")?;
+    let plugin = find_plugin(&host, &config.backend.kind)?;
+    tracing::info!(plugin = %plugin.name, version = %plugin.version, source = %plugin.source,
+        capabilities = ?plugin.capabilities, "loaded backend plugin");
+
+    let (leases, _) = store.list_leases().await.context("list leases")?;
+    let previous_data = leases
+        .iter()
+        .find(|l| l.attrs.public_ip == public_ip && l.attrs.backend_type == config.backend.kind)
+        .and_then(|l| l.attrs.backend_data.clone());
+    let grant = Grant {
+        network: config.network,
+        own_subnet: None,
+        external: external.clone(),
+        public_ip,
+    };
+    let backend = host.spawn(&plugin, grant)?;
+    let registration = backend
+        .init(NodeInfo {
+            config: config.backend.json.clone(),
+            previous_data,
+        })
+        .await?;
+
+    let attrs = LeaseAttrs::new(
+        public_ip,
+        &registration.backend_type,
+        registration.backend_data.as_deref(),
+    )
+    .context("backend registered invalid BackendData")?;
+    let previous_subnet = subnet_file::read_previous(&args.subnet_file);
+    let lease = acquire(&store, &config, &attrs, previous_subnet)
+        .await
+        .context("acquire a subnet lease")?
+        .lease;
+    tracing::info!(subnet = %lease.subnet, expires = ?lease.expires, "holding lease");
+
+    backend.start(lease.subnet).await?;
+    subnet_file::write(
+        &args.subnet_file,
+        &SubnetEnv {
+            network: config.network,
+            subnet: lease.subnet,
+            mtu: registration.mtu,
+            ip_masq: false,
+        },
+    )?;
+    tracing::info!(path = %args.subnet_file.display(), mtu = registration.mtu, "wrote subnet file");
+
+    let node = Node {
+        store,
+        backend,
+        attrs,
+        lease,
+        peers: PeerSet::default(),
+        renew_margin: Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60),
+    };
+    node.run().await
+}
+
+/// Connect to etcd, retrying with a log line while it is unreachable.
+async fn connect(args: &RunArgs) -> EtcdStore {
+    let opts = EtcdOptions {
+        endpoints: args.etcd_endpoints.clone(),
+        prefix: args.etcd_prefix.clone(),
+    };
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match EtcdStore::connect(opts.clone()).await {
+            Ok(store) => return store,
+            Err(e) => {
+                tracing::warn!("{}; retrying in {}s", error_chain(&e), delay.as_secs());
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Wait until `<prefix>/config` exists (as flanneld does), then validate it.
+async fn wait_for_config(store: &impl LeaseStore, prefix: &str) -> anyhow::Result<Config> {
+    let mut logged = false;
+    loop {
+        match store.get_config().await {
+            Ok(Some(text)) => return Ok(Config::parse(&text)?),
+            Ok(None) if !logged => {
+                tracing::info!("waiting for the network config at {prefix}/config");
+                logged = true;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("reading the network config: {}; retrying", error_chain(&e)),
+        }
+        tokio::time::sleep(CONFIG_POLL).await;
+    }
+}
+
+fn find_plugin(host: &PluginHost, kind: &str) -> anyhow::Result<Plugin> {
+    let mut available = Vec::new();
+    for (dir, bytes) in twill_builtin::BUILTIN {
+        let plugin = host
+            .load(&format!("built-in:{dir}"), bytes)
+            .with_context(|| format!("load built-in plugin {dir}"))?;
+        if plugin.name == kind {
+            return Ok(plugin);
+        }
+        available.push(plugin.name);
+    }
+    bail!(
+        "unknown backend type {kind:?} in Backend.Type (available: {})",
+        available.join(", ")
+    )
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The running node: lease held, backend started.
+struct Node<S> {
+    store: S,
+    backend: Backend,
+    attrs: LeaseAttrs,
+    lease: Lease,
+    peers: PeerSet,
+    renew_margin: Duration,
+}
+
+impl<S: LeaseStore> Node<S> {
+    async fn run(mut self) -> anyhow::Result<()> {
+        self.peers = PeerSet::new(self.lease.subnet);
+        let mut watch = pin!(self.store.watch_leases());
+        let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+        let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+        resync.tick().await;
+        let mut renew_at = self.renew_deadline();
+        loop {
+            tokio::select! {
+                event = watch.next() => {
+                    let Some(event) = event else { bail!("the lease watch ended") };
+                    self.on_watch(event).await?;
+                }
+                () = sleep_until(renew_at) => {
+                    renew_at = match self.renew().await {
+                        Ok(()) => self.renew_deadline(),
+                        Err(e) => {
+                            tracing::warn!("renewing lease {}: {e:#}; retrying in {}s", self.lease.subnet, RENEW_RETRY.as_secs());
+                            Some(tokio::time::Instant::now() + RENEW_RETRY)
+                        }
+                    };
+                }
+                _ = resync.tick() => {
+                    let all: Vec<LeaseEvent> = self.peers.leases().cloned().map(LeaseEvent::Added).collect();
+                    tracing::debug!(peers = all.len(), "periodic resync");
+                    self.apply(all).await?;
+                }
+                _ = sigterm.recv() => return self.stop("SIGTERM").await,
+                _ = sigint.recv() => return self.stop("SIGINT").await,
+            }
+        }
+    }
+
+    async fn on_watch(&mut self, event: WatchEvent) -> anyhow::Result<()> {
+        let own = self.lease.subnet;
+        let events = match event {
+            WatchEvent::Snapshot(leases) => {
+                if !leases.iter().any(|l| l.subnet == own) {
+                    bail!(
+                        "our lease {own} is gone from the store; shutting down (as flanneld does)"
+                    );
+                }
+                self.peers.reset(leases)
+            }
+            WatchEvent::Events(events) => {
+                for e in &events {
+                    match e {
+                        LeaseEvent::Removed(l) if l.subnet == own => {
+                            bail!(
+                                "our lease {own} has been revoked; shutting down (as flanneld does)"
+                            )
+                        }
+                        LeaseEvent::Added(l) if l.subnet == own => self.lease.expires = l.expires,
+                        _ => {}
+                    }
+                }
+                self.peers.apply(events)
+            }
+        };
+        for e in &events {
+            match e {
+                LeaseEvent::Added(l) => {
+                    tracing::info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "peer added")
+                }
+                LeaseEvent::Removed(l) => {
+                    tracing::info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "peer removed")
+                }
+            }
+        }
+        self.apply(events).await
+    }
+
+    /// Hand a batch to the backend. A backend error is logged and the daemon goes on
+    /// (the next resync retries); a trap stops the daemon.
+    async fn apply(&self, events: Vec<LeaseEvent>) -> anyhow::Result<()> {
+        match self.backend.on_leases(events).await {
+            Ok(()) => Ok(()),
+            Err(e @ CallError::Backend { .. }) => {
+                tracing::error!("{e}");
+                Ok(())
+            }
+            Err(e) => Err(anyhow!(e)),
+        }
+    }
+
+    fn renew_deadline(&self) -> Option<tokio::time::Instant> {
+        let expires = self.lease.expires?;
+        let wait = expires
+            .checked_sub(self.renew_margin)
+            .and_then(|at| at.duration_since(SystemTime::now()).ok())
+            .unwrap_or_default();
+        Some(tokio::time::Instant::now() + wait)
+    }
+
+    async fn renew(&mut self) -> anyhow::Result<()> {
+        let expires = self
+            .store
+            .renew_lease(self.lease.subnet, &self.attrs, LEASE_TTL)
+            .await?;
+        self.lease.expires = expires;
+        tracing::info!(subnet = %self.lease.subnet, ?expires, "renewed lease");
+        Ok(())
+    }
+
+    async fn stop(self, signal: &str) -> anyhow::Result<()> {
+        tracing::info!("{signal} received; stopping (kernel objects and lease stay in place)");
+        if let Err(e) = self.backend.shutdown().await {
+            tracing::warn!("{e}");
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

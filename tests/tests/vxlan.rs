@@ -1,0 +1,223 @@
+//! End to end: three nodes on the vxlan backend, a real etcd, the real twill binary.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+use twill_e2e::{Cluster, UNDERLAY, wait_for};
+
+const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+fn is_mac(s: &str) -> bool {
+    s.len() == 17
+        && s.split(':')
+            .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
+}
+
+/// The lease value of node `n` by its public IP: (key, parsed value).
+fn lease_of(c: &Cluster, ip: &str) -> (String, Value) {
+    c.leases()
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                serde_json::from_str::<Value>(&v).expect("lease value is JSON"),
+            )
+        })
+        .find(|(_, v)| v["PublicIP"] == ip)
+        .unwrap_or_else(|| panic!("no lease with PublicIP {ip}"))
+}
+
+#[test]
+fn vxlan_cluster_end_to_end() {
+    let mut c = Cluster::new(3);
+    c.put_config(CONFIG);
+    for k in 1..=3 {
+        c.start_twill(k);
+    }
+    c.wire_pods();
+    c.assert_full_mesh(Duration::from_secs(30));
+
+    // Leases: flannel's exact fields and types, a 24 h TTL, and subnet.env matching.
+    let leases = c.leases();
+    assert_eq!(leases.len(), 3, "one lease per node: {leases:?}");
+    for node in &c.nodes {
+        let (key, v) = lease_of(&c, &node.ip());
+        let obj = v.as_object().expect("lease is an object");
+        let fields: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+        assert_eq!(
+            fields,
+            BTreeSet::from(["PublicIP", "PublicIPv6", "BackendType", "BackendData"]),
+            "{v}"
+        );
+        assert!(obj["PublicIPv6"].is_null());
+        assert_eq!(obj["BackendType"], "vxlan");
+        let data = obj["BackendData"]
+            .as_object()
+            .expect("BackendData is an object");
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["VNI", "VtepMAC"], "{v}");
+        assert_eq!(data["VNI"], 1);
+        assert!(data["VtepMAC"].as_str().is_some_and(is_mac), "{v}");
+        assert_eq!(
+            key,
+            node.subnet().replace('/', "-"),
+            "key is the subnet in flannel's form"
+        );
+        let ttl = c.lease_ttl(&key).expect("lease has a TTL");
+        assert!(
+            (86_000..=86_400).contains(&ttl),
+            "TTL {ttl}s is flannel's 24 h"
+        );
+        let env = node.subnet_env().expect("subnet.env");
+        assert_eq!(env["FLANNEL_NETWORK"], "10.244.0.0/16");
+        assert_eq!(env["FLANNEL_MTU"], "1450", "veth MTU 1500 − 50");
+        assert_eq!(env["FLANNEL_IPMASQ"], "false");
+        assert!(env["FLANNEL_SUBNET"].ends_with(".1/24"));
+
+        // Kernel objects as flannel makes them.
+        let link = node.exec(&["ip", "-d", "link", "show", "flannel.1"]);
+        for want in [
+            "vxlan id 1",
+            &format!("local {}", node.ip()),
+            "dstport 8472",
+            "nolearning",
+            "mtu 1450",
+        ] {
+            assert!(link.contains(want), "flannel.1 lacks {want:?}:\n{link}");
+        }
+        assert!(
+            link.contains(data["VtepMAC"].as_str().expect("mac")),
+            "device MAC is the lease's VtepMAC"
+        );
+        let addr = node.exec(&["ip", "-4", "addr", "show", "dev", "flannel.1"]);
+        let own_net = node.subnet().replace("/24", "/32");
+        assert!(addr.contains(&own_net), "flannel.1 has {own_net}:\n{addr}");
+    }
+    for node in &c.nodes {
+        for peer in c.nodes.iter().filter(|p| p.n != node.n) {
+            let (_, v) = lease_of(&c, &peer.ip());
+            let mac = v["BackendData"]["VtepMAC"]
+                .as_str()
+                .expect("mac")
+                .to_owned();
+            let peer_net = peer.subnet();
+            let gw = peer_net.split('/').next().expect("addr").to_owned();
+            let routes = node.exec(&["ip", "route", "show", &peer_net]);
+            assert!(
+                routes.contains(&format!("{peer_net} via {gw} dev flannel.1 onlink")),
+                "node {} route to {peer_net}: {routes}",
+                node.n
+            );
+            let neigh = node.exec(&["ip", "neigh", "show", "dev", "flannel.1", &gw]);
+            assert!(
+                neigh.contains(&mac) && neigh.contains("PERMANENT"),
+                "neighbour {gw}: {neigh}"
+            );
+            let fdb = node.exec(&["bridge", "fdb", "show", "dev", "flannel.1"]);
+            assert!(
+                fdb.contains(&format!("{mac} dst {} self permanent", peer.ip())),
+                "fdb for {mac}: {fdb}"
+            );
+        }
+    }
+
+    // Restart node 2 under a running ping: same subnet, same MAC, traffic keeps flowing.
+    let (key2, before) = lease_of(&c, &format!("{UNDERLAY}.2"));
+    let pod2 = c.nodes[1].pod_ip();
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.nodes[0].pod_ns,
+            "ping",
+            "-i",
+            "0.1",
+            "-c",
+            "80",
+            "-W",
+            "1",
+            &pod2,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ping");
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(c.nodes[1].stop(), Some(0), "twill exits 0 on SIGTERM");
+    let link_after_stop = c.nodes[1].exec(&["ip", "link", "show", "flannel.1"]);
+    assert!(
+        link_after_stop.contains("flannel.1"),
+        "SIGTERM leaves the device in place"
+    );
+    thread::sleep(Duration::from_secs(1));
+    c.start_twill(2);
+    let out = ping.wait_with_output().expect("ping output");
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    let received: u32 = summary
+        .split(", ")
+        .find_map(|p| {
+            p.strip_suffix(" received")
+                .or_else(|| p.strip_suffix(" packets received"))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("cannot read ping summary: {summary}"));
+    assert!(
+        received >= 78,
+        "ping across the restart lost {} of 80 packets:\n{summary}",
+        80 - received
+    );
+    wait_for(
+        "node 2 to renew its lease after restart",
+        Duration::from_secs(30),
+        || {
+            c.nodes[1]
+                .log_tail()
+                .contains("holding lease")
+                .then_some(())
+        },
+    );
+    let (key2_after, after) = lease_of(&c, &format!("{UNDERLAY}.2"));
+    assert_eq!(key2, key2_after, "same subnet after restart");
+    assert_eq!(
+        before["BackendData"]["VtepMAC"], after["BackendData"]["VtepMAC"],
+        "same VTEP MAC after restart"
+    );
+    c.assert_full_mesh(Duration::from_secs(20));
+
+    // Stop node 3 and delete its lease: the others remove its route, neighbour and FDB entry.
+    let (key3, v3) = lease_of(&c, &format!("{UNDERLAY}.3"));
+    let mac3 = v3["BackendData"]["VtepMAC"]
+        .as_str()
+        .expect("mac")
+        .to_owned();
+    let net3 = c.nodes[2].subnet();
+    assert_eq!(c.nodes[2].stop(), Some(0));
+    c.etcdctl(&["del", &format!("{}/subnets/{key3}", c.prefix)]);
+    for node in &c.nodes[..2] {
+        wait_for(
+            &format!("node {} to remove {net3}", node.n),
+            Duration::from_secs(20),
+            || {
+                let routes = node.exec(&["ip", "route", "show", &net3]);
+                let fdb = node.exec(&["bridge", "fdb", "show", "dev", "flannel.1"]);
+                let gw = net3.split('/').next().expect("addr").to_owned();
+                let neigh = node.exec(&["ip", "neigh", "show", "dev", "flannel.1", &gw]);
+                (routes.trim().is_empty() && !fdb.contains(&mac3) && neigh.trim().is_empty())
+                    .then_some(())
+            },
+        );
+    }
+    assert!(
+        c.pod_ping(1, 2),
+        "the remaining nodes still reach each other"
+    );
+    for k in [1, 2] {
+        assert_eq!(
+            c.nodes[k - 1].exited(),
+            None,
+            "twill on node {k} is still running"
+        );
+    }
+}
