@@ -1,12 +1,15 @@
 //! `twill run`: the node daemon's lifecycle.
 //!
-//! 1. resolve the external interface and public IP; 2. wait for the network config in
-//! the store; 3. load the backend plugin and `init` it (with our previous BackendData,
-//! so the VTEP MAC survives restarts); 4. acquire a lease; 5. `start` the backend and
-//! write subnet.env; 6. loop: feed peer lease changes to the backend in batches, renew
-//! the lease a margin before it expires, re-apply every peer periodically (repairs
-//! kernel state someone removed), and stop cleanly on SIGTERM/SIGINT, leaving the
-//! kernel objects in place.
+//! 1. Resolve the external interface and public IP.
+//! 2. Wait for the network config in the store.
+//! 3. Load the backend plugin and `init` it, with our previous BackendData so the
+//!    VTEP MAC survives restarts.
+//! 4. Acquire a lease.
+//! 5. `start` the backend and write subnet.env.
+//! 6. Loop: feed peer lease changes to the backend in batches, renew the lease a
+//!    margin before it expires, re-apply every peer periodically (repairs kernel state
+//!    someone removed), and stop cleanly on SIGTERM/SIGINT, leaving the kernel objects
+//!    in place.
 
 use std::pin::pin;
 use std::sync::Arc;

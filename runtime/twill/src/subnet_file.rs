@@ -35,9 +35,8 @@ pub fn write(path: &Path, env: &SubnetEnv) -> anyhow::Result<()> {
         fs::rename(&tmp, path)
     };
     write()
-        .map_err(|e| {
+        .inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
-            e
         })
         .with_context(|| format!("write subnet file {}", path.display()))
 }
