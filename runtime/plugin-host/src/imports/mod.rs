@@ -7,6 +7,8 @@ mod log;
 mod neighbours;
 mod route_lookup;
 mod routes;
+#[cfg(test)]
+mod tests;
 
 use crate::bindings::twill::backend::types;
 use crate::state::PluginState;
