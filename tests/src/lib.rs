@@ -182,6 +182,25 @@ impl Node {
         }
     }
 
+    /// Wait up to `timeout` for twill to exit by itself; its exit code, or `None` if it
+    /// is still running (then it is left running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(code) = self.exited() {
+                self.twill = None;
+                return Some(code.unwrap_or(-1));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    /// twill's whole log.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Whether twill has exited (and with what code).
     pub fn exited(&mut self) -> Option<Option<i32>> {
         let child = self.twill.as_mut()?;
@@ -315,6 +334,20 @@ impl Cluster {
         sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
     }
 
+    /// Stop the etcd server (its data stays).
+    pub fn stop_etcd(&mut self) {
+        if let Some(mut etcd) = self.etcd.take() {
+            let _ = etcd.kill();
+            let _ = etcd.wait();
+        }
+    }
+
+    /// Start the etcd server again on its data.
+    pub fn restart_etcd(&mut self) {
+        let ns = format!("{}-etcd", self.id);
+        self.start_etcd(&ns);
+    }
+
     fn start_etcd(&mut self, ns: &str) {
         let data = self.dir.join("etcd-data");
         let client = format!("http://{ETCD_IP}:2379");
@@ -423,6 +456,11 @@ impl Cluster {
 
     /// Start (or restart) twill on node `k` (1-based).
     pub fn start_twill(&mut self, k: usize) {
+        self.start_twill_with(k, &["--iface", "eth0"]);
+    }
+
+    /// Start twill on node `k` with these arguments after the etcd endpoint and subnet file.
+    pub fn start_twill_with(&mut self, k: usize, args: &[&str]) {
         let bin = twill_bin();
         let node = &mut self.nodes[k - 1];
         assert!(node.twill.is_none(), "twill already running on {}", node.ns);
@@ -438,11 +476,10 @@ impl Cluster {
                 "run",
                 "--etcd-endpoints",
                 &format!("http://{ETCD_IP}:2379"),
-                "--iface",
-                "eth0",
                 "--subnet-file",
             ])
             .arg(&node.subnet_file)
+            .args(args)
             .env("TWILL_LOG", "info,twill=debug")
             .stdout(Stdio::null())
             .stderr(log)

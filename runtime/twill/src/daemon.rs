@@ -34,6 +34,8 @@ const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// How often to look for the network config while it is missing (flannel: 1 s).
 const CONFIG_POLL: Duration = Duration::from_secs(1);
+/// The longest wait between retries while etcd is unreachable.
+const MAX_RETRY: Duration = Duration::from_secs(10);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let kernel: Arc<dyn Kernel> = Arc::new(
@@ -133,7 +135,7 @@ async fn connect(args: &RunArgs) -> EtcdStore {
             Err(e) => {
                 tracing::warn!("{}; retrying in {}s", error_chain(&e), delay.as_secs());
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+                delay = (delay * 2).min(MAX_RETRY);
             }
         }
     }
@@ -142,17 +144,27 @@ async fn connect(args: &RunArgs) -> EtcdStore {
 /// Wait until `<prefix>/config` exists (as flanneld does), then validate it.
 async fn wait_for_config(store: &impl LeaseStore, prefix: &str) -> anyhow::Result<Config> {
     let mut logged = false;
+    let mut delay = CONFIG_POLL;
     loop {
         match store.get_config().await {
             Ok(Some(text)) => return Ok(Config::parse(&text)?),
-            Ok(None) if !logged => {
-                tracing::info!("waiting for the network config at {prefix}/config");
-                logged = true;
+            Ok(None) => {
+                if !logged {
+                    tracing::info!("waiting for the network config at {prefix}/config");
+                    logged = true;
+                }
+                delay = CONFIG_POLL;
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!("reading the network config: {}; retrying", error_chain(&e)),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read the network config from etcd: {}; retrying in {}s",
+                    error_chain(&e),
+                    delay.as_secs()
+                );
+                delay = (delay * 2).min(MAX_RETRY);
+            }
         }
-        tokio::time::sleep(CONFIG_POLL).await;
+        tokio::time::sleep(delay).await;
     }
 }
 

@@ -1,0 +1,123 @@
+//! End to end: bad input and faults give a clear one-line error and a non-zero exit, or
+//! a retry with a log line where waiting is right — never a panic or a backtrace.
+
+use std::time::Duration;
+
+use twill_e2e::{Cluster, wait_for};
+
+/// Run twill on node 1 until it exits; assert a failure whose only error line
+/// contains `want`.
+fn expect_failure(c: &mut Cluster, args: &[&str], want: &str) {
+    c.start_twill_with(1, args);
+    let code = c.nodes[0].wait_exit(Duration::from_secs(30));
+    let log = c.nodes[0].log_text();
+    assert_eq!(
+        code,
+        Some(1),
+        "twill should exit 1 for {want:?}; log:\n{log}"
+    );
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "exactly one error line; log:\n{log}");
+    assert!(
+        errors[0].contains(want),
+        "error line {:?} should say {want:?}",
+        errors[0]
+    );
+    for bad in ["panicked", "backtrace", "RUST_BACKTRACE"] {
+        assert!(!log.contains(bad), "log contains {bad:?}:\n{log}");
+    }
+    // Start the next case with a fresh log.
+    std::fs::write(&c.nodes[0].log, "").expect("truncate log");
+}
+
+#[test]
+fn bad_configs_interfaces_and_backends_fail_with_one_line() {
+    let mut c = Cluster::new(1);
+    let eth0 = ["--iface", "eth0"];
+
+    c.put_config(r#"{"Network":"10.244.0.0/16","#);
+    expect_failure(&mut c, &eth0, "network config is not a JSON object");
+
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"nope"}}"#);
+    expect_failure(
+        &mut c,
+        &eth0,
+        r#"unknown backend type "nope" in Backend.Type (available: vxlan)"#,
+    );
+
+    c.put_config(r#"{"Network":"10.244.0.0/16","SubnetLen":17,"Backend":{"Type":"vxlan"}}"#);
+    expect_failure(&mut c, &eth0, "network config field SubnetLen");
+
+    c.put_config(r#"{"Network":"10.244.0.0/30","Backend":{"Type":"vxlan"}}"#);
+    expect_failure(
+        &mut c,
+        &eth0,
+        "network config field Network: 10.244.0.0/28 is too small"
+            .replace("/28", "/30")
+            .as_str(),
+    );
+
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":"x"}}"#);
+    expect_failure(&mut c, &eth0, "Backend.VNI");
+
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    expect_failure(&mut c, &["--iface", "eth9"], "interface eth9 not found");
+    expect_failure(
+        &mut c,
+        &["--iface", "10.9.9.9"],
+        "interface 10.9.9.9 not found",
+    );
+    assert!(
+        !c.nodes[0].subnet_file.exists(),
+        "no subnet.env after failures"
+    );
+}
+
+#[test]
+fn missing_config_and_unreachable_etcd_are_waited_for() {
+    let mut c = Cluster::new(1);
+    // No config yet: twill says it waits, and goes on once the config appears.
+    c.start_twill(1);
+    wait_for(
+        "the waiting-for-config log line",
+        Duration::from_secs(20),
+        || {
+            c.nodes[0]
+                .log_text()
+                .contains("waiting for the network config at /coreos.com/network/config")
+                .then_some(())
+        },
+    );
+    assert_eq!(c.nodes[0].exited(), None, "twill keeps waiting");
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    wait_for(
+        "subnet.env once the config exists",
+        Duration::from_secs(30),
+        || c.nodes[0].subnet_file.exists().then_some(()),
+    );
+    assert_eq!(c.nodes[0].stop(), Some(0));
+    std::fs::write(&c.nodes[0].log, "").expect("truncate log");
+
+    // etcd down at start: retries with a log line, then carries on when etcd is back.
+    c.stop_etcd();
+    std::fs::remove_file(&c.nodes[0].subnet_file).expect("remove subnet.env");
+    c.start_twill(1);
+    wait_for(
+        "a retry log line while etcd is down",
+        Duration::from_secs(30),
+        || {
+            c.nodes[0]
+                .log_text()
+                .contains("cannot read the network config from etcd")
+                .then_some(())
+        },
+    );
+    assert_eq!(c.nodes[0].exited(), None, "twill keeps retrying");
+    c.restart_etcd();
+    wait_for(
+        "subnet.env once etcd is back",
+        Duration::from_secs(40),
+        || c.nodes[0].subnet_file.exists().then_some(()),
+    );
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}
