@@ -13,8 +13,14 @@ use twill_e2e::Cluster;
 
 fn arg(args: &[String], name: &str) -> Option<u64> {
     let at = args.iter().position(|a| a == name)?;
-    let value = args.get(at + 1).unwrap_or_else(|| fail(&format!("{name} needs a value")));
-    Some(value.parse().unwrap_or_else(|_| fail(&format!("{name}: {value:?} is not a number"))))
+    let value = args
+        .get(at + 1)
+        .unwrap_or_else(|| fail(&format!("{name} needs a value")));
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| fail(&format!("{name}: {value:?} is not a number"))),
+    )
 }
 
 fn fail(msg: &str) -> ! {
@@ -25,7 +31,9 @@ fn fail(msg: &str) -> ! {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: twill-lab [--nodes N] [--duration SECONDS]\n\nA twill cluster in network namespaces on this machine (needs root).");
+        println!(
+            "usage: twill-lab [--nodes N] [--duration SECONDS]\n\nA twill cluster in network namespaces on this machine (needs root)."
+        );
         return;
     }
     let nodes = arg(&args, "--nodes").unwrap_or(3);
@@ -78,7 +86,11 @@ fn main() {
         }
         println!();
     }
-    println!("reachable {ok}/{}  (cluster up in {:.1}s)", n * (n - 1), started.elapsed().as_secs_f64());
+    println!(
+        "reachable {ok}/{}  (cluster up in {:.1}s)",
+        n * (n - 1),
+        started.elapsed().as_secs_f64()
+    );
     println!("namespaces: {}-*   logs: {}", c.id, c.dir().display());
     match duration {
         Some(d) => {
