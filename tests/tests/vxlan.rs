@@ -45,6 +45,16 @@ fn vxlan_cluster_end_to_end() {
     assert_eq!(leases.len(), 3, "one lease per node: {leases:?}");
     for node in &c.nodes {
         let (key, v) = lease_of(&c, &node.ip());
+        let raw = &leases[&key];
+        let mac = v["BackendData"]["VtepMAC"].as_str().unwrap_or_default();
+        assert_eq!(
+            raw,
+            &format!(
+                r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#,
+                node.ip()
+            ),
+            "the value is byte for byte what flannel writes"
+        );
         let obj = v.as_object().expect("lease is an object");
         let fields: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
         assert_eq!(
@@ -57,7 +67,7 @@ fn vxlan_cluster_end_to_end() {
         let data = obj["BackendData"]
             .as_object()
             .expect("BackendData is an object");
-        assert_eq!(data.keys().collect::<Vec<_>>(), ["VNI", "VtepMAC"], "{v}");
+        assert_eq!(data.len(), 2, "{v}");
         assert_eq!(data["VNI"], 1);
         assert!(data["VtepMAC"].as_str().is_some_and(is_mac), "{v}");
         assert_eq!(
@@ -152,6 +162,7 @@ fn vxlan_cluster_end_to_end() {
         "SIGTERM leaves the device in place"
     );
     thread::sleep(Duration::from_secs(1));
+    std::fs::write(&c.nodes[1].log, "").expect("truncate node 2 log");
     c.start_twill(2);
     let out = ping.wait_with_output().expect("ping output");
     let summary = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -169,15 +180,16 @@ fn vxlan_cluster_end_to_end() {
         80 - received
     );
     wait_for(
-        "node 2 to renew its lease after restart",
+        "node 2 to reuse its lease after the restart",
         Duration::from_secs(30),
         || {
             c.nodes[1]
-                .log_tail()
-                .contains("holding lease")
+                .log_text()
+                .contains("reusing our lease")
                 .then_some(())
         },
     );
+    assert_eq!(c.leases().len(), 3, "the restart took no second lease");
     let (key2_after, after) = lease_of(&c, &format!("{UNDERLAY}.2"));
     assert_eq!(key2, key2_after, "same subnet after restart");
     assert_eq!(
@@ -185,6 +197,46 @@ fn vxlan_cluster_end_to_end() {
         "same VTEP MAC after restart"
     );
     c.assert_full_mesh(Duration::from_secs(20));
+
+    // Restart again after someone removed node 2's device and node 1's objects for it:
+    // a restart re-programs whatever is missing, with the same MAC.
+    let mac2 = before["BackendData"]["VtepMAC"]
+        .as_str()
+        .expect("mac")
+        .to_owned();
+    assert_eq!(c.nodes[1].stop(), Some(0));
+    c.nodes[1].exec(&["ip", "link", "del", "flannel.1"]);
+    assert_eq!(c.nodes[0].stop(), Some(0));
+    let net2 = c.nodes[1].subnet();
+    c.nodes[0].exec(&["ip", "route", "del", &net2]);
+    c.nodes[0].exec(&[
+        "bridge",
+        "fdb",
+        "del",
+        &mac2,
+        "dev",
+        "flannel.1",
+        "dst",
+        &format!("{UNDERLAY}.2"),
+    ]);
+    assert!(
+        !c.pod_ping(1, 2),
+        "pod 2 is cut off once its objects are gone"
+    );
+    c.start_twill(1);
+    c.start_twill(2);
+    c.assert_full_mesh(Duration::from_secs(30));
+    let link2 = c.nodes[1].exec(&["ip", "-d", "link", "show", "flannel.1"]);
+    assert!(
+        link2.contains(&mac2),
+        "flannel.1 recreated with the lease's MAC {mac2}:\n{link2}"
+    );
+    assert!(
+        c.nodes[0]
+            .exec(&["ip", "route", "show", &net2])
+            .contains("dev flannel.1 onlink"),
+        "route to node 2 re-added"
+    );
 
     // Stop node 3 and delete its lease: the others remove its route, neighbour and FDB entry.
     let (key3, v3) = lease_of(&c, &format!("{UNDERLAY}.3"));

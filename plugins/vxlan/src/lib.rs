@@ -11,7 +11,7 @@
 
 use serde_json::Value;
 use twill_plugin_sdk::bindings::twill::backend::types::Mac;
-use twill_plugin_sdk::host::{fdb, links, neighbours, routes};
+use twill_plugin_sdk::host::{addresses, fdb, links, neighbours, routes};
 use twill_plugin_sdk::{
     Backend, Error, Info, Lease, LeaseEvent, Node, Registration, Subnet, config_field,
     export_backend, format_mac, host, ip, parse_mac,
@@ -62,8 +62,9 @@ fn parse_config(text: &str) -> Result<VxlanConfig, Error> {
             ))),
         }
     };
+    // flannel's default applies only when VNI is absent; an explicit 0 stays 0.
     let vni = match uint("VNI")? {
-        None | Some(0) => 1,
+        None => 1,
         Some(v) if v < (1 << 24) => v as u32,
         Some(v) => return Err(invalid(format!("Backend.VNI: {v} is above 16777215"))),
     };
@@ -115,13 +116,20 @@ impl Vxlan {
         })?;
         let gw = lease.subnet.addr;
         neighbours::replace(self.dev, gw, mac)?;
-        fdb::replace(self.dev, mac, lease.public_ip)?;
-        routes::replace(routes::Route {
-            dst: lease.subnet,
-            gateway: Some(gw),
-            dev: self.dev,
-            onlink: true,
-        })
+        let rest = fdb::replace(self.dev, mac, lease.public_ip).and_then(|()| {
+            routes::replace(routes::Route {
+                dst: lease.subnet,
+                gateway: Some(gw),
+                dev: self.dev,
+                onlink: true,
+            })
+        });
+        if rest.is_err() {
+            // As flannel does: a peer is programmed whole or not at all.
+            let _ = fdb::delete(self.dev, mac, lease.public_ip);
+            let _ = neighbours::delete(self.dev, gw);
+        }
+        rest
     }
 
     /// Remove all three objects, going on past failures (as flannel does).
@@ -211,7 +219,7 @@ impl Backend for Vxlan {
     }
 
     fn start(&mut self, own: Subnet) -> Result<(), Error> {
-        links::ensure_address(self.dev, own.addr, 32)?;
+        addresses::ensure(self.dev, own.addr)?;
         links::set_up(self.dev)
     }
 

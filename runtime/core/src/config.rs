@@ -128,11 +128,13 @@ impl Config {
         let network = parse_network(&obj)?;
         let subnet_len = check_subnet_len(network, get_subnet_len(&obj)?)?;
         let size = 1u32 << (32 - u32::from(subnet_len));
-        let subnet_min = match get_ip(&obj, "SubnetMin")? {
+        // flannel treats 0.0.0.0 (Go's zero value) as "not set".
+        let unset = |ip: Option<Ipv4Addr>| ip.filter(|ip| !ip.is_unspecified());
+        let subnet_min = match unset(get_ip(&obj, "SubnetMin")?) {
             None => Ipv4Addr::from(u32::from(network.addr()) + size),
             Some(ip) => check_bound(network, subnet_len, "SubnetMin", ip)?,
         };
-        let subnet_max = match get_ip(&obj, "SubnetMax")? {
+        let subnet_max = match unset(get_ip(&obj, "SubnetMax")?) {
             // Network.Next().IP - subnetSize: the last subnet of the network.
             None => Ipv4Addr::from(u32::from(network.last()) - (size - 1)),
             Some(ip) => check_bound(network, subnet_len, "SubnetMax", ip)?,

@@ -138,6 +138,7 @@ impl Drop for PluginHost {
 const CAPABILITIES: &[&str] = &[
     "types",
     "links",
+    "addresses",
     "routes",
     "neighbours",
     "fdb",

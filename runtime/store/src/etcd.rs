@@ -547,6 +547,15 @@ impl Watcher {
             match event.event_type() {
                 EventType::Put => {
                     let Some((subnet, attrs)) = parse_kv(&self.keys, kv) else {
+                        // The key now holds garbage (skipped with a warning): whatever
+                        // lease it held before is gone, as a re-list would find.
+                        if let Some(subnet) = parse_key(&self.keys, kv.key()) {
+                            events.push(LeaseEvent::Removed(Lease {
+                                subnet,
+                                attrs: placeholder_attrs(),
+                                expires: None,
+                            }));
+                        }
                         continue;
                     };
                     let expires = match expiry_of(&self.client, kv.lease()).await {

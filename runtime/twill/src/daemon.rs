@@ -23,7 +23,9 @@ use twill_core::subnet_env::SubnetEnv;
 use twill_core::{Config, PeerSet};
 use twill_net::{Kernel, Netlink};
 use twill_plugin_host::{Backend, CallError, Grant, Limits, NodeInfo, Plugin, PluginHost};
-use twill_store::{EtcdOptions, EtcdStore, LEASE_TTL, LeaseStore, WatchEvent, acquire};
+use twill_store::{
+    AcquireError, EtcdOptions, EtcdStore, LEASE_TTL, LeaseStore, WatchEvent, acquire,
+};
 
 use crate::cli::RunArgs;
 use crate::{iface, subnet_file};
@@ -67,7 +69,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(plugin = %plugin.name, version = %plugin.version, source = %plugin.source,
         capabilities = ?plugin.capabilities, "loaded backend plugin");
 
-    let (leases, _) = store.list_leases().await.context("list leases")?;
+    let (leases, _) = retry("list leases", || store.list_leases()).await;
     let previous_data = leases
         .iter()
         .find(|l| l.attrs.public_ip == public_ip && l.attrs.backend_type == config.backend.kind)
@@ -93,10 +95,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )
     .context("backend registered invalid BackendData")?;
     let previous_subnet = subnet_file::read_previous(&args.subnet_file);
-    let lease = acquire(&store, &config, &attrs, previous_subnet)
-        .await
-        .context("acquire a subnet lease")?
-        .lease;
+    let lease = acquire_with_retry(&store, &config, &attrs, previous_subnet).await?;
     tracing::info!(subnet = %lease.subnet, expires = ?lease.expires, "holding lease");
 
     backend.start(lease.subnet).await?;
@@ -114,6 +113,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let node = Node {
         store,
         backend,
+        config,
         attrs,
         lease,
         peers: PeerSet::default(),
@@ -168,6 +168,54 @@ async fn wait_for_config(store: &impl LeaseStore, prefix: &str) -> anyhow::Resul
     }
 }
 
+/// Retry a store request with backoff until it succeeds (etcd may be briefly away).
+async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, twill_store::StoreError>>,
+{
+    let mut delay = CONFIG_POLL;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::warn!(
+                    "{what}: {}; retrying in {}s",
+                    error_chain(&e),
+                    delay.as_secs()
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RETRY);
+            }
+        }
+    }
+}
+
+/// `acquire`, retried while the store is unreachable; a full network is fatal.
+async fn acquire_with_retry(
+    store: &impl LeaseStore,
+    config: &Config,
+    attrs: &LeaseAttrs,
+    previous: Option<twill_core::Subnet>,
+) -> anyhow::Result<Lease> {
+    let mut delay = CONFIG_POLL;
+    loop {
+        match acquire(store, config, attrs, previous).await {
+            Ok(acquired) => return Ok(acquired.lease),
+            Err(AcquireError::Store(e)) => {
+                tracing::warn!(
+                    "acquire a lease: {}; retrying in {}s",
+                    error_chain(&e),
+                    delay.as_secs()
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RETRY);
+            }
+            Err(e) => return Err(e).context("acquire a subnet lease"),
+        }
+    }
+}
+
 fn find_plugin(host: &PluginHost, kind: &str) -> anyhow::Result<Plugin> {
     let mut available = Vec::new();
     for (dir, bytes) in twill_builtin::BUILTIN {
@@ -200,6 +248,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 struct Node<S> {
     store: S,
     backend: Backend,
+    config: Config,
     attrs: LeaseAttrs,
     lease: Lease,
     peers: PeerSet,
@@ -230,11 +279,7 @@ impl<S: LeaseStore> Node<S> {
                         }
                     };
                 }
-                _ = resync.tick() => {
-                    let all: Vec<LeaseEvent> = self.peers.leases().cloned().map(LeaseEvent::Added).collect();
-                    tracing::debug!(peers = all.len(), "periodic resync");
-                    self.apply(all).await?;
-                }
+                _ = resync.tick() => self.resync().await?,
                 _ = sigterm.recv() => return self.stop("SIGTERM").await,
                 _ = sigint.recv() => return self.stop("SIGINT").await,
             }
@@ -242,29 +287,34 @@ impl<S: LeaseStore> Node<S> {
     }
 
     async fn on_watch(&mut self, event: WatchEvent) -> anyhow::Result<()> {
-        let own = self.lease.subnet;
         let events = match event {
             WatchEvent::Snapshot(leases) => {
-                if !leases.iter().any(|l| l.subnet == own) {
-                    bail!(
-                        "our lease {own} is gone from the store; shutting down (as flanneld does)"
-                    );
+                match leases.iter().find(|l| l.subnet == self.lease.subnet) {
+                    Some(l) => self.check_own(l)?,
+                    None => bail!(
+                        "our lease {} is gone from the store; shutting down (as flanneld does)",
+                        self.lease.subnet
+                    ),
                 }
-                self.peers.reset(leases)
+                let admitted: Vec<Lease> = leases.into_iter().filter(|l| self.admit(l)).collect();
+                self.peers.reset(admitted)
             }
             WatchEvent::Events(events) => {
-                for e in &events {
-                    match e {
-                        LeaseEvent::Removed(l) if l.subnet == own => {
-                            bail!(
-                                "our lease {own} has been revoked; shutting down (as flanneld does)"
-                            )
+                let mut admitted = Vec::with_capacity(events.len());
+                for e in events {
+                    match &e {
+                        LeaseEvent::Removed(l) if l.subnet == self.lease.subnet => bail!(
+                            "our lease {} has been revoked; shutting down (as flanneld does)",
+                            self.lease.subnet
+                        ),
+                        LeaseEvent::Added(l) if l.subnet == self.lease.subnet => {
+                            self.check_own(l)?
                         }
-                        LeaseEvent::Added(l) if l.subnet == own => self.lease.expires = l.expires,
-                        _ => {}
+                        LeaseEvent::Added(l) if !self.admit(l) => {}
+                        _ => admitted.push(e),
                     }
                 }
-                self.peers.apply(events)
+                self.peers.apply(admitted)
             }
         };
         for e in &events {
@@ -278,6 +328,70 @@ impl<S: LeaseStore> Node<S> {
             }
         }
         self.apply(events).await
+    }
+
+    /// Our own lease as the store reports it: still ours, or we stop.
+    fn check_own(&mut self, lease: &Lease) -> anyhow::Result<()> {
+        if lease.attrs.public_ip != self.attrs.public_ip {
+            bail!(
+                "our lease {} now belongs to {}; shutting down (as flanneld does)",
+                lease.subnet,
+                lease.attrs.public_ip
+            );
+        }
+        self.lease.expires = lease.expires;
+        Ok(())
+    }
+
+    /// Whether a peer lease is one this network can have: a SubnetLen subnet inside the
+    /// network, not overlapping ours. Anything else is skipped with a warning naming it.
+    fn admit(&self, lease: &Lease) -> bool {
+        let ok = lease.subnet.prefix() == self.config.subnet_len
+            && self.config.network.contains_subnet(&lease.subnet)
+            && !lease.subnet.overlaps(&self.lease.subnet);
+        if !ok {
+            tracing::warn!(
+                key = %lease.subnet.key(), public_ip = %lease.attrs.public_ip,
+                "skipping lease: not a /{} subnet of {} apart from ours {}",
+                self.config.subnet_len, self.config.network, self.lease.subnet
+            );
+        }
+        ok
+    }
+
+    /// Repeat `init` and `start` (they recreate a missing device with the same MAC and
+    /// address) and re-send every peer (re-adds missing routes, neighbours, FDB entries).
+    async fn resync(&self) -> anyhow::Result<()> {
+        let registration = self
+            .backend
+            .init(NodeInfo {
+                config: self.config.backend.json.clone(),
+                previous_data: self.attrs.backend_data.clone(),
+            })
+            .await;
+        match registration {
+            Ok(r) if r.backend_data != self.attrs.backend_data => tracing::warn!(
+                "backend now registers {:?} but our lease has {:?}",
+                r.backend_data,
+                self.attrs.backend_data
+            ),
+            Ok(_) => {}
+            Err(e @ CallError::Backend { .. }) => tracing::error!("resync: {e}"),
+            Err(e) => return Err(anyhow!(e)),
+        }
+        match self.backend.start(self.lease.subnet).await {
+            Ok(()) => {}
+            Err(e @ CallError::Backend { .. }) => tracing::error!("resync: {e}"),
+            Err(e) => return Err(anyhow!(e)),
+        }
+        let all: Vec<LeaseEvent> = self
+            .peers
+            .leases()
+            .cloned()
+            .map(LeaseEvent::Added)
+            .collect();
+        tracing::debug!(peers = all.len(), "periodic resync");
+        self.apply(all).await
     }
 
     /// Hand a batch to the backend. A backend error is logged and the daemon goes on

@@ -1,7 +1,7 @@
 //! `twill:backend/links`: devices the plugin creates and owns.
 
 use twill_core::MacAddr;
-use twill_net::{AddrInfo, LinkInfo, VxlanInfo, VxlanSpec};
+use twill_net::{LinkInfo, VxlanInfo, VxlanSpec};
 
 use crate::bindings::Error;
 use crate::bindings::twill::backend::links::{Host, Link, VxlanSpec as WitVxlanSpec};
@@ -9,6 +9,10 @@ use crate::convert::{ip, mac_from_wit, mac_to_wit};
 use crate::state::{PluginState, kernel_error};
 
 const CAP: &str = "links";
+
+/// Every device a plugin creates is named like flannel's (`flannel.1`, `flannel0`, …):
+/// a flannel node's devices are adopted, and no other software's devices can be.
+pub(crate) const DEVICE_PREFIX: &str = "flannel";
 
 /// Linux's IFNAMSIZ − 1.
 const MAX_IFNAME: usize = 15;
@@ -52,6 +56,12 @@ impl PluginState {
         }
         if name == self.grant.external.name || name == "lo" {
             return self.deny(CAP, format!("device {name} is the host's own interface"));
+        }
+        if !name.starts_with(DEVICE_PREFIX) {
+            return self.deny(
+                CAP,
+                format!("device name {name} does not start with {DEVICE_PREFIX:?}; other devices are not twill's"),
+            );
         }
         if ip(spec.local) != self.grant.public_ip {
             return self.deny(
@@ -126,36 +136,6 @@ impl PluginState {
         self.owned.insert(info.index);
         Ok(to_link(&info))
     }
-
-    fn ensure_address_checked(&mut self, index: u32, addr: u32, prefix: u8) -> Result<(), Error> {
-        self.require_owned(CAP, index)?;
-        let own = self.own_subnet(CAP)?;
-        let addr = ip(addr);
-        if prefix > 32 || !own.contains(addr) {
-            return self.deny(
-                CAP,
-                format!("address {addr}/{prefix} is not inside the node's subnet {own}"),
-            );
-        }
-        let want = AddrInfo {
-            index,
-            addr,
-            prefix,
-        };
-        let present = self.kernel.addrs().map_err(kernel_error)?;
-        let mut have = false;
-        for a in present.into_iter().filter(|a| a.index == index) {
-            if a == want {
-                have = true;
-            } else if self.grant.network.contains(a.addr) {
-                self.kernel.del_addr(a).map_err(kernel_error)?;
-            }
-        }
-        if !have {
-            self.kernel.add_addr(want).map_err(kernel_error)?;
-        }
-        Ok(())
-    }
 }
 
 impl Host for PluginState {
@@ -178,15 +158,6 @@ impl Host for PluginState {
         Ok(self
             .require_owned(CAP, index)
             .and_then(|()| self.kernel.set_mtu(index, mtu).map_err(kernel_error)))
-    }
-
-    fn ensure_address(
-        &mut self,
-        index: u32,
-        addr: u32,
-        prefix: u8,
-    ) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self.ensure_address_checked(index, addr, prefix))
     }
 
     fn delete(&mut self, index: u32) -> wasmtime::Result<Result<(), Error>> {

@@ -1,6 +1,7 @@
 //! The host side of each WIT interface, one file each. Every mutating call is checked
 //! against the plugin's [`Grant`](crate::Grant) before it reaches the kernel.
 
+mod addresses;
 mod fdb;
 mod links;
 mod log;

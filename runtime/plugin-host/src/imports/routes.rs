@@ -27,34 +27,23 @@ impl PluginState {
             );
         }
         let own = self.own_subnet(CAP)?;
-        if own.contains_subnet(&dst) {
+        if dst.overlaps(&own) {
             return self.deny(
                 CAP,
                 format!("route to {dst} would take over the node's own subnet {own}"),
             );
         }
         let external = &self.grant.external;
-        if r.dev == external.index {
-            if r.gateway.is_none() {
-                return self.deny(
-                    CAP,
-                    format!(
-                        "a route on the external interface {} must go via a peer",
-                        external.name
-                    ),
-                );
-            }
-            if dst.contains_subnet(&own) {
-                return self.deny(
-                    CAP,
-                    format!(
-                        "route to {dst} on {} covers the node's own subnet",
-                        external.name
-                    ),
-                );
-            }
-        } else {
+        if r.dev != external.index {
             self.require_owned(CAP, r.dev)?;
+        } else if r.gateway.is_none() {
+            return self.deny(
+                CAP,
+                format!(
+                    "a route on the external interface {} must go via a peer",
+                    external.name
+                ),
+            );
         }
         Ok(Route {
             dst,

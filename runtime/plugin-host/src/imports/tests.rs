@@ -8,7 +8,7 @@ use twill_net::Kernel;
 use twill_net::fake::{Call, FakeKernel};
 use wasmtime::StoreLimitsBuilder;
 
-use crate::bindings::twill::backend::{fdb, links, neighbours, routes};
+use crate::bindings::twill::backend::{addresses, fdb, links, neighbours, routes};
 use crate::bindings::{Error, Subnet};
 use crate::state::{DeviceRegistry, ExternalIface, Grant, PluginState, PluginStats};
 
@@ -101,9 +101,14 @@ fn allowed_requests_reach_the_kernel() {
     fdb::Host::replace(&mut s, link.index, (2, 0, 0, 0, 0, 9), ip(192, 168, 0, 2))
         .expect("no trap")
         .expect("allowed");
-    links::Host::ensure_address(&mut s, link.index, ip(10, 244, 1, 0), 32)
+    addresses::Host::ensure(&mut s, link.index, ip(10, 244, 1, 0))
         .expect("no trap")
         .expect("allowed");
+    assert!(
+        k.addrs()
+            .iter()
+            .any(|a| a.index == link.index && a.prefix == 32)
+    );
     assert_eq!(k.routes().len(), 2);
     assert!(s.stats.denied().is_empty());
 }
@@ -168,13 +173,8 @@ fn requests_outside_the_grant_are_denied_counted_and_never_reach_the_kernel() {
         denied(links::Host::set_mtu(&mut s, eth0, 1400)).contains("not one this plugin created")
     );
     assert!(
-        denied(links::Host::ensure_address(
-            &mut s,
-            eth0,
-            ip(10, 244, 1, 0),
-            32
-        ))
-        .contains("not one this plugin created")
+        denied(addresses::Host::ensure(&mut s, eth0, ip(10, 244, 1, 0)))
+            .contains("not one this plugin created")
     );
     assert!(denied(links::Host::delete(&mut s, eth0)).contains("not one this plugin created"));
     assert!(
@@ -185,13 +185,28 @@ fn requests_outside_the_grant_are_denied_counted_and_never_reach_the_kernel() {
     foreign.local = ip(192, 168, 0, 99);
     assert!(denied(links::Host::ensure_vxlan(&mut s, foreign)).contains("public IP"));
     assert!(
-        denied(links::Host::ensure_address(
+        denied(addresses::Host::ensure(
             &mut s,
             link.index,
-            ip(10, 244, 7, 0),
-            32
+            ip(10, 244, 7, 0)
         ))
         .contains("node's subnet")
+    );
+    // A route covering the node's own subnet, even on its own device.
+    assert!(
+        denied(routes::Host::replace(
+            &mut s,
+            route((ip(10, 244, 0, 0), 16), None, link.index)
+        ))
+        .contains("own subnet")
+    );
+    // Another software's vxlan device name.
+    assert!(
+        denied(links::Host::ensure_vxlan(
+            &mut s,
+            vxlan_spec("vxlan0", eth0)
+        ))
+        .contains("does not start with")
     );
     // Neighbours and FDB only on its own devices, neighbours only inside the network.
     assert!(
@@ -238,8 +253,9 @@ fn requests_outside_the_grant_are_denied_counted_and_never_reach_the_kernel() {
         "no denied request reached the kernel"
     );
     let counts = s.stats.denied();
-    assert_eq!(counts.get("routes"), Some(&6));
-    assert_eq!(counts.get("links"), Some(&6));
+    assert_eq!(counts.get("routes"), Some(&7));
+    assert_eq!(counts.get("links"), Some(&5));
+    assert_eq!(counts.get("addresses"), Some(&2));
     assert_eq!(counts.get("neighbours"), Some(&2));
     assert_eq!(counts.get("fdb"), Some(&1));
     assert_eq!(other.stats.denied().get("links"), Some(&1));
