@@ -122,21 +122,37 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     node.run().await
 }
 
+/// Exponential backoff for store requests while etcd is away: 1 s doubling to 10 s,
+/// with a log line saying what failed and when the next try is.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(CONFIG_POLL)
+    }
+
+    async fn wait(&mut self, what: &str, error: &dyn std::error::Error) {
+        tracing::warn!(
+            "{what}: {}; retrying in {}s",
+            error_chain(error),
+            self.0.as_secs()
+        );
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(MAX_RETRY);
+    }
+}
+
 /// Connect to etcd, retrying with a log line while it is unreachable.
 async fn connect(args: &RunArgs) -> EtcdStore {
     let opts = EtcdOptions {
         endpoints: args.etcd_endpoints.clone(),
         prefix: args.etcd_prefix.clone(),
     };
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = Backoff::new();
     loop {
         match EtcdStore::connect(opts.clone()).await {
             Ok(store) => return store,
-            Err(e) => {
-                tracing::warn!("{}; retrying in {}s", error_chain(&e), delay.as_secs());
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_RETRY);
-            }
+            Err(e) => backoff.wait("connect to etcd", &e).await,
         }
     }
 }
@@ -144,7 +160,7 @@ async fn connect(args: &RunArgs) -> EtcdStore {
 /// Wait until `<prefix>/config` exists (as flanneld does), then validate it.
 async fn wait_for_config(store: &impl LeaseStore, prefix: &str) -> anyhow::Result<Config> {
     let mut logged = false;
-    let mut delay = CONFIG_POLL;
+    let mut backoff = Backoff::new();
     loop {
         match store.get_config().await {
             Ok(Some(text)) => return Ok(Config::parse(&text)?),
@@ -153,18 +169,15 @@ async fn wait_for_config(store: &impl LeaseStore, prefix: &str) -> anyhow::Resul
                     tracing::info!("waiting for the network config at {prefix}/config");
                     logged = true;
                 }
-                delay = CONFIG_POLL;
+                backoff = Backoff::new();
+                tokio::time::sleep(CONFIG_POLL).await;
             }
             Err(e) => {
-                tracing::warn!(
-                    "cannot read the network config from etcd: {}; retrying in {}s",
-                    error_chain(&e),
-                    delay.as_secs()
-                );
-                delay = (delay * 2).min(MAX_RETRY);
+                backoff
+                    .wait("cannot read the network config from etcd", &e)
+                    .await
             }
         }
-        tokio::time::sleep(delay).await;
     }
 }
 
@@ -174,19 +187,11 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, twill_store::StoreError>>,
 {
-    let mut delay = CONFIG_POLL;
+    let mut backoff = Backoff::new();
     loop {
         match f().await {
             Ok(v) => return v,
-            Err(e) => {
-                tracing::warn!(
-                    "{what}: {}; retrying in {}s",
-                    error_chain(&e),
-                    delay.as_secs()
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_RETRY);
-            }
+            Err(e) => backoff.wait(what, &e).await,
         }
     }
 }
@@ -198,19 +203,11 @@ async fn acquire_with_retry(
     attrs: &LeaseAttrs,
     previous: Option<twill_core::Subnet>,
 ) -> anyhow::Result<Lease> {
-    let mut delay = CONFIG_POLL;
+    let mut backoff = Backoff::new();
     loop {
         match acquire(store, config, attrs, previous).await {
             Ok(acquired) => return Ok(acquired.lease),
-            Err(AcquireError::Store(e)) => {
-                tracing::warn!(
-                    "acquire a lease: {}; retrying in {}s",
-                    error_chain(&e),
-                    delay.as_secs()
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_RETRY);
-            }
+            Err(AcquireError::Store(e)) => backoff.wait("acquire a lease", &e).await,
             Err(e) => return Err(e).context("acquire a subnet lease"),
         }
     }
