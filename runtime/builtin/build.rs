@@ -80,22 +80,28 @@ fn plugin_target_dir(out: &Path) -> PathBuf {
         .unwrap_or_else(|| out.join("wasm-plugins"))
 }
 
+/// One cargo run per plugin: features must not unify across plugins (directrouting
+/// uses the vxlan crate without its export).
 fn build(root: &Path, target_dir: &Path, plugins: &[(String, String)]) {
+    for (_, package) in plugins {
+        build_one(root, target_dir, package);
+    }
+}
+
+fn build_one(root: &Path, target_dir: &Path, package: &str) {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
         .args(["build", "--release", "--target", TARGET, "--target-dir"])
-        .arg(target_dir);
-    for (_, package) in plugins {
-        cmd.args(["-p", package]);
-    }
+        .arg(target_dir)
+        .args(["-p", package]);
     // The outer build's settings are for the host, not for the plugins.
     for (key, _) in env::vars() {
-        if key.starts_with("CARGO_") && !key.starts_with("CARGO_HOME")
+        let outer = (key.starts_with("CARGO_") && !key.starts_with("CARGO_HOME"))
             || key == "RUSTFLAGS"
             || key == "RUSTC_WRAPPER"
-            || key == "RUSTC_WORKSPACE_WRAPPER"
-        {
+            || key == "RUSTC_WORKSPACE_WRAPPER";
+        if outer {
             cmd.env_remove(&key);
         }
     }
@@ -108,6 +114,6 @@ fn build(root: &Path, target_dir: &Path, plugins: &[(String, String)]) {
     let status = cmd.status().expect("run cargo to build the plugins");
     assert!(
         status.success(),
-        "building the backend plugins for {TARGET} failed (is the target installed? `rustup target add {TARGET}`)"
+        "building plugin {package} for {TARGET} failed (is the target installed? `rustup target add {TARGET}`)"
     );
 }

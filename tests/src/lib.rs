@@ -25,6 +25,11 @@ pub const UNDERLAY: &str = "192.168.77";
 /// etcd's address on the underlay.
 pub const ETCD_IP: &str = "192.168.77.250";
 
+/// The address `.host` on underlay segment `segment` (192.168.<77+segment>.<host>).
+pub fn segment_ip(segment: usize, host: u8) -> String {
+    format!("192.168.{}.{host}", 77 + segment)
+}
+
 /// Run a command; panic with its output if it fails.
 pub fn sh(cmd: &[&str]) -> String {
     let out = run(cmd);
@@ -60,6 +65,7 @@ pub fn require_privileges_and_tools() {
         ("ping", "iputils-ping"),
         ("etcd", "etcd-server"),
         ("etcdctl", "etcd-client"),
+        ("iperf3", "iperf3"),
     ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -109,6 +115,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 pub struct Node {
     /// 1-based node number; its underlay address is 192.168.77.<n>.
     pub n: u8,
+    /// The node's underlay address.
+    pub underlay_ip: String,
     /// The node's namespace.
     pub ns: String,
     /// The pod's namespace.
@@ -124,7 +132,7 @@ pub struct Node {
 impl Node {
     /// The node's underlay address.
     pub fn ip(&self) -> String {
-        format!("{UNDERLAY}.{}", self.n)
+        self.underlay_ip.clone()
     }
 
     /// Run a command in the node's namespace.
@@ -231,7 +239,19 @@ pub struct Cluster {
 impl Cluster {
     /// Build the underlay, etcd and `n` node namespaces (twill not started yet).
     pub fn new(n: u8) -> Cluster {
+        Self::segmented(&[n])
+    }
+
+    /// Build one underlay segment per entry of `segments` (segment `s` is
+    /// 192.168.<77+s>.0/24 on its own bridge namespace `<id>-u<s>`), with the given
+    /// number of nodes on each, numbered on from 1. With more than one segment a router
+    /// namespace `<id>-r` joins them at .254 of each. etcd sits on the first segment.
+    pub fn segmented(segments: &[u8]) -> Cluster {
         require_privileges_and_tools();
+        assert!(
+            !segments.is_empty() && segments.len() <= 8,
+            "1 to 8 segments"
+        );
         let id = format!("tw{:04x}", rand::random::<u16>());
         let dir = std::env::temp_dir().join(format!("twill-e2e-{id}"));
         fs::create_dir_all(&dir).expect("create test directory");
@@ -243,63 +263,96 @@ impl Cluster {
             etcd: None,
             namespaces: Vec::new(),
         };
-        let underlay = c.add_ns("u");
-        sh(&[
-            "ip", "-n", &underlay, "link", "add", "br0", "type", "bridge",
-        ]);
-        sh(&["ip", "-n", &underlay, "link", "set", "br0", "up"]);
-        let etcd_ns = c.add_ns("etcd");
-        c.plug(&etcd_ns, "etcd", ETCD_IP);
-        for k in 1..=n {
-            let ns = c.add_ns(&format!("n{k}"));
-            let ip = format!("{UNDERLAY}.{k}");
-            c.plug(&ns, &format!("n{k}"), &ip);
+        for s in 0..segments.len() {
+            let underlay = c.add_ns(&format!("u{s}"));
             sh(&[
-                "ip",
-                "-n",
-                &ns,
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("{UNDERLAY}.254"),
-                "dev",
-                "eth0",
-                "onlink",
+                "ip", "-n", &underlay, "link", "add", "br0", "type", "bridge",
             ]);
+            sh(&["ip", "-n", &underlay, "link", "set", "br0", "up"]);
+        }
+        if segments.len() > 1 {
+            let router = c.add_ns("r");
+            for s in 0..segments.len() {
+                c.plug(
+                    &router,
+                    s,
+                    &format!("eth{s}"),
+                    &format!("r{s}"),
+                    &segment_ip(s, 254),
+                );
+            }
             sh(&[
                 "ip",
                 "netns",
                 "exec",
-                &ns,
+                &router,
                 "sysctl",
                 "-qw",
                 "net.ipv4.ip_forward=1",
             ]);
-            let pod_ns = c.add_ns(&format!("p{k}"));
-            sh(&["ip", "-n", &ns, "link", "add", "cni0", "type", "bridge"]);
-            sh(&[
-                "ip", "-n", &ns, "link", "add", "vpod", "type", "veth", "peer", "name", "eth0",
-                "netns", &pod_ns,
-            ]);
-            sh(&[
-                "ip", "-n", &ns, "link", "set", "vpod", "master", "cni0", "up",
-            ]);
-            sh(&["ip", "-n", &pod_ns, "link", "set", "lo", "up"]);
-            let node_dir = c.dir.join(format!("n{k}"));
-            fs::create_dir_all(&node_dir).expect("node directory");
-            c.nodes.push(Node {
-                n: k,
-                ns,
-                pod_ns,
-                subnet_file: node_dir.join("subnet.env"),
-                log: node_dir.join("twill.log"),
-                twill: None,
-                restarts: 0,
-            });
+        }
+        let etcd_ns = c.add_ns("etcd");
+        c.plug(&etcd_ns, 0, "eth0", "etcd", ETCD_IP);
+        sh(&[
+            "ip",
+            "-n",
+            &etcd_ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &segment_ip(0, 254),
+        ]);
+        let mut k = 0u8;
+        for (s, count) in segments.iter().enumerate() {
+            for _ in 0..*count {
+                k += 1;
+                c.add_node(k, s);
+            }
         }
         c.start_etcd(&etcd_ns);
         c
+    }
+
+    fn add_node(&mut self, k: u8, segment: usize) {
+        let ns = self.add_ns(&format!("n{k}"));
+        let ip = segment_ip(segment, k);
+        self.plug(&ns, segment, "eth0", &format!("n{k}"), &ip);
+        let gateway = segment_ip(segment, 254);
+        sh(&[
+            "ip", "-n", &ns, "route", "add", "default", "via", &gateway, "dev", "eth0", "onlink",
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        let pod_ns = self.add_ns(&format!("p{k}"));
+        sh(&["ip", "-n", &ns, "link", "add", "cni0", "type", "bridge"]);
+        sh(&[
+            "ip", "-n", &ns, "link", "add", "vpod", "type", "veth", "peer", "name", "eth0",
+            "netns", &pod_ns,
+        ]);
+        sh(&[
+            "ip", "-n", &ns, "link", "set", "vpod", "master", "cni0", "up",
+        ]);
+        sh(&["ip", "-n", &pod_ns, "link", "set", "lo", "up"]);
+        let node_dir = self.dir.join(format!("n{k}"));
+        fs::create_dir_all(&node_dir).expect("node directory");
+        self.nodes.push(Node {
+            n: k,
+            underlay_ip: ip,
+            ns,
+            pod_ns,
+            subnet_file: node_dir.join("subnet.env"),
+            log: node_dir.join("twill.log"),
+            twill: None,
+            restarts: 0,
+        });
     }
 
     fn add_ns(&mut self, suffix: &str) -> String {
@@ -310,12 +363,12 @@ impl Cluster {
         ns
     }
 
-    /// Join `ns` to the underlay bridge with `eth0` at `ip`/24.
-    fn plug(&self, ns: &str, tag: &str, ip: &str) {
-        let underlay = format!("{}-u", self.id);
+    /// Join `ns` to segment `segment`'s bridge with device `dev` at `ip`/24.
+    fn plug(&self, ns: &str, segment: usize, dev: &str, tag: &str, ip: &str) {
+        let underlay = format!("{}-u{segment}", self.id);
         let peer = format!("u-{tag}");
         sh(&[
-            "ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
+            "ip", "-n", ns, "link", "add", dev, "type", "veth", "peer", "name", &peer, "netns",
             &underlay,
         ]);
         sh(&[
@@ -329,9 +382,9 @@ impl Cluster {
             "add",
             &format!("{ip}/24"),
             "dev",
-            "eth0",
+            dev,
         ]);
-        sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
     }
 
     /// Stop the etcd server (its data stays).
@@ -578,6 +631,27 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Run iperf3 for `seconds` from node `from`'s pod to node `to`'s pod with
+    /// `streams` parallel streams; bits per second received.
+    pub fn iperf(&self, from: usize, to: usize, seconds: u32, streams: u32) -> f64 {
+        let server_ns = &self.nodes[to - 1].pod_ns;
+        let dst = self.nodes[to - 1].pod_ip();
+        sh(&["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-D"]);
+        let client_ns = &self.nodes[from - 1].pod_ns;
+        let (secs, par) = (seconds.to_string(), streams.to_string());
+        let out = wait_for("iperf3 to connect", Duration::from_secs(10), || {
+            let o = run(&[
+                "ip", "netns", "exec", client_ns, "iperf3", "-c", &dst, "-t", &secs, "-P", &par,
+                "-J",
+            ]);
+            o.status.success().then_some(o)
+        });
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .expect("bits_per_second")
     }
 
     /// The test's scratch directory.

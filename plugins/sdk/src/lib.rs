@@ -23,9 +23,9 @@
 //!         Ok((Static, Registration { backend_type: "static".into(), backend_data: String::new(), mtu: node.iface.mtu }))
 //!     }
 //!     fn start(&mut self, _own: Subnet) -> Result<(), Error> { Ok(()) }
-//!     fn on_leases(&mut self, events: Vec<LeaseEvent>) -> Result<(), Error> {
-//!         host::info(&format!("{} lease events", events.len()));
-//!         Ok(())
+//!     fn on_lease(&mut self, event: &LeaseEvent) -> Result<String, Error> {
+//!         host::info(&format!("lease event {event:?}"));
+//!         Ok("nothing to program".into())
 //!     }
 //! }
 //!
@@ -62,7 +62,7 @@ pub mod bindings {
 use std::cell::RefCell;
 use std::net::Ipv4Addr;
 
-pub use bindings::exports::twill::backend::backend::{Info, Registration};
+pub use bindings::exports::twill::backend::backend::{Info, PeerOutcome, Registration};
 pub use bindings::twill::backend::types::{Error, Iface, Lease, LeaseEvent, Node, Subnet};
 
 /// The host interfaces a backend may call; each is a capability the host checks.
@@ -114,8 +114,21 @@ pub trait Backend: 'static {
     /// The node holds `own`: finish what needs the subnet (addresses, link up).
     fn start(&mut self, own: Subnet) -> Result<(), Error>;
 
-    /// Apply peer lease changes in order; must be idempotent.
-    fn on_leases(&mut self, events: Vec<LeaseEvent>) -> Result<(), Error>;
+    /// Apply one peer lease change; must be idempotent. `Ok` says what is now
+    /// programmed for the peer (`removed` for a removal), `Err` is this peer's error.
+    fn on_lease(&mut self, event: &LeaseEvent) -> Result<String, Error>;
+
+    /// Apply a batch of peer lease changes in order: one outcome per event. The default
+    /// calls [`Backend::on_lease`] for each; override it to program a batch at once.
+    fn on_leases(&mut self, events: Vec<LeaseEvent>) -> Vec<PeerOutcome> {
+        events
+            .iter()
+            .map(|event| PeerOutcome {
+                subnet: event_subnet(event),
+                outcome: self.on_lease(event),
+            })
+            .collect()
+    }
 
     /// The daemon is stopping; leave kernel state in place.
     fn shutdown(&mut self) {}
@@ -151,10 +164,16 @@ pub mod __private {
         })
     }
 
-    pub fn on_leases(events: Vec<LeaseEvent>) -> Result<(), Error> {
+    pub fn on_leases(events: Vec<LeaseEvent>) -> Vec<PeerOutcome> {
         INSTANCE.with(|cell| match cell.borrow_mut().as_mut() {
             Some(b) => b.on_leases(events),
-            None => Err(not_initialised()),
+            None => events
+                .iter()
+                .map(|e| PeerOutcome {
+                    subnet: event_subnet(e),
+                    outcome: Err(not_initialised()),
+                })
+                .collect(),
         })
     }
 
@@ -193,7 +212,7 @@ macro_rules! export_backend {
             }
             fn on_leases(
                 events: ::std::vec::Vec<$crate::LeaseEvent>,
-            ) -> ::std::result::Result<(), $crate::Error> {
+            ) -> ::std::vec::Vec<$crate::PeerOutcome> {
                 $crate::__private::on_leases(events)
             }
             fn shutdown() {
@@ -210,6 +229,13 @@ macro_rules! export_backend {
             let _ = <$ty as $crate::Backend>::describe;
         };
     };
+}
+
+/// The subnet a lease event is about.
+pub fn event_subnet(event: &LeaseEvent) -> Subnet {
+    match event {
+        LeaseEvent::Added(l) | LeaseEvent::Removed(l) => l.subnet,
+    }
 }
 
 /// An IPv4 address from the WIT form (host byte order).

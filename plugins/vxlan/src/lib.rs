@@ -7,14 +7,20 @@
 //!   entry `VtepMAC → peer public IP`, then the route `peer subnet via peer.0 onlink`
 //!   (the kernel would ARP for the gateway if the neighbour were not there first);
 //! - lease BackendData `{"VNI":…,"VtepMAC":"…"}`; the MAC from the node's previous lease
-//!   is reused so a restart does not invalidate peers' entries.
+//!   is reused so a restart does not invalidate peers' entries;
+//! - `DirectRouting: true`: a peer whose public IP is on-link (the route lookup to it
+//!   has no gateway) gets a plain route `peer subnet via peer public IP` on the external
+//!   interface instead, decided again at every event for the peer.
+//!
+//! The crate is also a library: the `directrouting` plugin is this backend with
+//! DirectRouting forced on (feature `export` off there).
 
 use serde_json::Value;
 use twill_plugin_sdk::bindings::twill::backend::types::Mac;
-use twill_plugin_sdk::host::{addresses, fdb, links, neighbours, routes};
+use twill_plugin_sdk::host::{addresses, fdb, links, neighbours, route_lookup, routes};
 use twill_plugin_sdk::{
-    Backend, Error, Info, Lease, LeaseEvent, Node, Registration, Subnet, config_field,
-    export_backend, format_mac, host, ip, parse_mac,
+    Backend, Error, Info, Lease, LeaseEvent, Node, Registration, Subnet, config_field, format_mac,
+    host, ip, parse_mac,
 };
 
 /// The VXLAN header overhead flannel subtracts from the interface MTU.
@@ -22,9 +28,12 @@ const ENCAP_OVERHEAD: u32 = 50;
 /// The kernel's default VXLAN port, which flannel uses when `Port` is 0.
 const DEFAULT_PORT: u16 = 8472;
 
-struct Vxlan {
+/// The vxlan backend's state.
+pub struct Vxlan {
     vni: u32,
     dev: u32,
+    direct_routing: bool,
+    external: u32,
 }
 
 /// The `Backend` keys this backend reads.
@@ -34,6 +43,7 @@ struct VxlanConfig {
     port: u16,
     mtu: Option<u32>,
     learning: bool,
+    direct_routing: bool,
 }
 
 fn invalid(msg: String) -> Error {
@@ -85,16 +95,12 @@ fn parse_config(text: &str) -> Result<VxlanConfig, Error> {
             "Backend.GBP is not supported by twill's vxlan backend".into(),
         ));
     }
-    if flag("DirectRouting")? {
-        return Err(Error::Unsupported(
-            "Backend.DirectRouting is not supported by this vxlan plugin yet".into(),
-        ));
-    }
     Ok(VxlanConfig {
         vni,
         port,
         mtu,
         learning: flag("Learning")?,
+        direct_routing: flag("DirectRouting")?,
     })
 }
 
@@ -105,64 +111,12 @@ fn vtep_mac(data: &str) -> Option<Mac> {
 }
 
 impl Vxlan {
-    fn add_peer(&self, lease: &Lease) -> Result<(), Error> {
-        let mac = vtep_mac(&lease.backend_data).ok_or_else(|| {
-            invalid(format!(
-                "peer {} ({}) has no valid VtepMAC in its BackendData {:?}",
-                lease.subnet,
-                ip(lease.public_ip),
-                lease.backend_data
-            ))
-        })?;
-        let gw = lease.subnet.addr;
-        neighbours::replace(self.dev, gw, mac)?;
-        let rest = fdb::replace(self.dev, mac, lease.public_ip).and_then(|()| {
-            routes::replace(routes::Route {
-                dst: lease.subnet,
-                gateway: Some(gw),
-                dev: self.dev,
-                onlink: true,
-            })
-        });
-        if rest.is_err() {
-            // As flannel does: a peer is programmed whole or not at all.
-            let _ = fdb::delete(self.dev, mac, lease.public_ip);
-            let _ = neighbours::delete(self.dev, gw);
-        }
-        rest
-    }
-
-    /// Remove all three objects, going on past failures (as flannel does).
-    fn remove_peer(&self, lease: &Lease) -> Result<(), Error> {
-        let gw = lease.subnet.addr;
-        let route = routes::delete(routes::Route {
-            dst: lease.subnet,
-            gateway: Some(gw),
-            dev: self.dev,
-            onlink: true,
-        });
-        let neigh = neighbours::delete(self.dev, gw);
-        let fdb = match vtep_mac(&lease.backend_data) {
-            Some(mac) => fdb::delete(self.dev, mac, lease.public_ip),
-            None => Ok(()),
-        };
-        route.and(neigh).and(fdb)
-    }
-}
-
-impl Backend for Vxlan {
-    fn describe() -> Info {
-        Info {
-            name: "vxlan".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            config_hint: r#"{"Type":"vxlan","VNI":1,"Port":8472,"MTU":0,"Learning":false}"#.into(),
-        }
-    }
-
-    fn init(
+    /// `init`, with DirectRouting forced on when `force_direct` is set.
+    pub fn init_with(
         config: &str,
         node: &Node,
         previous: Option<&str>,
+        force_direct: bool,
     ) -> Result<(Self, Registration), Error> {
         let cfg = parse_config(config)?;
         let mac = previous.and_then(vtep_mac);
@@ -187,8 +141,9 @@ impl Backend for Vxlan {
         if link.mtu != mtu {
             links::set_mtu(link.index, mtu)?;
         }
-        host::info(&format!(
-            "device {} (index {}) VNI {} port {} VtepMAC {} MTU {mtu}{}",
+        let direct_routing = cfg.direct_routing || force_direct;
+        host::debug(&format!(
+            "device {} (index {}) VNI {} port {} VtepMAC {} MTU {mtu}{}{}",
             link.name,
             link.index,
             cfg.vni,
@@ -196,6 +151,11 @@ impl Backend for Vxlan {
             format_mac(link.mac),
             if mac.is_some() {
                 " (MAC kept from the previous lease)"
+            } else {
+                ""
+            },
+            if direct_routing {
+                ", direct routing to on-link peers"
             } else {
                 ""
             }
@@ -209,6 +169,8 @@ impl Backend for Vxlan {
             Vxlan {
                 vni: cfg.vni,
                 dev: link.index,
+                direct_routing,
+                external: node.iface.index,
             },
             Registration {
                 backend_type: "vxlan".into(),
@@ -218,51 +180,136 @@ impl Backend for Vxlan {
         ))
     }
 
+    fn vxlan_route(&self, lease: &Lease) -> routes::Route {
+        routes::Route {
+            dst: lease.subnet,
+            gateway: Some(lease.subnet.addr),
+            dev: self.dev,
+            onlink: true,
+        }
+    }
+
+    fn direct_route(&self, lease: &Lease) -> routes::Route {
+        routes::Route {
+            dst: lease.subnet,
+            gateway: Some(lease.public_ip),
+            dev: self.external,
+            onlink: false,
+        }
+    }
+
+    /// Whether the peer's public IP is on-link, as flannel's `ip.DirectRouting` decides.
+    fn on_link(&self, lease: &Lease) -> Result<bool, Error> {
+        let path = route_lookup::get(lease.public_ip)?;
+        Ok(path.gateway.is_none())
+    }
+
+    fn add_peer(&self, lease: &Lease) -> Result<String, Error> {
+        let mac = vtep_mac(&lease.backend_data).ok_or_else(|| {
+            invalid(format!(
+                "peer {} ({}) has no valid VtepMAC in its BackendData {:?}",
+                lease.subnet,
+                ip(lease.public_ip),
+                lease.backend_data
+            ))
+        })?;
+        let gw = lease.subnet.addr;
+        if self.direct_routing && self.on_link(lease)? {
+            // The route replace switches any vxlan route for the subnet over.
+            routes::replace(self.direct_route(lease))?;
+            let _ = fdb::delete(self.dev, mac, lease.public_ip);
+            let _ = neighbours::delete(self.dev, gw);
+            return Ok(format!("direct route via {}", ip(lease.public_ip)));
+        }
+        neighbours::replace(self.dev, gw, mac)?;
+        let rest = fdb::replace(self.dev, mac, lease.public_ip)
+            .and_then(|()| routes::replace(self.vxlan_route(lease)));
+        if rest.is_err() {
+            // As flannel does: a peer is programmed whole or not at all.
+            let _ = fdb::delete(self.dev, mac, lease.public_ip);
+            let _ = neighbours::delete(self.dev, gw);
+        }
+        rest.map(|()| {
+            format!(
+                "vxlan via {} onlink, VTEP {} at {}",
+                ip(gw),
+                format_mac(mac),
+                ip(lease.public_ip)
+            )
+        })
+    }
+
+    /// Remove every object either mode may have made, going on past failures (as
+    /// flannel does); absent objects are not errors.
+    fn remove_peer(&self, lease: &Lease) -> Result<String, Error> {
+        let route = routes::delete(self.vxlan_route(lease));
+        let direct = if self.direct_routing {
+            routes::delete(self.direct_route(lease))
+        } else {
+            Ok(())
+        };
+        let neigh = neighbours::delete(self.dev, lease.subnet.addr);
+        let fdb = match vtep_mac(&lease.backend_data) {
+            Some(mac) => fdb::delete(self.dev, mac, lease.public_ip),
+            None => Ok(()),
+        };
+        route
+            .and(direct)
+            .and(neigh)
+            .and(fdb)
+            .map(|()| "removed".into())
+    }
+}
+
+impl Backend for Vxlan {
+    fn describe() -> Info {
+        Info {
+            name: "vxlan".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            config_hint:
+                r#"{"Type":"vxlan","VNI":1,"Port":8472,"MTU":0,"Learning":false,"DirectRouting":false}"#
+                    .into(),
+        }
+    }
+
+    fn init(
+        config: &str,
+        node: &Node,
+        previous: Option<&str>,
+    ) -> Result<(Self, Registration), Error> {
+        Self::init_with(config, node, previous, false)
+    }
+
     fn start(&mut self, own: Subnet) -> Result<(), Error> {
         addresses::ensure(self.dev, own.addr)?;
         links::set_up(self.dev)
     }
 
-    fn on_leases(&mut self, events: Vec<LeaseEvent>) -> Result<(), Error> {
-        let mut failed = Vec::new();
-        for event in &events {
-            let (lease, result) = match event {
-                LeaseEvent::Added(l) if l.backend_type != "vxlan" => {
-                    host::warn(&format!(
-                        "ignoring peer {} ({}): backend type {:?} is not vxlan",
-                        l.subnet,
-                        ip(l.public_ip),
-                        l.backend_type
-                    ));
-                    continue;
-                }
-                LeaseEvent::Added(l) => (l, self.add_peer(l)),
-                LeaseEvent::Removed(l) => (l, self.remove_peer(l)),
-            };
-            if let Err(e) = result {
-                host::error(&format!(
-                    "peer {} ({}) on VNI {}: {e}",
-                    lease.subnet,
-                    ip(lease.public_ip),
-                    self.vni
-                ));
-                failed.push(format!("{}: {e}", lease.subnet));
+    fn on_lease(&mut self, event: &LeaseEvent) -> Result<String, Error> {
+        let result = match event {
+            LeaseEvent::Added(l) if l.backend_type != "vxlan" => {
+                return Err(Error::Unsupported(format!(
+                    "backend type {:?} is not vxlan; peer ignored",
+                    l.backend_type
+                )));
             }
+            LeaseEvent::Added(l) => self.add_peer(l),
+            LeaseEvent::Removed(l) => self.remove_peer(l),
+        };
+        if let (Err(e), LeaseEvent::Added(l) | LeaseEvent::Removed(l)) = (&result, event) {
+            host::debug(&format!(
+                "peer {} ({}) on VNI {}: {e}",
+                l.subnet,
+                ip(l.public_ip),
+                self.vni
+            ));
         }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Kernel(format!(
-                "{} of {} peer events failed: {}",
-                failed.len(),
-                events.len(),
-                failed.join("; ")
-            )))
-        }
+        result
     }
 }
 
-export_backend!(Vxlan);
+#[cfg(feature = "export")]
+twill_plugin_sdk::export_backend!(Vxlan);
 
 #[cfg(test)]
 mod tests {
@@ -276,18 +323,24 @@ mod tests {
                 vni: 1,
                 port: 8472,
                 mtu: None,
-                learning: false
+                learning: false,
+                direct_routing: false
             }
         );
         assert_eq!(
-            parse_config(r#"{"type":"vxlan","vni":42,"port":4789,"mtu":9000}"#).expect("valid"),
+            parse_config(
+                r#"{"type":"vxlan","vni":42,"port":4789,"mtu":9000,"directrouting":true}"#
+            )
+            .expect("valid"),
             VxlanConfig {
                 vni: 42,
                 port: 4789,
                 mtu: Some(9000),
-                learning: false
+                learning: false,
+                direct_routing: true
             }
         );
+        assert_eq!(parse_config(r#"{"VNI":0}"#).expect("valid").vni, 0);
         assert!(
             matches!(parse_config(r#"{"VNI":"x"}"#), Err(Error::Invalid(m)) if m.contains("Backend.VNI"))
         );

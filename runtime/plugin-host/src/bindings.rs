@@ -8,5 +8,5 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
 });
 
-pub use exports::twill::backend::backend::Info;
+pub use exports::twill::backend::backend::{Info, PeerOutcome};
 pub use twill::backend::types::{Error, Iface, Lease, LeaseEvent, Node, Subnet};

@@ -13,7 +13,7 @@ use twill_core::lease::LeaseEvent;
 use wasmtime::Store;
 
 use crate::bindings::{self as wit, OverlayBackend};
-use crate::convert::{event_to_wit, subnet_to_wit};
+use crate::convert::{event_to_wit, subnet_from_wit, subnet_to_wit};
 use crate::state::{PluginState, PluginStats};
 use crate::{Grant, Plugin, PluginHost};
 
@@ -91,6 +91,24 @@ impl From<wit::Error> for BackendError {
     }
 }
 
+/// What a backend did for one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerOutcome {
+    /// The peer's subnet (as the backend reported it; `None` if it sent an invalid one).
+    pub subnet: Option<Subnet>,
+    /// What is programmed for the peer, or this peer's error.
+    pub result: Result<String, BackendError>,
+}
+
+impl PeerOutcome {
+    fn from_wit(o: wit::PeerOutcome) -> Self {
+        Self {
+            subnet: subnet_from_wit(o.subnet),
+            result: o.outcome.map_err(BackendError::from),
+        }
+    }
+}
+
 /// A call into a backend that did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -128,7 +146,7 @@ type Reply<T> = oneshot::Sender<Result<T, CallError>>;
 enum Command {
     Init(NodeInfo, Reply<Registration>),
     Start(Subnet, Reply<()>),
-    OnLeases(Vec<LeaseEvent>, Reply<()>),
+    OnLeases(Vec<LeaseEvent>, Reply<Vec<PeerOutcome>>),
     Shutdown(Reply<()>),
 }
 
@@ -227,10 +245,10 @@ impl Backend {
         self.call(|r| Command::Start(own, r)).await
     }
 
-    /// `on-leases`: apply a batch of peer changes.
-    pub async fn on_leases(&self, events: Vec<LeaseEvent>) -> Result<(), CallError> {
+    /// `on-leases`: apply a batch of peer changes; one outcome per event.
+    pub async fn on_leases(&self, events: Vec<LeaseEvent>) -> Result<Vec<PeerOutcome>, CallError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.call(|r| Command::OnLeases(events, r)).await
     }
@@ -286,9 +304,12 @@ impl Worker {
                 Command::OnLeases(events, reply) => {
                     let events: Vec<wit::LeaseEvent> = events.iter().map(event_to_wit).collect();
                     let result = self.call("on-leases", |b, s| {
-                        b.twill_backend_backend().call_on_leases(s, &events)
+                        b.twill_backend_backend().call_on_leases(s, &events).map(Ok)
                     });
-                    let _ = reply.send(result);
+                    let _ =
+                        reply.send(result.map(|outcomes| {
+                            outcomes.into_iter().map(PeerOutcome::from_wit).collect()
+                        }));
                 }
                 Command::Shutdown(reply) => {
                     let result = self.call("shutdown", |b, s| {

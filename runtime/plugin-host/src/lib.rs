@@ -27,7 +27,9 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder};
 use crate::bindings::{OverlayBackend, OverlayBackendPre};
 use crate::state::PluginState;
 
-pub use crate::instance::{Backend, BackendError, CallError, ErrorKind, NodeInfo, Registration};
+pub use crate::instance::{
+    Backend, BackendError, CallError, ErrorKind, NodeInfo, PeerOutcome, Registration,
+};
 pub use crate::state::{DeviceRegistry, ExternalIface, Grant, PluginStats};
 
 /// The WIT package plugins are built against.

@@ -107,10 +107,16 @@ async fn vxlan_programs_flannels_objects_in_flannels_order() {
     let p = peer("10.244.2.0/24", [192, 168, 0, 2], "02:aa:00:00:00:02");
     let peer_mac: MacAddr = "02:aa:00:00:00:02".parse().expect("mac");
     let gw = Ipv4Addr::new(10, 244, 2, 0);
-    backend
+    let outcomes = backend
         .on_leases(vec![LeaseEvent::Added(p.clone())])
         .await
         .expect("add");
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].subnet, Some(p.subnet));
+    assert_eq!(
+        outcomes[0].result.as_deref(),
+        Ok("vxlan via 10.244.2.0 onlink, VTEP 02:aa:00:00:00:02 at 192.168.0.2")
+    );
     let route = Route {
         dst: p.subnet,
         gateway: Some(gw),
@@ -143,28 +149,37 @@ async fn vxlan_programs_flannels_objects_in_flannels_order() {
         1
     );
 
-    backend
+    let outcomes = backend
         .on_leases(vec![LeaseEvent::Removed(p.clone())])
         .await
         .expect("remove");
+    assert_eq!(outcomes[0].result.as_deref(), Ok("removed"));
     assert!(kernel.routes().iter().all(|r| r.dst != p.subnet));
     assert!(kernel.neighbours().is_empty());
     assert!(kernel.fdb().is_empty());
 
-    // A peer of another backend type is ignored; one with bad data is an error naming it.
+    // A peer of another backend type, or with bad data, is an error for that peer
+    // alone; the good peer in the same batch is programmed.
     let mut hostgw = p.clone();
     hostgw.attrs.backend_type = "host-gw".into();
-    backend
-        .on_leases(vec![LeaseEvent::Added(hostgw)])
-        .await
-        .expect("ignored");
-    let mut broken = p.clone();
+    let mut broken = peer("10.244.3.0/24", [192, 168, 0, 3], "02:aa:00:00:00:03");
     broken.attrs.backend_data = Some(r#"{"VNI":1}"#.into());
-    let err = backend
-        .on_leases(vec![LeaseEvent::Added(broken)])
+    let good = peer("10.244.4.0/24", [192, 168, 0, 4], "02:aa:00:00:00:04");
+    let outcomes = backend
+        .on_leases(vec![
+            LeaseEvent::Added(hostgw),
+            LeaseEvent::Added(broken),
+            LeaseEvent::Added(good.clone()),
+        ])
         .await
-        .expect_err("bad data");
-    assert!(err.to_string().contains("10.244.2.0/24"), "{err}");
+        .expect("one call");
+    assert_eq!(outcomes.len(), 3);
+    let e0 = outcomes[0].result.as_ref().expect_err("other type");
+    assert!(e0.message.contains("not vxlan"), "{e0}");
+    let e1 = outcomes[1].result.as_ref().expect_err("bad data");
+    assert!(e1.message.contains("10.244.3.0/24"), "{e1}");
+    assert!(outcomes[2].result.is_ok());
+    assert!(kernel.routes().iter().any(|r| r.dst == good.subnet));
     backend.shutdown().await.expect("shutdown");
     assert!(
         kernel.link_by_name("flannel.1").expect("fake").is_some(),

@@ -11,6 +11,7 @@
 //!    someone removed), and stop cleanly on SIGTERM/SIGINT, leaving the kernel objects
 //!    in place.
 
+use std::collections::BTreeMap;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -20,7 +21,7 @@ use futures::StreamExt;
 use tokio::signal::unix::{SignalKind, signal};
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet_env::SubnetEnv;
-use twill_core::{Config, PeerSet};
+use twill_core::{Config, PeerSet, Subnet};
 use twill_net::{Kernel, Netlink};
 use twill_plugin_host::{Backend, CallError, Grant, Limits, NodeInfo, Plugin, PluginHost};
 use twill_store::{
@@ -117,6 +118,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         attrs,
         lease,
         peers: PeerSet::default(),
+        peer_states: BTreeMap::new(),
         renew_margin: Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60),
     };
     node.run().await
@@ -213,12 +215,23 @@ async fn acquire_with_retry(
     }
 }
 
+/// The built-in plugin implementing `kind`. Built-ins live in a directory named after
+/// their backend, so only that one is compiled; the others are loaded only to name them
+/// when `kind` is unknown.
 fn find_plugin(host: &PluginHost, kind: &str) -> anyhow::Result<Plugin> {
+    let load = |dir: &str, bytes: &[u8]| {
+        host.load(&format!("built-in:{dir}"), bytes)
+            .with_context(|| format!("load built-in plugin {dir}"))
+    };
+    if let Some((dir, bytes)) = twill_builtin::BUILTIN.iter().find(|(dir, _)| *dir == kind) {
+        let plugin = load(dir, bytes)?;
+        if plugin.name == kind {
+            return Ok(plugin);
+        }
+    }
     let mut available = Vec::new();
     for (dir, bytes) in twill_builtin::BUILTIN {
-        let plugin = host
-            .load(&format!("built-in:{dir}"), bytes)
-            .with_context(|| format!("load built-in plugin {dir}"))?;
+        let plugin = load(dir, bytes)?;
         if plugin.name == kind {
             return Ok(plugin);
         }
@@ -242,8 +255,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The running node: lease held, backend started.
+/// What the backend last reported for a peer.
+#[derive(Debug, Default)]
+struct PeerState {
+    /// What is programmed for it, when it is.
+    programmed: Option<String>,
+    /// Its error and since when, when it is in error.
+    error: Option<(String, SystemTime)>,
+}
+
 struct Node<S> {
     store: S,
+    peer_states: BTreeMap<Subnet, PeerState>,
     backend: Backend,
     config: Config,
     attrs: LeaseAttrs,
@@ -358,7 +381,7 @@ impl<S: LeaseStore> Node<S> {
 
     /// Repeat `init` and `start` (they recreate a missing device with the same MAC and
     /// address) and re-send every peer (re-adds missing routes, neighbours, FDB entries).
-    async fn resync(&self) -> anyhow::Result<()> {
+    async fn resync(&mut self) -> anyhow::Result<()> {
         let registration = self
             .backend
             .init(NodeInfo {
@@ -391,17 +414,60 @@ impl<S: LeaseStore> Node<S> {
         self.apply(all).await
     }
 
-    /// Hand a batch to the backend. A backend error is logged and the daemon goes on
-    /// (the next resync retries); a trap stops the daemon.
-    async fn apply(&self, events: Vec<LeaseEvent>) -> anyhow::Result<()> {
-        match self.backend.on_leases(events).await {
-            Ok(()) => Ok(()),
+    /// Hand a batch to the backend and record what came of each peer. A peer's error is
+    /// logged when it appears or changes (naming the peer) and kept as the peer's state;
+    /// the next resync tries again. A trap stops the daemon.
+    async fn apply(&mut self, events: Vec<LeaseEvent>) -> anyhow::Result<()> {
+        let sent: Vec<(Subnet, bool, std::net::Ipv4Addr)> = events
+            .iter()
+            .map(|e| match e {
+                LeaseEvent::Added(l) => (l.subnet, true, l.attrs.public_ip),
+                LeaseEvent::Removed(l) => (l.subnet, false, l.attrs.public_ip),
+            })
+            .collect();
+        let outcomes = match self.backend.on_leases(events).await {
+            Ok(outcomes) => outcomes,
             Err(e @ CallError::Backend { .. }) => {
                 tracing::error!("{e}");
-                Ok(())
+                return Ok(());
             }
-            Err(e) => Err(anyhow!(e)),
+            Err(e) => return Err(anyhow!(e)),
+        };
+        if outcomes.len() != sent.len() {
+            tracing::warn!(
+                "backend answered {} outcomes for {} lease events",
+                outcomes.len(),
+                sent.len()
+            );
         }
+        for ((subnet, added, public_ip), outcome) in sent.into_iter().zip(outcomes) {
+            if !added {
+                if let Err(e) = &outcome.result {
+                    tracing::warn!(%subnet, %public_ip, "removing peer: {e}");
+                }
+                self.peer_states.remove(&subnet);
+                continue;
+            }
+            let state = self.peer_states.entry(subnet).or_default();
+            match outcome.result {
+                Ok(programmed) => {
+                    if state.error.is_some() || state.programmed.as_deref() != Some(&programmed) {
+                        tracing::info!(%subnet, %public_ip, "peer programmed: {programmed}");
+                    }
+                    state.error = None;
+                    state.programmed = Some(programmed);
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    if state.error.as_ref().map(|(m, _)| m) != Some(&message) {
+                        tracing::warn!(%subnet, %public_ip, "peer not programmed: {message}");
+                        state.error = Some((message, SystemTime::now()));
+                    }
+                    state.programmed = None;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn renew_deadline(&self) -> Option<tokio::time::Instant> {
