@@ -1,0 +1,205 @@
+//! What the JSON endpoints return, field for field. These types are the API's wire
+//! format: their snake_case field names are stable and documented in `docs/openapi.json`,
+//! every field is always present (absent values are `null`), and times are RFC 3339 in
+//! UTC. They deserialize too, so a client (`twill status`) can read them back.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `GET /healthz` and `GET /readyz` when all is well.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `"ok"` for `/healthz`, `"ready"` for `/readyz`.
+    pub status: String,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for a person; never internals.
+    pub error: String,
+}
+
+/// `GET /v1/status`: this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The node's name (flannel's `--node-name`, else the host name).
+    pub node_name: String,
+    /// The node's public (underlay) address, once the interface is resolved.
+    pub public_ip: Option<Ipv4Addr>,
+    /// The external interface.
+    pub interface: String,
+    /// The node's own subnet, once leased (`10.244.1.0/24`).
+    pub subnet: Option<String>,
+    /// The MTU the backend registered, once initialised.
+    pub mtu: Option<u32>,
+    /// The backend type, e.g. `vxlan`.
+    pub backend_type: String,
+    /// The name of the plugin serving the backend.
+    pub plugin: String,
+    /// twill's version.
+    pub version: String,
+    /// When the daemon started.
+    pub started_at: String,
+    /// Seconds since the daemon started.
+    pub uptime_seconds: u64,
+    /// The lease store.
+    pub store: StoreStatus,
+    /// When the node's own lease runs out; `null` before it is held, or for a
+    /// reservation (a lease without a TTL).
+    pub lease_expires_at: Option<String>,
+    /// Seconds until then (negative once past).
+    pub lease_expires_in_seconds: Option<i64>,
+    /// Whether `/readyz` answers 200.
+    pub ready: bool,
+    /// Why not, when not ready.
+    pub not_ready_reason: Option<String>,
+}
+
+/// The lease store as `/v1/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// The etcd endpoints the daemon was given.
+    pub endpoints: Vec<String>,
+    /// The connection state.
+    pub state: StoreState,
+    /// Since when it is in that state.
+    pub since: String,
+}
+
+/// The daemon's connection to the lease store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreState {
+    /// Not connected yet.
+    Connecting,
+    /// Connected; the lease watch is running.
+    Connected,
+    /// The connection or the watch failed; the daemon is reconnecting.
+    Disconnected,
+}
+
+/// `GET /v1/leases`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Leases {
+    /// Every lease the store holds, ordered by subnet.
+    pub leases: Vec<LeaseEntry>,
+}
+
+/// One lease as the store has it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseEntry {
+    /// The leased subnet (`10.244.1.0/24`).
+    pub subnet: String,
+    /// The node's public IP (flannel's `PublicIP`).
+    pub public_ip: Ipv4Addr,
+    /// flannel's `BackendType`; empty for flannel's udp backend.
+    pub backend_type: String,
+    /// flannel's `BackendData`, as stored (any JSON), or `null`.
+    pub backend_data: Option<Value>,
+    /// When the lease runs out; `null` for a reservation.
+    pub expires_at: Option<String>,
+    /// Whether it is this node's own lease.
+    pub own: bool,
+}
+
+/// `GET /v1/peers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Peers {
+    /// Every remote node, ordered by subnet.
+    pub peers: Vec<Peer>,
+}
+
+/// One remote node and what the backend did for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Peer {
+    /// The peer's subnet (`10.244.2.0/24`).
+    pub subnet: String,
+    /// The peer's public IP.
+    pub public_ip: Ipv4Addr,
+    /// The peer's backend type.
+    pub backend_type: String,
+    /// The peer's `BackendData`, or `null`.
+    pub backend_data: Option<Value>,
+    /// What was programmed for it (routes, neighbours, FDB entries), for a person;
+    /// empty until programmed.
+    pub programmed: String,
+    /// Where the peer stands.
+    pub state: PeerState,
+    /// Since when it is in that state.
+    pub state_since: String,
+    /// The last error programming it; stays after a later success.
+    pub last_error: Option<ErrorInfo>,
+}
+
+/// Whether a peer's routes are in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerState {
+    /// Known, not yet handed to the backend or not yet answered.
+    Pending,
+    /// The backend programmed it.
+    Programmed,
+    /// The backend failed to program it.
+    Error,
+}
+
+impl PeerState {
+    /// Every state, in the order the API lists them.
+    pub const ALL: [PeerState; 3] = [PeerState::Pending, PeerState::Programmed, PeerState::Error];
+
+    /// The state's name as in JSON and in the `state` label of `twill_peers`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Pending => "pending",
+            PeerState::Programmed => "programmed",
+            PeerState::Error => "error",
+        }
+    }
+}
+
+/// An error and since when it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// The error, one line.
+    pub message: String,
+    /// When this error was first seen (a repeat of the same message keeps the time).
+    pub since: String,
+}
+
+/// `GET /v1/plugins`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plugins {
+    /// Every loaded plugin, ordered by name.
+    pub plugins: Vec<Plugin>,
+}
+
+/// One loaded plugin.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plugin {
+    /// The plugin's name, from `describe`.
+    pub name: String,
+    /// The plugin's version, from `describe`.
+    pub version: String,
+    /// The version of the `twill:backend` WIT package it was built against.
+    pub wit_version: String,
+    /// SHA-256 of the component's bytes, lower-case hex.
+    pub sha256: String,
+    /// Where it came from: `builtin` or a file path.
+    pub source: String,
+    /// The host interfaces it imports (its capability request), e.g. `routes`.
+    pub capabilities: Vec<String>,
+    /// Calls into the plugin, by exported function.
+    pub calls: BTreeMap<String, u64>,
+    /// Host calls refused, by capability.
+    pub denied: BTreeMap<String, u64>,
+    /// The last error a call returned or the last trap.
+    pub last_error: Option<ErrorInfo>,
+    /// Traps so far.
+    pub traps: u64,
+    /// Restarts so far.
+    pub restarts: u64,
+}

@@ -1,0 +1,539 @@
+//! [`ApiState`]: what the daemon tells the API. The daemon calls the setters as things
+//! happen; the handlers take a consistent snapshot under one read lock. Nothing here
+//! blocks for long: every method holds the lock only to copy or update a few fields, so
+//! it is safe to call from a tokio worker.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Instant, SystemTime};
+
+use serde_json::Value;
+use twill_core::{Lease, LeaseEvent, Subnet};
+
+use crate::model::{
+    ErrorInfo, LeaseEntry, Peer, PeerState, Plugin, Status, StoreState, StoreStatus,
+};
+use crate::time::{rfc3339, unix_seconds};
+
+/// The node facts `/v1/status` shows that are known once, at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's name.
+    pub node_name: String,
+    /// The node's public (underlay) address.
+    pub public_ip: Option<Ipv4Addr>,
+    /// The external interface.
+    pub interface: String,
+    /// The backend type, e.g. `vxlan`.
+    pub backend_type: String,
+    /// The name of the plugin serving the backend.
+    pub plugin: String,
+    /// The etcd endpoints.
+    pub store_endpoints: Vec<String>,
+}
+
+/// Why the node is not ready: the conditions still missing, in a fixed order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not ready: {}", .missing.join(", "))]
+pub struct NotReady {
+    /// Each missing condition, e.g. `no lease held`.
+    pub missing: Vec<&'static str>,
+}
+
+/// The daemon's view of itself, shared with the API server. Cloning is cheap (one
+/// `Arc`); every clone sees the same state.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    inner: Arc<RwLock<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    started_at: SystemTime,
+    started: Instant,
+    node: NodeInfo,
+    subnet: Option<Subnet>,
+    mtu: Option<u32>,
+    own_lease_expiry: Option<SystemTime>,
+    store_state: StoreState,
+    store_since: SystemTime,
+    lease_held: bool,
+    backend_initialised: bool,
+    subnet_env_written: bool,
+    leases: BTreeMap<Subnet, LeaseEntry>,
+    peers: BTreeMap<Subnet, Peer>,
+    plugins: BTreeMap<String, Plugin>,
+}
+
+/// Counts that the metrics gauges mirror, read in one go at scrape time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct GaugeView {
+    pub leases: usize,
+    pub pending: usize,
+    pub programmed: usize,
+    pub error: usize,
+    pub own_lease_expiry_unix: Option<u64>,
+}
+
+impl Default for ApiState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ApiState {
+    /// A fresh state; the daemon's start time (for uptime) is now. Not ready, store
+    /// `connecting`, no leases, peers or plugins.
+    pub fn new() -> Self {
+        let now = SystemTime::now();
+        Self {
+            inner: Arc::new(RwLock::new(Inner {
+                started_at: now,
+                started: Instant::now(),
+                node: NodeInfo::default(),
+                subnet: None,
+                mtu: None,
+                own_lease_expiry: None,
+                store_state: StoreState::Connecting,
+                store_since: now,
+                lease_held: false,
+                backend_initialised: false,
+                subnet_env_written: false,
+                leases: BTreeMap::new(),
+                peers: BTreeMap::new(),
+                plugins: BTreeMap::new(),
+            })),
+        }
+    }
+
+    // A handler or setter never panics while holding the lock, but if one did, the data
+    // is still whole (every update is a plain assignment), so a poisoned lock is used.
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    // ---- node -------------------------------------------------------------------------
+
+    /// Set the node facts known at start (name, public IP, interface, backend, plugin,
+    /// store endpoints).
+    pub fn set_node(&self, node: NodeInfo) {
+        self.write().node = node;
+    }
+
+    /// Set the node's own subnet (once leased).
+    pub fn set_subnet(&self, subnet: Subnet) {
+        self.write().subnet = Some(subnet);
+    }
+
+    /// Set the MTU the backend registered.
+    pub fn set_mtu(&self, mtu: u32) {
+        self.write().mtu = Some(mtu);
+    }
+
+    /// Set when the node's own lease runs out (`None` for a reservation); call after
+    /// every acquire and renewal.
+    pub fn set_own_lease_expiry(&self, expires: Option<SystemTime>) {
+        self.write().own_lease_expiry = expires;
+    }
+
+    /// Record the store connection state; the time of a change is kept, a repeat of the
+    /// same state keeps the earlier time.
+    pub fn set_store_state(&self, state: StoreState) {
+        let mut inner = self.write();
+        if inner.store_state != state {
+            inner.store_state = state;
+            inner.store_since = SystemTime::now();
+        }
+    }
+
+    // ---- readiness --------------------------------------------------------------------
+
+    /// Whether the node holds its lease.
+    pub fn set_lease_held(&self, held: bool) {
+        self.write().lease_held = held;
+    }
+
+    /// Whether the backend is initialised (and started).
+    pub fn set_backend_initialised(&self, initialised: bool) {
+        self.write().backend_initialised = initialised;
+    }
+
+    /// Whether subnet.env is written.
+    pub fn set_subnet_env_written(&self, written: bool) {
+        self.write().subnet_env_written = written;
+    }
+
+    /// `Ok` when the lease is held, the backend initialised and subnet.env written.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        self.read().readiness()
+    }
+
+    // ---- leases -----------------------------------------------------------------------
+
+    /// Replace every lease with a snapshot of the store.
+    pub fn set_leases<'a>(&self, leases: impl IntoIterator<Item = &'a Lease>) {
+        let leases = leases
+            .into_iter()
+            .map(|l| (l.subnet, lease_entry(l)))
+            .collect();
+        self.write().leases = leases;
+    }
+
+    /// Apply one store event: an addition inserts or replaces, a removal deletes.
+    pub fn apply_lease_event(&self, event: &LeaseEvent) {
+        let mut inner = self.write();
+        match event {
+            LeaseEvent::Added(lease) => {
+                inner.leases.insert(lease.subnet, lease_entry(lease));
+            }
+            LeaseEvent::Removed(lease) => {
+                inner.leases.remove(&lease.subnet);
+            }
+        }
+    }
+
+    // ---- peers ------------------------------------------------------------------------
+
+    /// A peer was handed to the backend (or is about to be): it becomes `pending` with
+    /// the lease's attributes. The last error of a peer already known is kept.
+    pub fn peer_pending(&self, lease: &Lease) {
+        let now = rfc3339(SystemTime::now());
+        let mut inner = self.write();
+        let last_error = inner
+            .peers
+            .get(&lease.subnet)
+            .and_then(|p| p.last_error.clone());
+        inner.peers.insert(
+            lease.subnet,
+            Peer {
+                subnet: lease.subnet.to_string(),
+                public_ip: lease.attrs.public_ip,
+                backend_type: lease.attrs.backend_type.clone(),
+                backend_data: backend_data(lease),
+                programmed: String::new(),
+                state: PeerState::Pending,
+                state_since: now,
+                last_error,
+            },
+        );
+    }
+
+    /// The backend programmed the peer; `programmed` says what, for a person (e.g.
+    /// `route 10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink; neigh …; fdb …`).
+    /// Unknown subnets are ignored.
+    pub fn peer_programmed(&self, subnet: Subnet, programmed: impl Into<String>) {
+        let now = SystemTime::now();
+        if let Some(peer) = self.write().peers.get_mut(&subnet) {
+            peer.programmed = programmed.into();
+            set_peer_state(peer, PeerState::Programmed, now);
+        }
+    }
+
+    /// The backend failed to program the peer. Unknown subnets are ignored.
+    pub fn peer_error(&self, subnet: Subnet, message: impl Into<String>) {
+        let now = SystemTime::now();
+        if let Some(peer) = self.write().peers.get_mut(&subnet) {
+            set_peer_state(peer, PeerState::Error, now);
+            record_error(&mut peer.last_error, message.into(), now);
+        }
+    }
+
+    /// The peer's lease went away.
+    pub fn peer_removed(&self, subnet: Subnet) {
+        self.write().peers.remove(&subnet);
+    }
+
+    // ---- plugins ----------------------------------------------------------------------
+
+    /// Add or replace a loaded plugin (replacing resets its counts).
+    pub fn set_plugin(&self, plugin: Plugin) {
+        self.write().plugins.insert(plugin.name.clone(), plugin);
+    }
+
+    /// Change a known plugin in place, e.g. to copy the host's call counts; unknown
+    /// names are ignored.
+    pub fn update_plugin(&self, name: &str, change: impl FnOnce(&mut Plugin)) {
+        if let Some(plugin) = self.write().plugins.get_mut(name) {
+            change(plugin);
+        }
+    }
+
+    /// Count one call into `function` of the plugin.
+    pub fn plugin_call(&self, name: &str, function: &str) {
+        self.update_plugin(name, |p| {
+            *p.calls.entry(function.to_owned()).or_default() += 1
+        });
+    }
+
+    /// Count one refused host call of the plugin, by capability.
+    pub fn plugin_denied(&self, name: &str, capability: &str) {
+        self.update_plugin(name, |p| {
+            *p.denied.entry(capability.to_owned()).or_default() += 1;
+        });
+    }
+
+    /// Record an error a call into the plugin returned.
+    pub fn plugin_error(&self, name: &str, message: impl Into<String>) {
+        let now = SystemTime::now();
+        self.update_plugin(name, |p| {
+            record_error(&mut p.last_error, message.into(), now)
+        });
+    }
+
+    /// Count a trap of the plugin; the trap becomes its last error.
+    pub fn plugin_trap(&self, name: &str, message: impl Into<String>) {
+        let now = SystemTime::now();
+        self.update_plugin(name, |p| {
+            p.traps += 1;
+            record_error(&mut p.last_error, message.into(), now);
+        });
+    }
+
+    /// Count a restart of the plugin.
+    pub fn plugin_restart(&self, name: &str) {
+        self.update_plugin(name, |p| p.restarts += 1);
+    }
+
+    // ---- views for the handlers -------------------------------------------------------
+
+    pub(crate) fn status(&self) -> Status {
+        let now = SystemTime::now();
+        let inner = self.read();
+        let ready = inner.readiness();
+        Status {
+            node_name: inner.node.node_name.clone(),
+            public_ip: inner.node.public_ip,
+            interface: inner.node.interface.clone(),
+            subnet: inner.subnet.map(|s| s.to_string()),
+            mtu: inner.mtu,
+            backend_type: inner.node.backend_type.clone(),
+            plugin: inner.node.plugin.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: rfc3339(inner.started_at),
+            uptime_seconds: inner.started.elapsed().as_secs(),
+            store: StoreStatus {
+                endpoints: inner.node.store_endpoints.clone(),
+                state: inner.store_state,
+                since: rfc3339(inner.store_since),
+            },
+            lease_expires_at: inner.own_lease_expiry.map(rfc3339),
+            lease_expires_in_seconds: inner.own_lease_expiry.map(|t| seconds_between(now, t)),
+            ready: ready.is_ok(),
+            not_ready_reason: ready.err().map(|e| e.to_string()),
+        }
+    }
+
+    pub(crate) fn leases(&self) -> Vec<LeaseEntry> {
+        let inner = self.read();
+        inner
+            .leases
+            .iter()
+            .map(|(subnet, entry)| LeaseEntry {
+                own: Some(*subnet) == inner.subnet,
+                ..entry.clone()
+            })
+            .collect()
+    }
+
+    pub(crate) fn peers(&self) -> Vec<Peer> {
+        self.read().peers.values().cloned().collect()
+    }
+
+    pub(crate) fn plugins(&self) -> Vec<Plugin> {
+        self.read().plugins.values().cloned().collect()
+    }
+
+    pub(crate) fn gauges(&self) -> GaugeView {
+        let inner = self.read();
+        let count = |state| inner.peers.values().filter(|p| p.state == state).count();
+        GaugeView {
+            leases: inner.leases.len(),
+            pending: count(PeerState::Pending),
+            programmed: count(PeerState::Programmed),
+            error: count(PeerState::Error),
+            own_lease_expiry_unix: inner.own_lease_expiry.map(unix_seconds),
+        }
+    }
+}
+
+impl Inner {
+    fn readiness(&self) -> Result<(), NotReady> {
+        let missing: Vec<&'static str> = [
+            (self.lease_held, "no lease held"),
+            (self.backend_initialised, "backend not initialised"),
+            (self.subnet_env_written, "subnet.env not written"),
+        ]
+        .into_iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, reason)| reason)
+        .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(NotReady { missing })
+        }
+    }
+}
+
+fn lease_entry(lease: &Lease) -> LeaseEntry {
+    LeaseEntry {
+        subnet: lease.subnet.to_string(),
+        public_ip: lease.attrs.public_ip,
+        backend_type: lease.attrs.backend_type.clone(),
+        backend_data: backend_data(lease),
+        expires_at: lease.expires.map(rfc3339),
+        own: false,
+    }
+}
+
+/// The lease's BackendData as JSON; text that is not JSON (the core validates it, so
+/// this does not happen) is shown as a string rather than dropped.
+fn backend_data(lease: &Lease) -> Option<Value> {
+    lease
+        .attrs
+        .backend_data
+        .as_ref()
+        .map(|text| serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone())))
+}
+
+fn set_peer_state(peer: &mut Peer, state: PeerState, now: SystemTime) {
+    if peer.state != state {
+        peer.state = state;
+        peer.state_since = rfc3339(now);
+    }
+}
+
+fn record_error(slot: &mut Option<ErrorInfo>, message: String, now: SystemTime) {
+    if slot.as_ref().is_some_and(|e| e.message == message) {
+        return;
+    }
+    *slot = Some(ErrorInfo {
+        message,
+        since: rfc3339(now),
+    });
+}
+
+/// `to - from` in whole seconds, negative when `to` is earlier.
+fn seconds_between(from: SystemTime, to: SystemTime) -> i64 {
+    match to.duration_since(from) {
+        Ok(ahead) => i64::try_from(ahead.as_secs()).unwrap_or(i64::MAX),
+        Err(behind) => i64::try_from(behind.duration().as_secs()).map_or(i64::MIN, |s| -s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use twill_core::LeaseAttrs;
+
+    use super::*;
+
+    fn lease(subnet: &str, ip: [u8; 4]) -> Lease {
+        Lease {
+            subnet: subnet.parse().expect("subnet"),
+            attrs: LeaseAttrs::new(Ipv4Addr::from(ip), "vxlan", Some(r#"{"VNI":1}"#))
+                .expect("attrs"),
+            expires: None,
+        }
+    }
+
+    #[test]
+    fn readiness_lists_every_missing_condition_in_order() {
+        let state = ApiState::new();
+        let err = state.readiness().expect_err("fresh state is not ready");
+        assert_eq!(
+            err.to_string(),
+            "not ready: no lease held, backend not initialised, subnet.env not written"
+        );
+        state.set_lease_held(true);
+        state.set_subnet_env_written(true);
+        assert_eq!(
+            state.readiness().expect_err("no backend").missing,
+            vec!["backend not initialised"]
+        );
+        state.set_backend_initialised(true);
+        assert_eq!(state.readiness(), Ok(()));
+    }
+
+    #[test]
+    fn peer_error_keeps_since_for_a_repeat_and_survives_recovery() {
+        let state = ApiState::new();
+        let l = lease("10.244.2.0/24", [192, 168, 1, 2]);
+        state.peer_pending(&l);
+        state.peer_error(l.subnet, "boom");
+        let first = state.peers()[0].last_error.clone().expect("error recorded");
+        state.peer_error(l.subnet, "boom");
+        assert_eq!(state.peers()[0].last_error.as_ref(), Some(&first));
+
+        state.peer_programmed(l.subnet, "route");
+        let peer = &state.peers()[0];
+        assert_eq!(peer.state, PeerState::Programmed);
+        assert_eq!(peer.programmed, "route");
+        assert_eq!(peer.last_error.as_ref(), Some(&first));
+
+        // Re-sent as added (the periodic repair): pending again, the error kept.
+        state.peer_pending(&l);
+        assert_eq!(state.peers()[0].state, PeerState::Pending);
+        assert_eq!(state.peers()[0].last_error.as_ref(), Some(&first));
+
+        state.peer_removed(l.subnet);
+        assert!(state.peers().is_empty());
+    }
+
+    #[test]
+    fn leases_follow_snapshots_and_events_and_mark_the_own_one() {
+        let state = ApiState::new();
+        let a = lease("10.244.1.0/24", [192, 168, 1, 1]);
+        let b = lease("10.244.2.0/24", [192, 168, 1, 2]);
+        state.set_leases([&a, &b]);
+        state.set_subnet(a.subnet);
+        let own: Vec<bool> = state.leases().iter().map(|l| l.own).collect();
+        assert_eq!(own, vec![true, false]);
+
+        state.apply_lease_event(&LeaseEvent::Removed(b.clone()));
+        assert_eq!(state.leases().len(), 1);
+        state.apply_lease_event(&LeaseEvent::Added(b));
+        assert_eq!(state.gauges().leases, 2);
+        assert_eq!(
+            state.leases()[1].backend_data,
+            Some(serde_json::json!({"VNI": 1}))
+        );
+    }
+
+    #[test]
+    fn plugin_counters_ignore_unknown_plugins() {
+        let state = ApiState::new();
+        state.plugin_call("ghost", "init");
+        assert!(state.plugins().is_empty());
+        state.set_plugin(Plugin {
+            name: "vxlan".into(),
+            ..Plugin::default()
+        });
+        state.plugin_call("vxlan", "init");
+        state.plugin_call("vxlan", "init");
+        state.plugin_denied("vxlan", "routes");
+        state.plugin_trap("vxlan", "wasm trap: unreachable");
+        state.plugin_restart("vxlan");
+        let p = &state.plugins()[0];
+        assert_eq!(p.calls.get("init"), Some(&2));
+        assert_eq!(p.denied.get("routes"), Some(&1));
+        assert_eq!((p.traps, p.restarts), (1, 1));
+        assert_eq!(
+            p.last_error.as_ref().map(|e| e.message.as_str()),
+            Some("wasm trap: unreachable")
+        );
+    }
+
+    #[test]
+    fn lease_expiry_counts_down_and_goes_negative() {
+        let now = SystemTime::now();
+        assert_eq!(seconds_between(now, now + Duration::from_secs(90)), 90);
+        assert_eq!(seconds_between(now + Duration::from_secs(90), now), -90);
+    }
+}
