@@ -66,6 +66,7 @@ pub fn require_privileges_and_tools() {
         ("etcd", "etcd-server"),
         ("etcdctl", "etcd-client"),
         ("iperf3", "iperf3"),
+        ("curl", "curl"),
     ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -140,6 +141,26 @@ impl Node {
         let mut full = vec!["ip", "netns", "exec", &self.ns];
         full.extend_from_slice(cmd);
         sh(&full)
+    }
+
+    /// GET `path` from this node's HTTP API (127.0.0.1:9465 in its namespace):
+    /// (status code, body).
+    pub fn api_get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://127.0.0.1:9465{path}");
+        let out = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns,
+            "curl",
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
     }
 
     /// subnet.env as key → value.

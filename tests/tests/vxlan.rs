@@ -133,6 +133,30 @@ fn vxlan_cluster_end_to_end() {
         }
     }
 
+    // The HTTP API tells the same story: ready, the subnet, every peer programmed.
+    let node1 = &c.nodes[0];
+    assert_eq!(node1.api_get("/readyz").0, 200);
+    let (code, status) = node1.api_get("/v1/status");
+    assert_eq!(code, 200, "{status}");
+    let status: Value = serde_json::from_str(&status).expect("status JSON");
+    assert_eq!(status["subnet"], node1.subnet(), "{status}");
+    assert_eq!(status["backend_type"], "vxlan", "{status}");
+    let (_, peers) = node1.api_get("/v1/peers");
+    let peers: Value = serde_json::from_str(&peers).expect("peers JSON");
+    let peers = peers
+        .as_array()
+        .or_else(|| peers["peers"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert!(
+        peers.iter().all(|p| p["state"] == "programmed"),
+        "{peers:?}"
+    );
+    let (_, metrics) = node1.api_get("/metrics");
+    assert!(metrics.contains("twill_leases_known 3"), "{metrics}");
+    assert_eq!(node1.api_get("/nope").0, 404);
+
     // Restart node 2 under a running ping: same subnet, same MAC, traffic keeps flowing.
     let (key2, before) = lease_of(&c, &format!("{UNDERLAY}.2"));
     let pod2 = c.nodes[1].pod_ip();

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
+use sha2::Digest;
 use twill_net::Kernel;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimitsBuilder};
@@ -34,6 +35,8 @@ pub use crate::state::{DeviceRegistry, ExternalIface, Grant, PluginStats};
 
 /// The WIT package plugins are built against.
 pub const WIT_PACKAGE: &str = "twill:backend@0.1.0";
+/// Its version.
+pub const WIT_VERSION: &str = "0.1.0";
 
 /// How often the epoch ticker advances the engine's epoch.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -107,6 +110,8 @@ pub struct Plugin {
     pub source: String,
     /// The capabilities (WIT interfaces of twill:backend) it imports.
     pub capabilities: Vec<String>,
+    /// SHA-256 of the component's bytes, lower-case hex.
+    pub sha256: String,
     pre: OverlayBackendPre<PluginState>,
 }
 
@@ -202,11 +207,16 @@ impl PluginHost {
             source_name: source.to_owned(),
             message,
         })?;
+        let sha256 = sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         Ok(Plugin {
             name: info.name,
             version: info.version,
             source: source.to_owned(),
             capabilities,
+            sha256,
             pre,
         })
     }

@@ -3,7 +3,6 @@
 //! reservations (keys without an etcd lease) stay without one when renewed (#1329), and
 //! the etcd lease a renewal replaces is revoked instead of left to run out.
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
@@ -15,10 +14,10 @@ use tracing::{debug, warn};
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet::Subnet;
 
+use crate::keys::{
+    DEFAULT_PREFIX, Keys, error_chain, parse_key, parse_lease, placeholder_attrs, removed_attrs,
+};
 use crate::{Created, LeaseStore, Revision, StoreError, WatchEvent};
-
-/// flannel's default `--etcd-prefix`.
-pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
 
 /// How many `TimeToLive` requests a listing keeps in flight.
 const TTL_CONCURRENCY: usize = 16;
@@ -69,30 +68,6 @@ impl std::fmt::Debug for EtcdStore {
     }
 }
 
-/// The key layout.
-#[derive(Debug, Clone)]
-struct Keys {
-    prefix: String,
-    /// `<prefix>/subnets/`
-    subnets: String,
-}
-
-impl Keys {
-    fn new(prefix: &str) -> Self {
-        let prefix = prefix.trim_end_matches('/').to_owned();
-        let subnets = format!("{prefix}/subnets/");
-        Self { prefix, subnets }
-    }
-
-    fn config(&self) -> String {
-        format!("{}/config", self.prefix)
-    }
-
-    fn lease(&self, subnet: Subnet) -> String {
-        format!("{}{}", self.subnets, subnet.key())
-    }
-}
-
 fn etcd_err(op: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
     move |source| StoreError::Etcd { op, source }
 }
@@ -108,49 +83,9 @@ fn expiry_in(secs: i64) -> SystemTime {
     SystemTime::now() + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
-/// The attributes a delete event carries when the deleted value is not known.
-fn placeholder_attrs() -> LeaseAttrs {
-    LeaseAttrs {
-        public_ip: Ipv4Addr::UNSPECIFIED,
-        backend_type: String::new(),
-        backend_data: None,
-    }
-}
-
-/// The subnet a lease key names, or `None` (with a warning) if it names none.
-fn parse_key(keys: &Keys, key: &[u8]) -> Option<Subnet> {
-    let text = String::from_utf8_lossy(key);
-    let Some(suffix) = text.strip_prefix(keys.subnets.as_str()) else {
-        warn!(key = %text, "skipping etcd key outside the subnets prefix");
-        return None;
-    };
-    match Subnet::from_key(suffix) {
-        Ok(subnet) => Some(subnet),
-        Err(e) => {
-            warn!(key = %text, error = %e, "skipping etcd lease key that is not a subnet");
-            None
-        }
-    }
-}
-
 /// The subnet and attributes of a lease key-value, or `None` (with a warning).
 fn parse_kv(keys: &Keys, kv: &KeyValue) -> Option<(Subnet, LeaseAttrs)> {
-    let subnet = parse_key(keys, kv.key())?;
-    let parsed = match std::str::from_utf8(kv.value()) {
-        Ok(text) => LeaseAttrs::from_json(text).map_err(|e| e.to_string()),
-        Err(e) => Err(format!("value is not UTF-8: {e}")),
-    };
-    match parsed {
-        Ok(attrs) => Some((subnet, attrs)),
-        Err(e) => {
-            warn!(
-                key = %String::from_utf8_lossy(kv.key()),
-                error = %e,
-                "skipping etcd lease whose value does not parse"
-            );
-            None
-        }
-    }
+    parse_lease(keys, kv.key(), kv.value())
 }
 
 /// When the etcd lease `id` runs out; `None` for id 0 (a key without a lease).
@@ -577,11 +512,7 @@ impl Watcher {
                     };
                     // The deleted value, when etcd still had it; otherwise a
                     // placeholder (the peer set answers with the lease it stored).
-                    let attrs = event
-                        .prev_kv()
-                        .and_then(|prev| std::str::from_utf8(prev.value()).ok())
-                        .and_then(|text| LeaseAttrs::from_json(text).ok())
-                        .unwrap_or_else(placeholder_attrs);
+                    let attrs = removed_attrs(event.prev_kv().map(KeyValue::value));
                     debug!(%subnet, "lease removed");
                     events.push(LeaseEvent::Removed(Lease {
                         subnet,
@@ -600,45 +531,9 @@ impl Watcher {
     }
 }
 
-/// An error with its sources, for one log line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn key_layout_matches_flannel() {
-        let keys = Keys::new("/coreos.com/network/");
-        let subnet: Subnet = "10.244.1.0/24".parse().expect("subnet");
-        assert_eq!(keys.config(), "/coreos.com/network/config");
-        assert_eq!(
-            keys.lease(subnet),
-            "/coreos.com/network/subnets/10.244.1.0-24"
-        );
-        assert_eq!(
-            parse_key(&keys, b"/coreos.com/network/subnets/10.244.1.0-24"),
-            Some(subnet)
-        );
-        assert_eq!(
-            parse_key(
-                &keys,
-                b"/coreos.com/network/subnets/10.244.1.0-24&fc00::-64"
-            ),
-            Some(subnet)
-        );
-        assert_eq!(parse_key(&keys, b"/coreos.com/network/subnets/junk"), None);
-        assert_eq!(parse_key(&keys, b"/elsewhere/10.244.1.0-24"), None);
-    }
 
     #[test]
     fn ttl_rounds_up_to_whole_seconds() {

@@ -1,12 +1,15 @@
 //! twill's lease store: the [`LeaseStore`] trait every store implements, the etcd
 //! implementation with flannel's key layout (`<prefix>/config`,
-//! `<prefix>/subnets/10.244.1.0-24`), and [`acquire`], which holds a lease the way
-//! flannel does and retries a lost create race instead of exiting.
+//! `<prefix>/subnets/10.244.1.0-24`), the [`EmbeddedStore`] (the same keys and values
+//! in a SQLite file, for one host without an etcd server), and [`acquire`], which holds
+//! a lease the way flannel does and retries a lost create race instead of exiting.
 //!
 //! This crate talks to the store only; it never touches the kernel.
 #![forbid(unsafe_code)]
 
+mod embedded;
 mod etcd;
+mod keys;
 mod manager;
 
 use std::time::{Duration, SystemTime};
@@ -15,13 +18,15 @@ use futures::Stream;
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet::Subnet;
 
+pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use etcd::{EtcdOptions, EtcdStore};
+pub use keys::DEFAULT_PREFIX;
 pub use manager::{AcquireError, Acquired, acquire};
 
 /// flannel's lease TTL.
 pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// A store revision (etcd's header revision).
+/// A store revision (etcd's header revision; the embedded store's change counter).
 pub type Revision = i64;
 
 /// Whether a transactional create won.
@@ -64,6 +69,25 @@ pub enum StoreError {
         /// The client error.
         #[source]
         source: etcd_client::Error,
+    },
+    /// The embedded store's database failed (or stayed locked by another process for
+    /// longer than its busy timeout).
+    #[error("embedded store request {op} failed")]
+    Embedded {
+        /// The operation that failed (`list leases`, `create lease`, …).
+        op: &'static str,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The embedded store's database file could not be opened or set up.
+    #[error("cannot open the embedded store at {path}")]
+    EmbeddedOpen {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
     },
 }
 

@@ -1,7 +1,7 @@
 //! The command line. Flag names are flannel's where flannel has the flag; each can also
 //! come from the environment as `FLANNELD_<NAME>`, as with flanneld.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -82,4 +82,32 @@ pub struct RunArgs {
         value_name = "MINUTES"
     )]
     pub subnet_lease_renew_margin: u32,
+
+    /// Address of the HTTP API (status, leases, peers, plugins, /metrics, health).
+    /// Loopback by default; expose it deliberately.
+    #[arg(
+        long,
+        env = "TWILL_API_ADDR",
+        default_value = "127.0.0.1:9465",
+        value_name = "ADDR:PORT"
+    )]
+    pub api_addr: SocketAddr,
+
+    /// IP for a separate health-check listener (/healthz, /readyz), as flanneld's.
+    #[arg(
+        long,
+        env = "FLANNELD_HEALTHZ_IP",
+        default_value = "0.0.0.0",
+        value_name = "IP"
+    )]
+    pub healthz_ip: IpAddr,
+
+    /// Port of the separate health-check listener; 0 (the default) disables it.
+    #[arg(
+        long,
+        env = "FLANNELD_HEALTHZ_PORT",
+        default_value_t = 0,
+        value_name = "PORT"
+    )]
+    pub healthz_port: u16,
 }

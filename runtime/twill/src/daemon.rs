@@ -19,6 +19,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, anyhow, bail};
 use futures::StreamExt;
 use tokio::signal::unix::{SignalKind, signal};
+use twill_api::{
+    ApiState, LeaseEventKind, Metrics, NodeInfo as ApiNode, Plugin as ApiPlugin, StoreState,
+};
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet_env::SubnetEnv;
 use twill_core::{Config, PeerSet, Subnet};
@@ -41,6 +44,46 @@ const CONFIG_POLL: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(10);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let api = ApiState::new();
+    let metrics = Arc::new(Metrics::new());
+    let stop_api = Arc::new(tokio::sync::Notify::new());
+    start_api(&args, &api, &metrics, &stop_api).await?;
+    let result = run_node(args, api, metrics).await;
+    stop_api.notify_waiters();
+    result
+}
+
+/// Bind the API (and the separate health listener, when asked for) before anything
+/// else, so a busy address is a clear error at once; serve until `stop`.
+async fn start_api(
+    args: &RunArgs,
+    api: &ApiState,
+    metrics: &Arc<Metrics>,
+    stop: &Arc<tokio::sync::Notify>,
+) -> anyhow::Result<()> {
+    let mut servers = vec![(
+        args.api_addr,
+        twill_api::router(api.clone(), metrics.clone()),
+    )];
+    if args.healthz_port != 0 {
+        let addr = std::net::SocketAddr::new(args.healthz_ip, args.healthz_port);
+        servers.push((addr, twill_api::health_router(api.clone())));
+    }
+    for (addr, router) in servers {
+        let listener = twill_api::bind(addr).await.context("start the HTTP API")?;
+        tracing::info!(%addr, "serving the HTTP API");
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let shutdown = async move { stop.notified().await };
+            if let Err(e) = twill_api::serve_on(listener, router, shutdown).await {
+                tracing::error!("HTTP API: {}", error_chain(&e));
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let kernel: Arc<dyn Kernel> = Arc::new(
         tokio::task::spawn_blocking(Netlink::new)
             .await?
@@ -56,8 +99,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         iface_addr = %external.addr, %public_ip, "using interface"
     );
 
+    api.set_store_state(StoreState::Connecting);
     let store = connect(&args).await;
     let config = wait_for_config(&store, &args.etcd_prefix).await?;
+    api.set_store_state(StoreState::Connected);
     tracing::info!(
         network = %config.network, subnet_len = config.subnet_len,
         subnet_min = %config.subnet_min, subnet_max = %config.subnet_max,
@@ -69,6 +114,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let plugin = find_plugin(&host, &config.backend.kind)?;
     tracing::info!(plugin = %plugin.name, version = %plugin.version, source = %plugin.source,
         capabilities = ?plugin.capabilities, "loaded backend plugin");
+    api.set_node(ApiNode {
+        node_name: hostname(),
+        public_ip: Some(public_ip),
+        interface: external.name.clone(),
+        backend_type: config.backend.kind.clone(),
+        plugin: plugin.name.clone(),
+        store_endpoints: args.etcd_endpoints.clone(),
+    });
+    api.set_plugin(ApiPlugin {
+        name: plugin.name.clone(),
+        version: plugin.version.clone(),
+        wit_version: twill_plugin_host::WIT_VERSION.to_owned(),
+        sha256: plugin.sha256.clone(),
+        source: plugin.source.clone(),
+        capabilities: plugin.capabilities.clone(),
+        ..Default::default()
+    });
 
     let (leases, _) = retry("list leases", || store.list_leases()).await;
     let previous_data = leases
@@ -88,6 +150,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             previous_data,
         })
         .await?;
+    api.set_backend_initialised(true);
+    api.set_mtu(registration.mtu);
 
     let attrs = LeaseAttrs::new(
         public_ip,
@@ -98,6 +162,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let previous_subnet = subnet_file::read_previous(&args.subnet_file);
     let lease = acquire_with_retry(&store, &config, &attrs, previous_subnet).await?;
     tracing::info!(subnet = %lease.subnet, expires = ?lease.expires, "holding lease");
+    api.set_subnet(lease.subnet);
+    api.set_lease_held(true);
+    api.set_own_lease_expiry(lease.expires);
 
     backend.start(lease.subnet).await?;
     subnet_file::write(
@@ -110,6 +177,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     )?;
     tracing::info!(path = %args.subnet_file.display(), mtu = registration.mtu, "wrote subnet file");
+    api.set_subnet_env_written(true);
 
     let node = Node {
         store,
@@ -119,6 +187,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         lease,
         peers: PeerSet::default(),
         peer_states: BTreeMap::new(),
+        api,
+        metrics,
+        denied_seen: BTreeMap::new(),
         renew_margin: Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60),
     };
     node.run().await
@@ -243,6 +314,13 @@ fn find_plugin(host: &PluginHost, kind: &str) -> anyhow::Result<Plugin> {
     )
 }
 
+/// The node's name: the kernel's hostname (of this UTS namespace).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -266,6 +344,10 @@ struct PeerState {
 
 struct Node<S> {
     store: S,
+    api: ApiState,
+    metrics: Arc<Metrics>,
+    /// Denied host calls already reported, by capability (the plugin host counts totals).
+    denied_seen: BTreeMap<&'static str, u64>,
     peer_states: BTreeMap<Subnet, PeerState>,
     backend: Backend,
     config: Config,
@@ -309,6 +391,7 @@ impl<S: LeaseStore> Node<S> {
     async fn on_watch(&mut self, event: WatchEvent) -> anyhow::Result<()> {
         let events = match event {
             WatchEvent::Snapshot(leases) => {
+                self.api.set_leases(&leases);
                 match leases.iter().find(|l| l.subnet == self.lease.subnet) {
                     Some(l) => self.check_own(l)?,
                     None => bail!(
@@ -322,6 +405,11 @@ impl<S: LeaseStore> Node<S> {
             WatchEvent::Events(events) => {
                 let mut admitted = Vec::with_capacity(events.len());
                 for e in events {
+                    self.api.apply_lease_event(&e);
+                    self.metrics.lease_event(match e {
+                        LeaseEvent::Added(_) => LeaseEventKind::Added,
+                        LeaseEvent::Removed(_) => LeaseEventKind::Removed,
+                    });
                     match &e {
                         LeaseEvent::Removed(l) if l.subnet == self.lease.subnet => bail!(
                             "our lease {} has been revoked; shutting down (as flanneld does)",
@@ -360,6 +448,7 @@ impl<S: LeaseStore> Node<S> {
             );
         }
         self.lease.expires = lease.expires;
+        self.api.set_own_lease_expiry(lease.expires);
         Ok(())
     }
 
@@ -425,13 +514,30 @@ impl<S: LeaseStore> Node<S> {
                 LeaseEvent::Removed(l) => (l.subnet, false, l.attrs.public_ip),
             })
             .collect();
-        let outcomes = match self.backend.on_leases(events).await {
+        for e in &events {
+            if let LeaseEvent::Added(l) = e {
+                self.api.peer_pending(l);
+            }
+        }
+        let plugin = self.backend.plugin().to_owned();
+        let started = std::time::Instant::now();
+        let result = self.backend.on_leases(events).await;
+        self.metrics
+            .plugin_call(&plugin, "on-leases", started.elapsed());
+        self.api.plugin_call(&plugin, "on-leases");
+        self.sync_denied(&plugin);
+        let outcomes = match result {
             Ok(outcomes) => outcomes,
             Err(e @ CallError::Backend { .. }) => {
                 tracing::error!("{e}");
+                self.api.plugin_error(&plugin, e.to_string());
                 return Ok(());
             }
-            Err(e) => return Err(anyhow!(e)),
+            Err(e) => {
+                self.api.plugin_trap(&plugin, e.to_string());
+                self.metrics.plugin_trap(&plugin);
+                return Err(anyhow!(e));
+            }
         };
         if outcomes.len() != sent.len() {
             tracing::warn!(
@@ -446,6 +552,7 @@ impl<S: LeaseStore> Node<S> {
                     tracing::warn!(%subnet, %public_ip, "removing peer: {e}");
                 }
                 self.peer_states.remove(&subnet);
+                self.api.peer_removed(subnet);
                 continue;
             }
             let state = self.peer_states.entry(subnet).or_default();
@@ -454,11 +561,13 @@ impl<S: LeaseStore> Node<S> {
                     if state.error.is_some() || state.programmed.as_deref() != Some(&programmed) {
                         tracing::info!(%subnet, %public_ip, "peer programmed: {programmed}");
                     }
+                    self.api.peer_programmed(subnet, programmed.clone());
                     state.error = None;
                     state.programmed = Some(programmed);
                 }
                 Err(e) => {
                     let message = e.to_string();
+                    self.api.peer_error(subnet, message.clone());
                     if state.error.as_ref().map(|(m, _)| m) != Some(&message) {
                         tracing::warn!(%subnet, %public_ip, "peer not programmed: {message}");
                         state.error = Some((message, SystemTime::now()));
@@ -468,6 +577,18 @@ impl<S: LeaseStore> Node<S> {
             }
         }
         Ok(())
+    }
+
+    /// Report host calls the plugin host denied since the last look.
+    fn sync_denied(&mut self, plugin: &str) {
+        for (capability, total) in self.backend.stats().denied() {
+            let seen = self.denied_seen.entry(capability).or_default();
+            for _ in *seen..total {
+                self.metrics.denied_host_call(capability);
+                self.api.plugin_denied(plugin, capability);
+            }
+            *seen = total;
+        }
     }
 
     fn renew_deadline(&self) -> Option<tokio::time::Instant> {
@@ -485,6 +606,7 @@ impl<S: LeaseStore> Node<S> {
             .renew_lease(self.lease.subnet, &self.attrs, LEASE_TTL)
             .await?;
         self.lease.expires = expires;
+        self.api.set_own_lease_expiry(expires);
         tracing::info!(subnet = %self.lease.subnet, ?expires, "renewed lease");
         Ok(())
     }
