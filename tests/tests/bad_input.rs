@@ -108,7 +108,7 @@ fn missing_config_and_unreachable_etcd_are_waited_for() {
         || {
             c.nodes[0]
                 .log_text()
-                .contains("cannot read the network config from etcd")
+                .contains("cannot read the network config from the store")
                 .then_some(())
         },
     );

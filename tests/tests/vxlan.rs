@@ -156,6 +156,30 @@ fn vxlan_cluster_end_to_end() {
     let (_, metrics) = node1.api_get("/metrics");
     assert!(metrics.contains("twill_leases_known 3"), "{metrics}");
     assert_eq!(node1.api_get("/nope").0, 404);
+    let bin = twill_e2e::twill_bin();
+    let summary = node1.exec(&[bin.to_str().expect("utf-8 path"), "status"]);
+    assert!(
+        summary.contains(&format!("subnet {}", node1.subnet())),
+        "{summary}"
+    );
+    assert!(summary.contains("2 peers, 2 programmed"), "{summary}");
+    for peer in &c.nodes[1..] {
+        assert!(summary.contains(&peer.subnet()), "{summary}");
+    }
+    let down = twill_e2e::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &c.nodes[0].pod_ns,
+        bin.to_str().expect("utf-8"),
+        "status",
+    ]);
+    assert!(!down.status.success(), "status without a node fails");
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("cannot reach the twill API"),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
 
     // Restart node 2 under a running ping: same subnet, same MAC, traffic keeps flowing.
     let (key2, before) = lease_of(&c, &format!("{UNDERLAY}.2"));

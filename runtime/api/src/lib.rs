@@ -1,12 +1,13 @@
 //! twill's HTTP API: the axum [`router`] with the read-only JSON endpoints
 //! (`/v1/status`, `/v1/leases`, `/v1/peers`, `/v1/plugins`), the health checks
-//! (`/healthz`, `/readyz`) and `/metrics` in the Prometheus text format, plus [`serve`]
-//! to run it. The daemon owns the truth and pushes it in through [`ApiState`] and
+//! (`/healthz`, `/readyz`), `/metrics` in the Prometheus text format and the dashboard
+//! (`/`, the files of `web/` compiled in), plus [`serve`] to run it. The daemon owns the truth and pushes it in through [`ApiState`] and
 //! [`Metrics`]; nothing here reads the store, the kernel or a plugin, and no request
 //! can change anything. The wire format is [`model`], documented in `docs/api.md` and
 //! `docs/openapi.json` (a test keeps the two in step with the router).
 #![forbid(unsafe_code)]
 
+mod dashboard;
 mod error;
 mod metrics;
 pub mod model;
@@ -43,13 +44,16 @@ impl FromRef<Shared> for ApiState {
     }
 }
 
-/// The full API: health checks, the JSON endpoints and `/metrics`. Unknown paths answer
-/// 404 and known paths with another method than GET (or HEAD) 405, both as JSON.
+/// The full API: health checks, the JSON endpoints, `/metrics` and the dashboard with
+/// its assets. Unknown paths answer 404 and known paths with another method than GET
+/// (or HEAD) 405, both as JSON.
 pub fn router(state: ApiState, metrics: Arc<Metrics>) -> Router {
     with_fallbacks(
         health_routes()
             .into_iter()
             .chain(api_routes())
+            .chain([dashboard::index_route()])
+            .chain(dashboard::asset_routes())
             .fold(Router::new(), |r, (path, route)| r.route(path, route)),
     )
     .with_state(Shared { state, metrics })
@@ -66,13 +70,21 @@ pub fn health_router(state: ApiState) -> Router {
     .with_state(state)
 }
 
-/// Every path [`router`] serves.
+/// Every path of the API that [`router`] serves: what `docs/openapi.json` documents,
+/// the dashboard page `/` included. Its assets are [`asset_paths`].
 pub fn paths() -> Vec<&'static str> {
     health_routes::<ApiState>()
         .into_iter()
         .map(|(path, _)| path)
         .chain(api_routes().into_iter().map(|(path, _)| path))
+        .chain([dashboard::index_route::<ApiState>().0])
         .collect()
+}
+
+/// The dashboard's static files (`/assets/...`), which [`router`] serves too. They are
+/// the page's internals, not part of the API: `docs/openapi.json` leaves them out.
+pub fn asset_paths() -> Vec<&'static str> {
+    dashboard::asset_paths().collect()
 }
 
 fn health_routes<S>() -> [(&'static str, MethodRouter<S>); 2]

@@ -259,7 +259,8 @@ async fn empty_lists_are_empty_arrays() {
 async fn unknown_paths_get_a_json_404() {
     let router = populated_router();
     for path in [
-        "/",
+        "/index.html",
+        "/assets/",
         "/v1",
         "/v2/status",
         "/v1/status/",

@@ -22,15 +22,81 @@ pub struct Cli {
 pub enum Command {
     /// Run the node daemon (what flanneld does).
     ///
-    /// Reads the network config from etcd at <etcd-prefix>/config (waiting until it
-    /// exists), leases a subnet, programs the backend, writes subnet.env and keeps peers
+    /// Reads the network config from the store (etcd, or with --store embedded the
+    /// SQLite file at --store-path) at <etcd-prefix>/config (waiting until it exists),
+    /// leases a subnet, programs the backend, writes subnet.env and keeps peers
     /// in sync. SIGTERM stops it and leaves the kernel objects in place, so a restart does
     /// not cut traffic.
     Run(RunArgs),
+
+    /// Run a whole twill cluster on this machine, in network namespaces (needs root).
+    ///
+    /// Builds N node namespaces on an underlay bridge, each with a pod behind a bridge,
+    /// starts the real `twill run` on every node (on an embedded store in a temporary
+    /// directory, or on etcd with --etcd-endpoints), waits until every pod reaches every
+    /// other, prints the reachability matrix, a throughput figure and how to reach a
+    /// node's API, then runs until Ctrl-C, SIGTERM or --duration. On every exit it removes
+    /// every namespace, device, process and file it made.
+    Demo(DemoArgs),
+
+    /// Manage the network config in the embedded store (`twill run --store embedded`).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+
+    /// Show a running node's status: its lease, backend and every peer's state.
+    ///
+    /// Reads the node's HTTP API (`twill run --api-addr`).
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Address of the node's HTTP API.
+    #[arg(
+        long,
+        env = "TWILL_API_ADDR",
+        default_value = "127.0.0.1:9465",
+        value_name = "ADDR:PORT"
+    )]
+    pub api_addr: SocketAddr,
+}
+
+/// The embedded store's file unless --store-path says otherwise.
+pub const DEFAULT_STORE_PATH: &str = "/var/lib/twill/leases.db";
+
+/// Which lease store `twill run` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// etcd at --etcd-endpoints.
+    Etcd,
+    /// The SQLite file at --store-path.
+    Embedded,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Where leases and the network config live: `etcd` (flannel's layout; the store
+    /// for real clusters) or `embedded` (one SQLite file at --store-path shared by the
+    /// twill processes of one host, as `twill demo` uses; write its config with
+    /// `twill config set`).
+    #[arg(
+        long,
+        env = "TWILL_STORE",
+        value_enum,
+        default_value_t = StoreKind::Etcd,
+        value_name = "STORE"
+    )]
+    pub store: StoreKind,
+
+    /// The embedded store's database file (with --store embedded).
+    #[arg(
+        long,
+        env = "TWILL_STORE_PATH",
+        default_value = DEFAULT_STORE_PATH,
+        value_name = "PATH"
+    )]
+    pub store_path: PathBuf,
+
     /// etcd endpoints, comma-separated.
     #[arg(
         long,
@@ -110,4 +176,56 @@ pub struct RunArgs {
         value_name = "PORT"
     )]
     pub healthz_port: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many nodes (2..=20).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=20), value_name = "N")]
+    pub nodes: u8,
+
+    /// The backend, as in the config's Backend.Type: vxlan, host-gw or directrouting.
+    #[arg(long, default_value = "vxlan", value_name = "TYPE")]
+    pub backend: String,
+
+    /// Stop after this many seconds once the cluster is up (default: run until Ctrl-C).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<u64>,
+
+    /// Use this etcd (reachable from this host, e.g. http://127.0.0.1:2379) instead of
+    /// the embedded store. The demo writes under its own prefix and deletes it at exit.
+    #[arg(long, value_delimiter = ',', value_name = "URLS")]
+    pub etcd_endpoints: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a network config (flannel's net-conf JSON) and write it to the embedded
+    /// store at <etcd-prefix>/config, as `etcdctl put <prefix>/config` does for etcd.
+    Set(ConfigSetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigSetArgs {
+    /// The embedded store's database file (created if missing).
+    #[arg(
+        long,
+        env = "TWILL_STORE_PATH",
+        default_value = DEFAULT_STORE_PATH,
+        value_name = "PATH"
+    )]
+    pub store_path: PathBuf,
+
+    /// The prefix under which the config lives.
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_PREFIX",
+        default_value = "/coreos.com/network",
+        value_name = "PREFIX"
+    )]
+    pub etcd_prefix: String,
+
+    /// The config, e.g. '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'.
+    #[arg(value_name = "JSON")]
+    pub json: String,
 }

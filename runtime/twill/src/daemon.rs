@@ -28,10 +28,11 @@ use twill_core::{Config, PeerSet, Subnet};
 use twill_net::{Kernel, Netlink};
 use twill_plugin_host::{Backend, CallError, Grant, Limits, NodeInfo, Plugin, PluginHost};
 use twill_store::{
-    AcquireError, EtcdOptions, EtcdStore, LEASE_TTL, LeaseStore, WatchEvent, acquire,
+    AcquireError, AnyStore, EmbeddedStore, EtcdOptions, EtcdStore, LEASE_TTL, LeaseStore,
+    WatchEvent, acquire,
 };
 
-use crate::cli::RunArgs;
+use crate::cli::{RunArgs, StoreKind};
 use crate::{iface, subnet_file};
 
 /// How often every known peer is re-applied, repairing kernel state that went missing.
@@ -100,7 +101,7 @@ async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow
     );
 
     api.set_store_state(StoreState::Connecting);
-    let store = connect(&args).await;
+    let store = connect(&args).await?;
     let config = wait_for_config(&store, &args.etcd_prefix).await?;
     api.set_store_state(StoreState::Connected);
     tracing::info!(
@@ -120,7 +121,10 @@ async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow
         interface: external.name.clone(),
         backend_type: config.backend.kind.clone(),
         plugin: plugin.name.clone(),
-        store_endpoints: args.etcd_endpoints.clone(),
+        store_endpoints: match args.store {
+            StoreKind::Etcd => args.etcd_endpoints.clone(),
+            StoreKind::Embedded => vec![format!("file://{}", args.store_path.display())],
+        },
     });
     api.set_plugin(ApiPlugin {
         name: plugin.name.clone(),
@@ -215,8 +219,20 @@ impl Backoff {
     }
 }
 
-/// Connect to etcd, retrying with a log line while it is unreachable.
-async fn connect(args: &RunArgs) -> EtcdStore {
+/// The store `--store` names. etcd: connect, retrying with a log line while it is
+/// unreachable. Embedded: open (creating) the SQLite file at `--store-path`.
+async fn connect(args: &RunArgs) -> anyhow::Result<AnyStore> {
+    if args.store == StoreKind::Embedded {
+        let (path, prefix) = (args.store_path.clone(), args.etcd_prefix.clone());
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("create the store directory {}", dir.display()))?;
+        }
+        let store =
+            tokio::task::spawn_blocking(move || EmbeddedStore::open(&path, &prefix)).await??;
+        tracing::info!(path = %args.store_path.display(), "using the embedded store");
+        return Ok(store.into());
+    }
     let opts = EtcdOptions {
         endpoints: args.etcd_endpoints.clone(),
         prefix: args.etcd_prefix.clone(),
@@ -224,7 +240,7 @@ async fn connect(args: &RunArgs) -> EtcdStore {
     let mut backoff = Backoff::new();
     loop {
         match EtcdStore::connect(opts.clone()).await {
-            Ok(store) => return store,
+            Ok(store) => return Ok(store.into()),
             Err(e) => backoff.wait("connect to etcd", &e).await,
         }
     }
@@ -247,7 +263,7 @@ async fn wait_for_config(store: &impl LeaseStore, prefix: &str) -> anyhow::Resul
             }
             Err(e) => {
                 backoff
-                    .wait("cannot read the network config from etcd", &e)
+                    .wait("cannot read the network config from the store", &e)
                     .await
             }
         }

@@ -4,8 +4,11 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod config;
 mod daemon;
+mod demo;
 mod iface;
+mod status;
 mod subnet_file;
 
 use std::process::ExitCode;
@@ -27,6 +30,9 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         cli::Command::Run(args) => runtime.block_on(daemon::run(args)),
+        cli::Command::Demo(args) => runtime.block_on(demo::run(args)),
+        cli::Command::Config(cli::ConfigCommand::Set(args)) => runtime.block_on(config::set(args)),
+        cli::Command::Status(args) => runtime.block_on(status::run(args.api_addr)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
