@@ -155,6 +155,15 @@ fn vxlan_cluster_end_to_end() {
     );
     let (_, metrics) = node1.api_get("/metrics");
     assert!(metrics.contains("twill_leases_known 3"), "{metrics}");
+    let routes_replaced: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"twill_netlink_operations_total{kind="replace_route"} "#))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no replace_route count:\n{metrics}"));
+    assert!(
+        routes_replaced >= 2.0,
+        "two peers, a route each: {routes_replaced}"
+    );
     assert_eq!(node1.api_get("/nope").0, 404);
     let bin = twill_e2e::twill_bin();
     let summary = node1.exec(&[bin.to_str().expect("utf-8 path"), "status"]);

@@ -33,6 +33,7 @@ use twill_store::{
 };
 
 use crate::cli::{RunArgs, StoreKind};
+use crate::metered::Metered;
 use crate::{iface, subnet_file};
 
 /// How often every known peer is re-applied, repairing kernel state that went missing.
@@ -85,11 +86,12 @@ async fn start_api(
 }
 
 async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow::Result<()> {
-    let kernel: Arc<dyn Kernel> = Arc::new(
+    let netlink: Arc<dyn Kernel> = Arc::new(
         tokio::task::spawn_blocking(Netlink::new)
             .await?
             .context("open netlink")?,
     );
+    let kernel: Arc<dyn Kernel> = Arc::new(Metered::new(netlink, metrics.clone()));
     let external = {
         let (k, wanted) = (kernel.clone(), args.iface.clone());
         tokio::task::spawn_blocking(move || iface::resolve(k.as_ref(), &wanted)).await??

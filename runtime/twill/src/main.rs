@@ -8,6 +8,7 @@ mod config;
 mod daemon;
 mod demo;
 mod iface;
+mod metered;
 mod status;
 mod subnet_file;
 
