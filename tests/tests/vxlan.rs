@@ -164,6 +164,13 @@ fn vxlan_cluster_end_to_end() {
         routes_replaced >= 2.0,
         "two peers, a route each: {routes_replaced}"
     );
+    wait_for("the watch-connect counter", Duration::from_secs(15), || {
+        let (_, metrics) = node1.api_get("/metrics");
+        metrics
+            .lines()
+            .any(|l| l.starts_with("twill_etcd_watch_connects_total ") && !l.ends_with(" 0"))
+            .then_some(())
+    });
     assert_eq!(node1.api_get("/nope").0, 404);
     let bin = twill_e2e::twill_bin();
     let summary = node1.exec(&[bin.to_str().expect("utf-8 path"), "status"]);

@@ -80,6 +80,13 @@ impl LeaseStore for AnyStore {
         }
     }
 
+    fn watch_connects(&self) -> u64 {
+        match self {
+            Self::Etcd(s) => s.watch_connects(),
+            Self::Embedded(s) => s.watch_connects(),
+        }
+    }
+
     fn watch_leases(&self) -> impl Stream<Item = WatchEvent> + Send + 'static {
         let stream: Pin<Box<dyn Stream<Item = WatchEvent> + Send>> = match self {
             Self::Etcd(s) => s.watch_leases().boxed(),

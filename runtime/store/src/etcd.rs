@@ -3,6 +3,8 @@
 //! reservations (keys without an etcd lease) stay without one when renewed (#1329), and
 //! the etcd lease a renewal replaces is revoked instead of left to run out.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
@@ -58,6 +60,8 @@ impl Default for EtcdOptions {
 pub struct EtcdStore {
     client: Client,
     keys: Keys,
+    /// How many times a lease watch was opened on etcd (first time and reconnects).
+    watch_connects: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -156,6 +160,7 @@ impl EtcdStore {
                 source,
             })?;
         Ok(EtcdStore {
+            watch_connects: Arc::default(),
             client,
             keys: Keys::new(&opts.prefix),
         })
@@ -328,8 +333,13 @@ impl LeaseStore for EtcdStore {
         Ok(())
     }
 
+    fn watch_connects(&self) -> u64 {
+        self.watch_connects.load(Ordering::Relaxed)
+    }
+
     fn watch_leases(&self) -> impl Stream<Item = WatchEvent> + Send + 'static {
         let state = Watcher {
+            connects: self.watch_connects.clone(),
             client: self.client.clone(),
             keys: self.keys.clone(),
             since: 0,
@@ -347,6 +357,7 @@ impl LeaseStore for EtcdStore {
 /// The state of one lease watch. It does nothing until polled: the listing is taken
 /// on the first poll and the etcd watch is opened on the poll after the snapshot.
 struct Watcher {
+    connects: Arc<AtomicU64>,
     client: Client,
     keys: Keys,
     /// The first revision not yet delivered.
@@ -404,7 +415,10 @@ impl Watcher {
                         .watch(self.keys.subnets.as_str(), Some(options))
                         .await
                     {
-                        Ok(stream) => self.stream.insert(stream),
+                        Ok(stream) => {
+                            self.connects.fetch_add(1, Ordering::Relaxed);
+                            self.stream.insert(stream)
+                        }
                         Err(e) if is_compacted(&e) => {
                             self.compacted(0);
                             continue;

@@ -130,4 +130,10 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// changes. Reconnects with backoff and re-lists after compaction on its own; the
     /// stream ends only when it is dropped.
     fn watch_leases(&self) -> impl Stream<Item = WatchEvent> + Send + 'static;
+
+    /// How many times a lease watch connected to the store (the first time and every
+    /// reconnect), for the metrics. Stores without connections answer 0.
+    fn watch_connects(&self) -> u64 {
+        0
+    }
 }

@@ -38,6 +38,8 @@ use crate::{iface, subnet_file};
 
 /// How often every known peer is re-applied, repairing kernel state that went missing.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+/// How often counters kept elsewhere (the store's watch connects) reach the metrics.
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// How long to wait before retrying a failed renewal (flannel: one minute).
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// How often to look for the network config while it is missing (flannel: 1 s).
@@ -196,6 +198,7 @@ async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow
         api,
         metrics,
         denied_seen: BTreeMap::new(),
+        watch_connects_seen: 0,
         renew_margin: Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60),
     };
     node.run().await
@@ -366,6 +369,8 @@ struct Node<S> {
     metrics: Arc<Metrics>,
     /// Denied host calls already reported, by capability (the plugin host counts totals).
     denied_seen: BTreeMap<&'static str, u64>,
+    /// Watch connects already reported.
+    watch_connects_seen: u64,
     peer_states: BTreeMap<Subnet, PeerState>,
     backend: Backend,
     config: Config,
@@ -382,12 +387,14 @@ impl<S: LeaseStore> Node<S> {
         let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+        let mut stats = tokio::time::interval(STATS_INTERVAL);
         resync.tick().await;
         let mut renew_at = self.renew_deadline();
         loop {
             tokio::select! {
                 event = watch.next() => {
                     let Some(event) = event else { bail!("the lease watch ended") };
+                    self.sync_watch_connects();
                     self.on_watch(event).await?;
                 }
                 () = sleep_until(renew_at) => {
@@ -400,6 +407,7 @@ impl<S: LeaseStore> Node<S> {
                     };
                 }
                 _ = resync.tick() => self.resync().await?,
+                _ = stats.tick() => self.sync_watch_connects(),
                 _ = sigterm.recv() => return self.stop("SIGTERM").await,
                 _ = sigint.recv() => return self.stop("SIGINT").await,
             }
@@ -489,6 +497,9 @@ impl<S: LeaseStore> Node<S> {
     /// Repeat `init` and `start` (they recreate a missing device with the same MAC and
     /// address) and re-send every peer (re-adds missing routes, neighbours, FDB entries).
     async fn resync(&mut self) -> anyhow::Result<()> {
+        self.sync_watch_connects();
+        let plugin = self.backend.plugin().to_owned();
+        let started = std::time::Instant::now();
         let registration = self
             .backend
             .init(NodeInfo {
@@ -496,6 +507,7 @@ impl<S: LeaseStore> Node<S> {
                 previous_data: self.attrs.backend_data.clone(),
             })
             .await;
+        self.metrics.plugin_call(&plugin, "init", started.elapsed());
         match registration {
             Ok(r) if r.backend_data != self.attrs.backend_data => tracing::warn!(
                 "backend now registers {:?} but our lease has {:?}",
@@ -506,7 +518,11 @@ impl<S: LeaseStore> Node<S> {
             Err(e @ CallError::Backend { .. }) => tracing::error!("resync: {e}"),
             Err(e) => return Err(anyhow!(e)),
         }
-        match self.backend.start(self.lease.subnet).await {
+        let started = std::time::Instant::now();
+        let result = self.backend.start(self.lease.subnet).await;
+        self.metrics
+            .plugin_call(&plugin, "start", started.elapsed());
+        match result {
             Ok(()) => {}
             Err(e @ CallError::Backend { .. }) => tracing::error!("resync: {e}"),
             Err(e) => return Err(anyhow!(e)),
@@ -542,8 +558,7 @@ impl<S: LeaseStore> Node<S> {
         let result = self.backend.on_leases(events).await;
         self.metrics
             .plugin_call(&plugin, "on-leases", started.elapsed());
-        self.api.plugin_call(&plugin, "on-leases");
-        self.sync_denied(&plugin);
+        self.sync_plugin_stats(&plugin);
         let outcomes = match result {
             Ok(outcomes) => outcomes,
             Err(e @ CallError::Backend { .. }) => {
@@ -597,8 +612,22 @@ impl<S: LeaseStore> Node<S> {
         Ok(())
     }
 
-    /// Report host calls the plugin host denied since the last look.
-    fn sync_denied(&mut self, plugin: &str) {
+    /// Report watch (re)connects the store made since the last look.
+    fn sync_watch_connects(&mut self) {
+        let total = self.store.watch_connects();
+        for _ in self.watch_connects_seen..total {
+            self.metrics.etcd_watch_connect();
+        }
+        self.watch_connects_seen = total;
+    }
+
+    /// Copy the plugin host's counters: calls by function into the API, and host calls
+    /// denied since the last look into the API and the metrics.
+    fn sync_plugin_stats(&mut self, plugin: &str) {
+        let calls = self.backend.stats().calls();
+        self.api.update_plugin(plugin, |p| {
+            p.calls = calls.iter().map(|(f, n)| ((*f).to_owned(), *n)).collect();
+        });
         for (capability, total) in self.backend.stats().denied() {
             let seen = self.denied_seen.entry(capability).or_default();
             for _ in *seen..total {
