@@ -395,12 +395,17 @@ impl<S: LeaseStore> Node<S> {
                 event = watch.next() => {
                     let Some(event) = event else { bail!("the lease watch ended") };
                     self.sync_watch_connects();
+                    self.api.set_store_state(StoreState::Connected);
                     self.on_watch(event).await?;
                 }
                 () = sleep_until(renew_at) => {
                     renew_at = match self.renew().await {
-                        Ok(()) => self.renew_deadline(),
+                        Ok(()) => {
+                            self.api.set_store_state(StoreState::Connected);
+                            self.renew_deadline()
+                        }
                         Err(e) => {
+                            self.api.set_store_state(StoreState::Disconnected);
                             tracing::warn!("renewing lease {}: {e:#}; retrying in {}s", self.lease.subnet, RENEW_RETRY.as_secs());
                             Some(tokio::time::Instant::now() + RENEW_RETRY)
                         }
