@@ -151,6 +151,25 @@ fn directrouting_routes_on_link_peers_directly_and_tunnels_the_rest() {
         );
         let bps = c.iperf(1, 3, 2, 1);
         assert!(bps > 1e6, "iperf3 across the router moved {bps} bit/s");
+        // A restart keeps the VTEP MAC (the lease says vxlan, the config directrouting).
+        let mac_of = |c: &Cluster| {
+            let link = c.nodes[2].exec(&["ip", "link", "show", "flannel.1"]);
+            link.split("link/ether ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .map(str::to_owned)
+        };
+        let before = mac_of(&c).expect("flannel.1 has a MAC");
+        assert_eq!(c.nodes[2].stop(), Some(0));
+        // As after a reboot: the device is gone, only the lease remembers the MAC.
+        c.nodes[2].exec(&["ip", "link", "del", "flannel.1"]);
+        c.start_twill(3);
+        c.assert_full_mesh(Duration::from_secs(30));
+        assert_eq!(
+            mac_of(&c),
+            Some(before),
+            "[{config}] same VTEP MAC after a restart"
+        );
         // Stop, and clear what this round programmed, so the next round proves itself.
         for node in &mut c.nodes {
             assert_eq!(node.stop(), Some(0));

@@ -141,9 +141,12 @@ async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow
     });
 
     let (leases, _) = retry("list leases", || store.list_leases()).await;
+    // Our previous lease's BackendData, whatever its type: the backend keeps what it
+    // recognises (the directrouting backend publishes `vxlan`, so matching on the
+    // configured type would lose its VTEP MAC on every restart).
     let previous_data = leases
         .iter()
-        .find(|l| l.attrs.public_ip == public_ip && l.attrs.backend_type == config.backend.kind)
+        .find(|l| l.attrs.public_ip == public_ip)
         .and_then(|l| l.attrs.backend_data.clone());
     let grant = Grant {
         network: config.network,
