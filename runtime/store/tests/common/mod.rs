@@ -43,18 +43,20 @@ fn free_port() -> u16 {
         .expect("no free loopback port")
 }
 
-fn private_dir() -> PathBuf {
+/// A fresh directory under the system temp dir, unique per process and call, named
+/// `twill-store-<tag>-…`; the caller removes it.
+pub fn private_dir(tag: &str) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let dir = std::env::temp_dir().join(format!(
-        "twill-store-etcd-{}-{}-{nanos}",
+        "twill-store-{tag}-{}-{}-{nanos}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    std::fs::create_dir_all(&dir).expect("create etcd test directory");
+    std::fs::create_dir_all(&dir).expect("create test directory");
     dir
 }
 
@@ -66,7 +68,7 @@ impl Etcd {
         for _ in 0..3 {
             let mut etcd = Etcd {
                 child: None,
-                dir: private_dir(),
+                dir: private_dir("etcd"),
                 client_port: free_port(),
                 peer_port: free_port(),
             };
