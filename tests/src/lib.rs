@@ -83,6 +83,12 @@ pub fn twill_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
+    // A binary of this package (target/<profile>/bench) sits next to twill.
+    if let Some(beside) = exe.parent().map(|d| d.join("twill"))
+        && beside.is_file()
+    {
+        return beside;
+    }
     // target/<profile>/deps/<test> → target/<profile>/twill
     let bin = exe
         .parent()
@@ -193,6 +199,11 @@ impl Node {
         octets.join(".")
     }
 
+    /// Whether twill was started on this node and not yet stopped or seen exiting.
+    pub fn twill_running(&self) -> bool {
+        self.twill.is_some()
+    }
+
     /// Send SIGTERM to twill and wait; returns its exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.twill.take()?;
@@ -268,13 +279,25 @@ impl Cluster {
     /// number of nodes on each, numbered on from 1. With more than one segment a router
     /// namespace `<id>-r` joins them at .254 of each. etcd sits on the first segment.
     pub fn segmented(segments: &[u8]) -> Cluster {
+        Self::segmented_with_id(segments, &Self::new_id())
+    }
+
+    /// A fresh random cluster id (`tw` and four hex digits), as [`Cluster::new`] picks.
+    pub fn new_id() -> String {
+        format!("tw{:04x}", rand::random::<u16>())
+    }
+
+    /// [`Cluster::segmented`] with an id chosen by the caller (e.g. from
+    /// [`Cluster::new_id`]), so that something outside the process can clean up the
+    /// namespaces `<id>-*` and the directory [`Cluster::dir_for`]`(id)` if it is killed.
+    pub fn segmented_with_id(segments: &[u8], id: &str) -> Cluster {
         require_privileges_and_tools();
         assert!(
             !segments.is_empty() && segments.len() <= 8,
             "1 to 8 segments"
         );
-        let id = format!("tw{:04x}", rand::random::<u16>());
-        let dir = std::env::temp_dir().join(format!("twill-e2e-{id}"));
+        let id = id.to_owned();
+        let dir = Self::dir_for(&id);
         fs::create_dir_all(&dir).expect("create test directory");
         let mut c = Cluster {
             id: id.clone(),
@@ -406,6 +429,23 @@ impl Cluster {
             dev,
         ]);
         sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+    }
+
+    /// The scratch directory of the cluster with id `id`.
+    pub fn dir_for(id: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("twill-e2e-{id}"))
+    }
+
+    /// Stop twill (SIGTERM, as [`Node::stop`]) on every node where it runs; the exit
+    /// codes by node number.
+    pub fn stop_all_twill(&mut self) -> BTreeMap<u8, Option<i32>> {
+        let mut codes = BTreeMap::new();
+        for node in &mut self.nodes {
+            if node.twill_running() {
+                codes.insert(node.n, node.stop());
+            }
+        }
+        codes
     }
 
     /// Stop the etcd server (its data stays).

@@ -1,50 +1,211 @@
 //! Write a twill backend.
 //!
-//! A twill backend is a WebAssembly component that programs the kernel for one overlay
-//! type (vxlan, host-gw, …). The twill daemon owns everything privileged; your backend
-//! only *asks*, through the host interfaces in [`host`], and every request is checked
-//! against what a backend may touch: devices it created, routes whose destination lies
-//! inside the cluster network (never the node's own subnet), and the node's external
-//! interface only as the device of a route via a peer. A refused request comes back as
-//! [`Error::Denied`]; it is never silently ignored.
+//! twill is a node daemon for container clusters that does what
+//! [flannel](https://github.com/flannel-io/flannel) does: every node leases one subnet of
+//! a cluster network (`10.244.1.0/24` of `10.244.0.0/16`, say) from a shared store, and
+//! pods on different nodes reach each other by IP without NAT. *How* a packet for another
+//! node's subnet gets there — through a VXLAN tunnel, a plain route via that node, an
+//! IP-in-IP tunnel — is the job of a **backend**.
+//!
+//! A backend is a WebAssembly component: a Rust `cdylib` built for `wasm32-wasip2` that
+//! targets the WIT world `overlay-backend` of the package `twill:backend@0.1.0`
+//! (`wit/backend.wit` in twill's repository). It runs sandboxed inside the daemon. It
+//! cannot touch the kernel and has no clock, randomness, files or sockets. Instead it
+//! *asks* the host through the interfaces in [`host`] ("make sure this device exists",
+//! "route this subnet via that address"). The host checks every request against what a
+//! backend may touch (see [below](#capabilities-and-their-limits)) and only then carries
+//! it out over netlink. Everything else belongs to the daemon: the lease store, the
+//! node's own lease, `subnet.env` and the HTTP API.
+//!
+//! This crate is the guest SDK. It contains the generated bindings ([`bindings`]), the
+//! [`Backend`] trait and the [`export_backend!`] macro. You implement the trait, export
+//! your type once, and build.
 //!
 //! # A complete backend
 //!
-//! ```ignore
-//! use twill_plugin_sdk::{export_backend, host, Backend, Error, Info, LeaseEvent, Node, Registration, Subnet};
+//! This is the smallest useful backend: flannel's host-gw without its checks. Each
+//! peer's subnet is routed via the peer's public IP on the node's external interface,
+//! and the route is deleted when the peer's lease goes away.
 //!
-//! struct Static;
+//! ```no_run
+//! use twill_plugin_sdk::host::routes;
+//! use twill_plugin_sdk::{
+//!     Backend, Error, Info, Lease, LeaseEvent, Node, Registration, Subnet, export_backend, ip,
+//! };
 //!
-//! impl Backend for Static {
-//!     fn describe() -> Info {
-//!         Info { name: "static".into(), version: env!("CARGO_PKG_VERSION").into(), config_hint: "{}".into() }
-//!     }
-//!     fn init(_config: &str, node: &Node, _previous: Option<&str>) -> Result<(Self, Registration), Error> {
-//!         Ok((Static, Registration { backend_type: "static".into(), backend_data: String::new(), mtu: node.iface.mtu }))
-//!     }
-//!     fn start(&mut self, _own: Subnet) -> Result<(), Error> { Ok(()) }
-//!     fn on_lease(&mut self, event: &LeaseEvent) -> Result<String, Error> {
-//!         host::info(&format!("lease event {event:?}"));
-//!         Ok("nothing to program".into())
+//! struct Gateway {
+//!     /// The node's external interface: the device of every route.
+//!     external: u32,
+//! }
+//!
+//! impl Gateway {
+//!     fn route(&self, peer: &Lease) -> routes::Route {
+//!         routes::Route {
+//!             dst: peer.subnet,
+//!             gateway: Some(peer.public_ip),
+//!             dev: self.external,
+//!             onlink: false,
+//!         }
 //!     }
 //! }
 //!
-//! export_backend!(Static);
+//! impl Backend for Gateway {
+//!     fn describe() -> Info {
+//!         Info {
+//!             // The daemon picks the backend whose name is the config's `Backend.Type`.
+//!             name: "gateway".into(),
+//!             version: env!("CARGO_PKG_VERSION").into(),
+//!             config_hint: r#"{"Type":"gateway"}"#.into(),
+//!         }
+//!     }
+//!
+//!     fn init(
+//!         _config: &str,
+//!         node: &Node,
+//!         _previous: Option<&str>,
+//!     ) -> Result<(Self, Registration), Error> {
+//!         let backend = Gateway { external: node.iface.index };
+//!         let registration = Registration {
+//!             backend_type: "gateway".into(), // `BackendType` in this node's lease
+//!             backend_data: String::new(),    // no `BackendData`
+//!             mtu: node.iface.mtu,            // `FLANNEL_MTU`: nothing is encapsulated
+//!         };
+//!         Ok((backend, registration))
+//!     }
+//!
+//!     fn start(&mut self, _own: Subnet) -> Result<(), Error> {
+//!         Ok(()) // no device, so nothing needs the node's subnet
+//!     }
+//!
+//!     fn on_lease(&mut self, event: &LeaseEvent) -> Result<String, Error> {
+//!         match event {
+//!             LeaseEvent::Added(peer) => {
+//!                 routes::replace(self.route(peer))?; // `ip route replace`: idempotent
+//!                 Ok(format!("route via {}", ip(peer.public_ip)))
+//!             }
+//!             LeaseEvent::Removed(peer) => {
+//!                 routes::delete(self.route(peer))?; // a route already gone is no error
+//!                 Ok("removed".into())
+//!             }
+//!         }
+//!     }
+//! }
+//!
+//! export_backend!(Gateway);
 //! ```
 //!
-//! Build it with `cargo build --target wasm32-wasip2 --release` (crate type `cdylib`);
-//! the `.wasm` in `target/wasm32-wasip2/release/` is the component.
+//! With this `Cargo.toml`:
+//!
+//! ```toml
+//! [package]
+//! name = "twill-gateway"
+//! version = "0.1.0"
+//! edition = "2024"
+//!
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! twill-plugin-sdk = { path = "<twill>/plugins/sdk" }
+//! ```
+//!
+//! A complete out-of-tree backend is `examples/ipip` in twill's repository. It is
+//! flannel's ipip backend as a crate of its own (its own cargo workspace, depending on
+//! this crate by path), with a `DirectRouting` option and unit tests.
+//! `tests/tests/ipip.rs` builds it and drives the `.wasm` through the plugin host.
 //!
 //! # Lifecycle
 //!
-//! The host calls, one at a time: [`Backend::describe`], [`Backend::init`] (read the
-//! `Backend` config, create devices, say what to publish in the lease),
-//! [`Backend::start`] (the node now holds its subnet), [`Backend::on_leases`] for every
-//! batch of peer changes, and [`Backend::shutdown`]. After a restart the same sequence
-//! runs against kernel state that may already exist: every step must be idempotent.
-//! Kernel state is left in place on shutdown so traffic keeps flowing across a restart.
+//! The daemon makes one call at a time, always from the same thread:
 //!
-//! A panic is a trap: the call fails and the host discards the instance.
+//! 1. **`describe`** ([`Backend::describe`]) says who you are. It runs when the
+//!    component is loaded, in a throwaway instance, and must not call the host.
+//! 2. **`init(config, node, previous-data)`** ([`Backend::init`]). `config` is the
+//!    `Backend` object of the network config as JSON text, e.g.
+//!    `{"Type":"ipip","DirectRouting":true}`. Read keys with [`config_field`], which
+//!    ignores case as flannel does. `node` holds the node's public IP, its external
+//!    interface (name, index, MTU, IPv4 address) and the cluster network. `previous` is
+//!    the `BackendData` this node published in its last lease, whatever its type, so that
+//!    an identifier such as a VTEP MAC can survive a restart. Create your devices here
+//!    and return a [`Registration`]: the `BackendType` and `BackendData` (JSON, or empty
+//!    for none) to publish, and the MTU pods should use (`FLANNEL_MTU` in
+//!    `subnet.env`). If `init` fails at startup, the daemon exits.
+//! 3. The daemon acquires the node's lease and publishes your registration in it.
+//! 4. **`start(own-subnet)`** ([`Backend::start`]): the node now holds `own`. Finish
+//!    whatever needs it, such as the device's `/32` address and setting it up. The host
+//!    denies addresses and routes until this call.
+//! 5. **`on-leases(batch)`** ([`Backend::on_leases`]) is called for every batch of peer
+//!    changes. `Added` means a lease appeared or changed. `Removed` means it was deleted
+//!    or expired, and carries its last attributes. Return one [`PeerOutcome`] per event,
+//!    in order: either a short text saying what is programmed for that peer, or that
+//!    peer's error. The API shows each peer's outcome, so one bad peer never hides the
+//!    others. The default implementation calls [`Backend::on_lease`] once per event.
+//!    The node's own lease is never sent, and neither is a lease that is not a subnet of
+//!    the configured size inside the network.
+//! 6. **Every 60 s the daemon resyncs.** It calls `init` again (with the node's current
+//!    `BackendData` as `previous`), then `start`, then `on-leases` with every known peer
+//!    as `Added`. This repairs kernel state that someone removed. Each `init` returns a
+//!    fresh value of your type, which replaces the previous one. A failed `init` or
+//!    `start` during a resync is logged and tried again at the next one. Because of
+//!    this, **every step must be idempotent**: make sure things exist instead of
+//!    creating them, and replace instead of adding.
+//! 7. **`shutdown`** ([`Backend::shutdown`]) means the daemon is stopping. Leave kernel
+//!    state in place. At the next start the same sequence runs against the devices and
+//!    routes that already exist, so traffic keeps flowing across a restart.
+//!
+//! # Capabilities and their limits
+//!
+//! Each host interface is one WIT interface. A component imports only the ones it calls,
+//! so its imports are its capability request, and the daemon lists them for each plugin.
+//!
+//! | interface | in this crate | what | limits |
+//! |---|---|---|---|
+//! | `links` | [`host::links`] | `ensure-vxlan`, `ensure-ipip`, `set-up`, `set-mtu`, `delete` | names must start with `flannel` (flannel's own names, so a flannel node's devices are adopted and no other software's are touched), be valid Linux names of at most 15 bytes, and never be the external interface or `lo`. An existing device with the same attributes is kept (so a restart cuts no traffic), one with other attributes is recreated, and a device of another kind, or one another plugin owns, is denied. vxlan: `local` must be the node's public IP. ipip: `local` must be the external interface's address. Both: `underlay` must be the external interface. `set-up`, `set-mtu` (68–65535) and `delete` work only on the plugin's own devices |
+//! | `addresses` | [`host::addresses`] | `ensure(dev, addr)` | a /32 only, inside the node's own subnet, on the plugin's own devices; other addresses inside the cluster network on that device are removed |
+//! | `routes` | [`host::routes`] | `replace`, `delete` | the destination must lie inside the cluster network and must not overlap the node's own subnet. The device must be one of the plugin's own, or the external interface, which is allowed only with a gateway (a route via a peer). One exception: a route to the whole network on one of the plugin's own devices, without a gateway (flannel's udp) |
+//! | `neighbours` | [`host::neighbours`] | permanent ARP entries | on the plugin's own devices, for addresses inside the cluster network |
+//! | `fdb` | [`host::fdb`] | VXLAN forwarding entries | on the plugin's own devices, to unicast addresses |
+//! | `route-lookup` | [`host::route_lookup`] | `ip route get` | read-only, unrestricted |
+//! | `log` | [`host::log`], [`host::info`] and friends | a line in the daemon's log, tagged with the plugin's name | lines longer than 4096 bytes are cut |
+//! | `datapath-host` | — | `open-tun`, `bind-udp`: the TUN device and the UDP socket of a backend whose packets pass through the plugin (world `overlay-datapath-backend`, flannel's udp) | the TUN device's name must start with `flannel`, and there is one per plugin; the socket is bound on the external interface's address |
+//!
+//! A refused request comes back as [`Error::Denied`] with the reason. The host logs it
+//! with the plugin's name and counts it per interface (the daemon's metric
+//! `twill_plugin_denied_host_calls_total`). It never reaches the kernel, and it is never
+//! reported as a success. The other errors are `NotFound`, `Exists`, `Kernel` (with the
+//! kernel's message), `Invalid` (a malformed request) and `Unsupported`.
+//!
+//! The host refuses to load a component that imports anything outside
+//! `twill:backend@0.1.*`, except `wasi:*` interfaces. Rust's standard library brings
+//! those along, and the host links them to traps. So `println!`, `std::time`,
+//! `std::fs`, `std::env` and `HashMap::new()` (whose hasher seeds itself from
+//! `wasi:random`) all trap. Use [`host::debug`] … [`host::error`] for output, and
+//! `BTreeMap` for maps.
+//!
+//! # Resource limits
+//!
+//! Each instance gets 64 MiB of linear memory (a failed grow traps) and 30 s per call,
+//! including the host calls it makes; past the deadline the call traps. A trap (a
+//! panic, the deadline, the memory limit) poisons the instance: it refuses every later
+//! call, and the daemon exits with an error.
+//!
+//! # Building
+//!
+//! Install the target once with `rustup target add wasm32-wasip2`, then run:
+//!
+//! ```text
+//! cargo build --target wasm32-wasip2 --release
+//! ```
+//!
+//! The component is `target/wasm32-wasip2/release/<crate name, '-' as '_'>.wasm` (under
+//! `$CARGO_TARGET_DIR` if that is set). It needs no post-processing, since this target
+//! produces components directly. The daemon loads it with
+//! `twill_plugin_host::PluginHost::load`.
+//!
+//! A plain `cargo test` builds the same crate natively for unit tests. Natively,
+//! [`export_backend!`] exports nothing and every host call panics, so keep the logic
+//! you want to test (config parsing, MTU arithmetic) in functions that do not call the
+//! host, as `examples/ipip` does.
 #![deny(unsafe_code)]
 
 /// The generated WIT bindings (`twill:backend@0.1.0`, world `overlay-backend`).

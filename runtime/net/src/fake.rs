@@ -4,7 +4,8 @@
 //! entries and VXLAN FDB entries, applies the trait's calls to them with the kernel's
 //! semantics where twill depends on them (replace is idempotent, creating a taken
 //! name is `EEXIST`, deleting what is absent fails, deleting a link drops everything
-//! on it, a VXLAN link's MTU is its underlay's minus 50), and records every mutating
+//! on it, a VXLAN link's MTU is its underlay's minus 50, an ipip link's minus 20), and
+//! records every mutating
 //! call — successful or not — as a [`Call`].
 //!
 //! It does not model the kernel's own routes: adding an address adds no prefix route,
@@ -20,24 +21,31 @@
 //! assert_eq!(kernel.calls(), vec![Call::SetMtu { index: eth0.index, mtu: 9000 }]);
 //! ```
 
-use std::net::Ipv4Addr;
-use std::sync::{Mutex, MutexGuard};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use twill_core::{MacAddr, Subnet};
 
 use crate::{
-    AddrInfo, FdbEntry, Kernel, LinkInfo, Neighbour, NetError, Route, RouteLookup, VxlanInfo,
-    VxlanSpec,
+    AddrInfo, FdbEntry, IpipInfo, IpipSpec, Kernel, LinkInfo, Neighbour, NetError, Route,
+    RouteLookup, VxlanInfo, VxlanSpec,
 };
+
+use crate::TunDevice;
 
 /// The headroom the kernel subtracts from the underlay MTU for a VXLAN link over IPv4.
 const VXLAN_HEADROOM: u32 = 50;
+/// The headroom the kernel subtracts from the underlay MTU for an ipip link (the outer
+/// IPv4 header).
+const IPIP_HEADROOM: u32 = 20;
 
 /// One mutating call made on a [`FakeKernel`], with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     /// [`Kernel::create_vxlan`].
     CreateVxlan(VxlanSpec),
+    /// [`Kernel::create_ipip`].
+    CreateIpip(IpipSpec),
     /// [`Kernel::delete_link`].
     DeleteLink(u32),
     /// [`Kernel::set_link_up`].
@@ -91,6 +99,10 @@ pub enum Call {
         /// Remote underlay address.
         dst: Ipv4Addr,
     },
+    /// [`Kernel::open_tun`].
+    OpenTun(String),
+    /// [`Kernel::bind_udp`].
+    BindUdp(SocketAddrV4),
 }
 
 /// Which [`Kernel`] method a [`Call`] is, for [`FakeKernel::fail_next`].
@@ -98,6 +110,8 @@ pub enum Call {
 pub enum Op {
     /// [`Kernel::create_vxlan`].
     CreateVxlan,
+    /// [`Kernel::create_ipip`].
+    CreateIpip,
     /// [`Kernel::delete_link`].
     DeleteLink,
     /// [`Kernel::set_link_up`].
@@ -120,6 +134,10 @@ pub enum Op {
     ReplaceFdb,
     /// [`Kernel::del_fdb`].
     DelFdb,
+    /// [`Kernel::open_tun`].
+    OpenTun,
+    /// [`Kernel::bind_udp`].
+    BindUdp,
 }
 
 impl Call {
@@ -127,6 +145,7 @@ impl Call {
     pub fn op(&self) -> Op {
         match self {
             Call::CreateVxlan(_) => Op::CreateVxlan,
+            Call::CreateIpip(_) => Op::CreateIpip,
             Call::DeleteLink(_) => Op::DeleteLink,
             Call::SetLinkUp(_) => Op::SetLinkUp,
             Call::SetMtu { .. } => Op::SetMtu,
@@ -138,12 +157,15 @@ impl Call {
             Call::DelNeighbour { .. } => Op::DelNeighbour,
             Call::ReplaceFdb { .. } => Op::ReplaceFdb,
             Call::DelFdb { .. } => Op::DelFdb,
+            Call::OpenTun(_) => Op::OpenTun,
+            Call::BindUdp(_) => Op::BindUdp,
         }
     }
 
     fn describe(&self) -> (&'static str, String) {
         match self {
             Call::CreateVxlan(spec) => ("create vxlan", spec.name.clone()),
+            Call::CreateIpip(spec) => ("create ipip", spec.name.clone()),
             Call::DeleteLink(index) => ("delete link", format!("#{index}")),
             Call::SetLinkUp(index) => ("set link up", format!("#{index}")),
             Call::SetMtu { index, mtu } => ("set mtu", format!("#{index} mtu {mtu}")),
@@ -156,6 +178,8 @@ impl Call {
                 format!("{ip} lladdr {mac} dev #{index}"),
             ),
             Call::DelNeighbour { index, ip } => ("delete neighbour", format!("{ip} dev #{index}")),
+            Call::OpenTun(name) => ("open tun", name.clone()),
+            Call::BindUdp(addr) => ("bind udp", addr.to_string()),
             Call::ReplaceFdb { index, mac, dst } => {
                 ("replace fdb", format!("{mac} dst {dst} dev #{index}"))
             }
@@ -245,6 +269,7 @@ impl FakeKernel {
             mac: Some(MacAddr([0; 6])),
             up: true,
             vxlan: None,
+            ipip: None,
         });
         state.addrs.push(AddrInfo {
             index: lo,
@@ -281,6 +306,7 @@ impl FakeKernel {
             mac: None,
             up: true,
             vxlan: None,
+            ipip: None,
         });
         if let Some(link) = st.link_mut(index) {
             link.mac = Some(MacAddr([0x02, 0, 0, 0, 0, index.to_le_bytes()[0]]));
@@ -410,6 +436,33 @@ impl Kernel for FakeKernel {
                     local: Some(spec.local),
                     underlay: Some(spec.underlay),
                     learning: spec.learning,
+                }),
+                ipip: None,
+            });
+            st.link(index).cloned().ok_or(libc::ENODEV)
+        })
+    }
+
+    fn create_ipip(&self, spec: &IpipSpec) -> Result<LinkInfo, NetError> {
+        self.mutate(Call::CreateIpip(spec.clone()), |st| {
+            if st.links.iter().any(|l| l.name == spec.name) {
+                return Err(libc::EEXIST);
+            }
+            let underlay = st.link(spec.underlay).ok_or(libc::ENODEV)?;
+            let mtu = underlay.mtu.saturating_sub(IPIP_HEADROOM);
+            let index = st.add_link(LinkInfo {
+                index: 0,
+                name: spec.name.clone(),
+                kind: Some("ipip".to_owned()),
+                mtu,
+                // An ipip link has no MAC (its IFLA_ADDRESS is the local IPv4 address).
+                mac: None,
+                up: false,
+                vxlan: None,
+                ipip: Some(IpipInfo {
+                    local: Some(spec.local),
+                    remote: None,
+                    underlay: Some(spec.underlay),
                 }),
             });
             st.link(index).cloned().ok_or(libc::ENODEV)
@@ -604,6 +657,35 @@ impl Kernel for FakeKernel {
             Ok(())
         })
     }
+
+    fn open_tun(&self, name: &str) -> Result<TunDevice, NetError> {
+        self.mutate(Call::OpenTun(name.to_owned()), |st| {
+            if let Some(link) = st.links.iter().find(|l| l.name == name) {
+                // A TUN device is held by one descriptor at a time.
+                return Err(if link.kind.as_deref() == Some("tun") {
+                    libc::EBUSY
+                } else {
+                    libc::EEXIST
+                });
+            }
+            let index = st.add_link(LinkInfo {
+                index: 0,
+                name: name.to_owned(),
+                kind: Some("tun".to_owned()),
+                mtu: 1500,
+                mac: None,
+                up: false,
+                vxlan: None,
+                ipip: None,
+            });
+            let link = st.link(index).cloned().ok_or(libc::ENODEV)?;
+            Ok(TunDevice { link, tun: None })
+        })
+    }
+
+    fn bind_udp(&self, addr: SocketAddrV4) -> Result<Option<Arc<UdpSocket>>, NetError> {
+        self.mutate(Call::BindUdp(addr), |_| Ok(None))
+    }
 }
 
 #[cfg(test)]
@@ -665,6 +747,50 @@ mod tests {
         );
         assert_eq!(k.link_by_name("nope").expect("lookup"), None);
         assert_eq!(k.calls().len(), 3, "failed calls are recorded too");
+    }
+
+    #[test]
+    fn ipip_create_reads_back_and_rejects_a_taken_name() {
+        let (k, eth0) = with_eth0();
+        let spec = IpipSpec {
+            name: "flannel.ipip".to_owned(),
+            local: ip("192.168.1.10"),
+            underlay: eth0,
+        };
+        let link = k.create_ipip(&spec).expect("create");
+        assert_eq!(link.kind.as_deref(), Some("ipip"));
+        assert_eq!(link.mtu, 1480, "underlay MTU minus the outer IPv4 header");
+        assert_eq!((link.mac, link.up, link.vxlan.clone()), (None, false, None));
+        assert_eq!(
+            link.ipip,
+            Some(IpipInfo {
+                local: Some(ip("192.168.1.10")),
+                remote: None,
+                underlay: Some(eth0),
+            })
+        );
+        assert_eq!(k.link_by_name("flannel.ipip").expect("lookup"), Some(link));
+        assert_eq!(
+            k.create_ipip(&spec).expect_err("taken").errno(),
+            Some(libc::EEXIST)
+        );
+        k.fail_next(Op::CreateIpip, libc::EOPNOTSUPP);
+        let other = IpipSpec {
+            name: "flannel.ip2".to_owned(),
+            ..spec.clone()
+        };
+        assert_eq!(
+            k.create_ipip(&other).expect_err("injected").errno(),
+            Some(libc::EOPNOTSUPP)
+        );
+        assert_eq!(
+            k.calls(),
+            vec![
+                Call::CreateIpip(spec.clone()),
+                Call::CreateIpip(spec),
+                Call::CreateIpip(other)
+            ]
+        );
     }
 
     #[test]

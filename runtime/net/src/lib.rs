@@ -10,11 +10,13 @@
 //! This crate does not decide what may be touched; the plugin host checks every
 //! request against the plugin's grant before it gets here.
 
+pub mod datapath;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 mod netlink;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::sync::Arc;
 
 use twill_core::{MacAddr, Subnet};
 
@@ -38,6 +40,8 @@ pub struct LinkInfo {
     pub up: bool,
     /// VXLAN attributes, when `kind` is `vxlan`.
     pub vxlan: Option<VxlanInfo>,
+    /// IP-in-IP tunnel attributes, when `kind` is `ipip`.
+    pub ipip: Option<IpipInfo>,
 }
 
 /// The attributes of an existing VXLAN link that decide whether it can be kept.
@@ -53,6 +57,32 @@ pub struct VxlanInfo {
     pub underlay: Option<u32>,
     /// Whether the link learns remote MACs.
     pub learning: bool,
+}
+
+/// The attributes of an existing IP-in-IP (`ipip`) link that decide whether it can be
+/// kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpipInfo {
+    /// Local tunnel endpoint (IFLA_IPTUN_LOCAL); `None` when unset (0.0.0.0).
+    pub local: Option<Ipv4Addr>,
+    /// Remote tunnel endpoint (IFLA_IPTUN_REMOTE); `None` for "any", as flannel's
+    /// `flannel.ipip` has it (the peer is chosen per route).
+    pub remote: Option<Ipv4Addr>,
+    /// The underlay device index (IFLA_IPTUN_LINK); `None` when the tunnel is bound to
+    /// no device.
+    pub underlay: Option<u32>,
+}
+
+/// An IP-in-IP link to create: local endpoint set, remote any (`ip link add <name>
+/// type ipip local <local> dev <underlay>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpipSpec {
+    /// Device name, e.g. `flannel.ipip`.
+    pub name: String,
+    /// Local tunnel endpoint: the node's interface address.
+    pub local: Ipv4Addr,
+    /// Index of the underlay device.
+    pub underlay: u32,
 }
 
 /// A VXLAN link to create.
@@ -133,6 +163,15 @@ pub struct FdbEntry {
     pub dst: Ipv4Addr,
 }
 
+/// A TUN device the kernel seam opened for a data path.
+#[derive(Debug, Clone)]
+pub struct TunDevice {
+    /// The link as the kernel lists it.
+    pub link: LinkInfo,
+    /// The open device; `None` in the fake kernel, which has no descriptors.
+    pub tun: Option<Arc<datapath::Tun>>,
+}
+
 /// A kernel request that failed. Each case names the operation and its object.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -175,6 +214,9 @@ pub trait Kernel: Send + Sync + 'static {
     fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, NetError>;
     /// Create a VXLAN link (fails with EEXIST if the name is taken).
     fn create_vxlan(&self, spec: &VxlanSpec) -> Result<LinkInfo, NetError>;
+    /// Create an IP-in-IP link with remote any (fails with EEXIST if the name is taken;
+    /// EOPNOTSUPP when the kernel has no ipip support).
+    fn create_ipip(&self, spec: &IpipSpec) -> Result<LinkInfo, NetError>;
     /// Delete a link.
     fn delete_link(&self, index: u32) -> Result<(), NetError>;
     /// Set a link administratively up.
@@ -204,4 +246,19 @@ pub trait Kernel: Send + Sync + 'static {
     fn replace_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetError>;
     /// Delete an FDB entry.
     fn del_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetError>;
+    /// Create the non-persistent layer-3 TUN device `name` and open it (EBUSY if another
+    /// descriptor holds it).
+    fn open_tun(&self, name: &str) -> Result<TunDevice, NetError>;
+    /// Bind a non-blocking UDP socket for a data path; `None` in the fake kernel.
+    fn bind_udp(&self, addr: SocketAddrV4) -> Result<Option<Arc<UdpSocket>>, NetError>;
+}
+
+/// A request that failed with an I/O error, as a [`NetError`].
+pub(crate) fn io_error(op: &'static str, object: String, e: &std::io::Error) -> NetError {
+    NetError::Request {
+        op,
+        object,
+        message: e.to_string(),
+        errno: e.raw_os_error(),
+    }
 }

@@ -15,7 +15,8 @@ use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+    InfoData, InfoIpTunnel, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo,
+    LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -24,15 +25,19 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
     RouteType,
 };
-use rtnetlink::{AddressMessageBuilder, Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{
+    AddressMessageBuilder, Handle, LinkIpIp, LinkUnspec, LinkVxlan, RouteMessageBuilder,
+};
 use tokio::runtime::Runtime;
 use tracing::debug;
 use twill_core::{MacAddr, Subnet};
 
 use crate::{
-    AddrInfo, FdbEntry, Kernel, LinkInfo, Neighbour, NetError, Route, RouteLookup, VxlanInfo,
-    VxlanSpec,
+    AddrInfo, FdbEntry, IpipInfo, IpipSpec, Kernel, LinkInfo, Neighbour, NetError, Route,
+    RouteLookup, VxlanInfo, VxlanSpec,
 };
+
+use crate::{TunDevice, datapath, io_error};
 
 /// The kernel, through an rtnetlink socket opened by [`Netlink::new`] in the calling
 /// thread's network namespace. Requests are serialised.
@@ -203,6 +208,7 @@ fn link_from_message(msg: LinkMessage) -> LinkInfo {
         mac: None,
         up: msg.header.flags.contains(LinkFlags::Up),
         vxlan: None,
+        ipip: None,
     };
     for attr in msg.attributes {
         match attr {
@@ -215,6 +221,11 @@ fn link_from_message(msg: LinkMessage) -> LinkInfo {
                         NlLinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
                         NlLinkInfo::Data(InfoData::Vxlan(attrs)) => {
                             link.vxlan = Some(vxlan_from_attrs(attrs));
+                        }
+                        // ipip, sit and ip6tnl share these attributes; only ipip's
+                        // are reported (the kind says which it is).
+                        NlLinkInfo::Data(InfoData::IpTunnel(attrs)) => {
+                            link.ipip = Some(ipip_from_attrs(attrs));
                         }
                         _ => {}
                     }
@@ -241,6 +252,27 @@ fn vxlan_from_attrs(attrs: Vec<InfoVxlan>) -> VxlanInfo {
             InfoVxlan::Local(ip) if !ip.is_unspecified() => info.local = Some(ip),
             InfoVxlan::Link(index) if index != 0 => info.underlay = Some(index),
             InfoVxlan::Learning(on) => info.learning = on,
+            _ => {}
+        }
+    }
+    info
+}
+
+fn ipip_from_attrs(attrs: Vec<InfoIpTunnel>) -> IpipInfo {
+    let v4 = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) if !v4.is_unspecified() => Some(v4),
+        _ => None,
+    };
+    let mut info = IpipInfo {
+        local: None,
+        remote: None,
+        underlay: None,
+    };
+    for attr in attrs {
+        match attr {
+            InfoIpTunnel::Local(ip) => info.local = v4(ip),
+            InfoIpTunnel::Remote(ip) => info.remote = v4(ip),
+            InfoIpTunnel::Link(index) if index != 0 => info.underlay = Some(index),
             _ => {}
         }
     }
@@ -346,6 +378,17 @@ fn route_message(route: &Route) -> RouteMessage {
     b.build()
 }
 
+/// `ip link add <name> type ipip local <local> dev <underlay> nopmtudisc`: remote any,
+/// TTL inherited, as flannel's `flannel.ipip` (`netlink.Iptun{Local: IfaceAddr}`, whose
+/// zero `PMtuDisc` the Go library always sends).
+fn ipip_message(spec: &IpipSpec) -> LinkMessage {
+    LinkIpIp::new(&spec.name)
+        .local(spec.local)
+        .dev(spec.underlay)
+        .pmtudisc(false)
+        .build()
+}
+
 impl Kernel for Netlink {
     fn links(&self) -> Result<Vec<LinkInfo>, NetError> {
         self.run(|h| async move {
@@ -410,6 +453,30 @@ impl Kernel for Netlink {
                     errno: None,
                 }),
                 Err(e) => Err(request_error("create vxlan", name, e)),
+            }
+        })
+    }
+
+    fn create_ipip(&self, spec: &IpipSpec) -> Result<LinkInfo, NetError> {
+        debug!(?spec, "create ipip");
+        let msg = ipip_message(spec);
+        let name = spec.name.clone();
+        self.run(|h| async move {
+            h.link()
+                .add(msg)
+                .execute()
+                .await
+                .map_err(|e| request_error("create ipip", name.clone(), e))?;
+            let mut stream = h.link().get().match_name(name.clone()).execute();
+            match stream.try_next().await {
+                Ok(Some(msg)) => Ok(link_from_message(msg)),
+                Ok(None) => Err(NetError::Request {
+                    op: "create ipip",
+                    object: name,
+                    message: "link not found after creation".to_owned(),
+                    errno: None,
+                }),
+                Err(e) => Err(request_error("create ipip", name, e)),
             }
         })
     }
@@ -684,5 +751,110 @@ impl Kernel for Netlink {
                 request_error("delete fdb", format!("{mac} dst {dst} dev #{index}"), e)
             })
         })
+    }
+
+    fn open_tun(&self, name: &str) -> Result<TunDevice, NetError> {
+        debug!(name, "open tun");
+        let tun =
+            datapath::Tun::open(name).map_err(|e| io_error("open tun", name.to_owned(), &e))?;
+        let link = self.link_by_name(name)?.ok_or_else(|| NetError::Request {
+            op: "open tun",
+            object: name.to_owned(),
+            message: "link not found after creation".to_owned(),
+            errno: None,
+        })?;
+        Ok(TunDevice {
+            link,
+            tun: Some(std::sync::Arc::new(tun)),
+        })
+    }
+
+    fn bind_udp(
+        &self,
+        addr: std::net::SocketAddrV4,
+    ) -> Result<Option<std::sync::Arc<std::net::UdpSocket>>, NetError> {
+        debug!(%addr, "bind udp");
+        let socket =
+            datapath::bind_udp(addr).map_err(|e| io_error("bind udp", addr.to_string(), &e))?;
+        Ok(Some(std::sync::Arc::new(socket)))
+    }
+}
+
+#[cfg(test)]
+mod ipip_tests {
+    use netlink_packet_route::link::InfoKind;
+    use rtnetlink::packet_core::{Emitable, Parseable};
+
+    use super::*;
+
+    fn spec() -> IpipSpec {
+        IpipSpec {
+            name: "flannel.ipip".to_owned(),
+            local: Ipv4Addr::new(192, 168, 100, 10),
+            underlay: 7,
+        }
+    }
+
+    /// The request carries flannel's attributes, and what the kernel would echo back
+    /// reads as the same device (no kernel needed; `tests/ipip.rs` runs it for real).
+    #[test]
+    fn ipip_request_has_flannels_attributes_and_reads_back() {
+        let msg = ipip_message(&spec());
+        let infos = msg
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::LinkInfo(i) => Some(i.clone()),
+                _ => None,
+            })
+            .expect("IFLA_LINKINFO");
+        assert!(infos.contains(&NlLinkInfo::Kind(InfoKind::IpIp)));
+        let data = infos
+            .iter()
+            .find_map(|i| match i {
+                NlLinkInfo::Data(InfoData::IpTunnel(d)) => Some(d.clone()),
+                _ => None,
+            })
+            .expect("IFLA_INFO_DATA");
+        assert!(data.contains(&InfoIpTunnel::Local(IpAddr::V4(spec().local))));
+        assert!(data.contains(&InfoIpTunnel::Link(7)));
+        assert!(data.contains(&InfoIpTunnel::PMtuDisc(false)));
+        assert!(
+            !data.iter().any(|d| matches!(d, InfoIpTunnel::Remote(_))),
+            "remote any: {data:?}"
+        );
+        assert!(
+            msg.attributes
+                .contains(&LinkAttribute::IfName("flannel.ipip".to_owned()))
+        );
+
+        // Through the wire format and back, with the remote the kernel reports as 0.0.0.0.
+        let mut echoed = msg.clone();
+        for attr in &mut echoed.attributes {
+            if let LinkAttribute::LinkInfo(infos) = attr {
+                for info in infos {
+                    if let NlLinkInfo::Data(InfoData::IpTunnel(d)) = info {
+                        d.push(InfoIpTunnel::Remote(IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
+                    }
+                }
+            }
+        }
+        echoed.attributes.push(LinkAttribute::Mtu(1480));
+        let mut buf = vec![0; echoed.buffer_len()];
+        echoed.emit(&mut buf);
+        let parsed = LinkMessage::parse(buf.as_slice()).expect("parses");
+        let link = link_from_message(parsed);
+        assert_eq!(link.name, "flannel.ipip");
+        assert_eq!(link.kind.as_deref(), Some("ipip"));
+        assert_eq!(link.mtu, 1480);
+        assert_eq!(link.vxlan, None);
+        assert_eq!(
+            link.ipip,
+            Some(IpipInfo {
+                local: Some(Ipv4Addr::new(192, 168, 100, 10)),
+                remote: None,
+                underlay: Some(7),
+            })
+        );
     }
 }

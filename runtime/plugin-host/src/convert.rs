@@ -47,3 +47,17 @@ pub(crate) fn event_to_wit(e: &LeaseEvent) -> wit::LeaseEvent {
         LeaseEvent::Removed(l) => wit::LeaseEvent::Removed(lease_to_wit(l)),
     }
 }
+
+/// The node record a plugin sees, from its grant.
+pub(crate) fn node_to_wit(grant: &crate::Grant) -> wit::Node {
+    wit::Node {
+        public_ip: u32::from(grant.public_ip),
+        iface: wit::Iface {
+            name: grant.external.name.clone(),
+            index: grant.external.index,
+            mtu: grant.external.mtu,
+            addr: u32::from(grant.external.addr),
+        },
+        network: subnet_to_wit(grant.network),
+    }
+}

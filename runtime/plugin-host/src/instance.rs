@@ -12,8 +12,8 @@ use twill_core::Subnet;
 use twill_core::lease::LeaseEvent;
 use wasmtime::Store;
 
-use crate::bindings::{self as wit, OverlayBackend};
-use crate::convert::{event_to_wit, subnet_from_wit, subnet_to_wit};
+use crate::bindings::{self as wit, BackendGuest};
+use crate::convert::{event_to_wit, node_to_wit, subnet_from_wit, subnet_to_wit};
 use crate::state::{PluginState, PluginStats};
 use crate::{Grant, Plugin, PluginHost};
 
@@ -172,34 +172,25 @@ pub(crate) fn spawn(
     grant: Grant,
 ) -> Result<Backend, CallError> {
     let stats = Arc::new(PluginStats::default());
-    let node = wit::Node {
-        public_ip: u32::from(grant.public_ip),
-        iface: wit::Iface {
-            name: grant.external.name.clone(),
-            index: grant.external.index,
-            mtu: grant.external.mtu,
-            addr: u32::from(grant.external.addr),
-        },
-        network: subnet_to_wit(grant.network),
-    };
+    let node = node_to_wit(&grant);
     let mut store = host.store(&plugin.name, grant, stats.clone());
     let trap = |function, e: wasmtime::Error| CallError::Trap {
         plugin: plugin.name.clone(),
         function,
         message: format!("{e:#}"),
     };
-    let bindings = plugin
+    let instance = plugin
         .pre
         .instantiate(&mut store)
         .map_err(|e| trap("instantiate", e))?;
+    let bindings = plugin
+        .backend
+        .load(&mut store, &instance)
+        .map_err(|e| trap("instantiate", e))?;
     let (tx, rx) = mpsc::channel();
     let mut worker = Worker {
-        plugin: plugin.name.clone(),
-        store,
-        bindings,
+        guest: Guarded::new(&plugin.name, store, bindings, host.deadline_ticks()),
         node,
-        deadline: host.deadline_ticks(),
-        poisoned: None,
     };
     let thread = thread::Builder::new()
         .name(format!("plugin-{}", plugin.name))
@@ -266,10 +257,17 @@ impl Backend {
 }
 
 struct Worker {
+    guest: Guarded<BackendGuest>,
+    node: wit::Node,
+}
+
+/// A Store and the exports loaded from its instance, entered only through
+/// [`Guarded::call`]: a fresh epoch deadline per call, counted, and poisoned for good
+/// by a trap.
+pub(crate) struct Guarded<G> {
     plugin: String,
     store: Store<PluginState>,
-    bindings: OverlayBackend,
-    node: wit::Node,
+    guest: G,
     deadline: u64,
     poisoned: Option<String>,
 }
@@ -280,13 +278,8 @@ impl Worker {
             match command {
                 Command::Init(info, reply) => {
                     let node = self.node.clone();
-                    let result = self.call("init", |b, s| {
-                        b.twill_backend_backend().call_init(
-                            s,
-                            &info.config,
-                            &node,
-                            info.previous_data.as_deref(),
-                        )
+                    let result = self.guest.call("init", |b, s| {
+                        b.call_init(s, &info.config, &node, info.previous_data.as_deref())
                     });
                     let _ = reply.send(result.map(|r| Registration {
                         backend_type: r.backend_type,
@@ -295,42 +288,51 @@ impl Worker {
                     }));
                 }
                 Command::Start(own, reply) => {
-                    self.store.data_mut().grant.own_subnet = Some(own);
-                    let result = self.call("start", |b, s| {
-                        b.twill_backend_backend().call_start(s, subnet_to_wit(own))
-                    });
+                    self.guest.store.data_mut().grant.own_subnet = Some(own);
+                    let result = self
+                        .guest
+                        .call("start", |b, s| b.call_start(s, subnet_to_wit(own)));
                     let _ = reply.send(result);
                 }
                 Command::OnLeases(events, reply) => {
                     let events: Vec<wit::LeaseEvent> = events.iter().map(event_to_wit).collect();
-                    let result = self.call("on-leases", |b, s| {
-                        b.twill_backend_backend().call_on_leases(s, &events).map(Ok)
-                    });
+                    let result = self
+                        .guest
+                        .call("on-leases", |b, s| b.call_on_leases(s, &events).map(Ok));
                     let _ =
                         reply.send(result.map(|outcomes| {
                             outcomes.into_iter().map(PeerOutcome::from_wit).collect()
                         }));
                 }
                 Command::Shutdown(reply) => {
-                    let result = self.call("shutdown", |b, s| {
-                        b.twill_backend_backend().call_shutdown(s).map(Ok)
-                    });
+                    let result = self
+                        .guest
+                        .call("shutdown", |b, s| b.call_shutdown(s).map(Ok));
                     let _ = reply.send(result);
                     return;
                 }
             }
         }
     }
+}
+
+impl<G> Guarded<G> {
+    pub(crate) fn new(plugin: &str, store: Store<PluginState>, guest: G, deadline: u64) -> Self {
+        Self {
+            plugin: plugin.to_owned(),
+            store,
+            guest,
+            deadline,
+            poisoned: None,
+        }
+    }
 
     /// Call an export with a fresh epoch deadline; sort its outcome into ok, the
     /// backend's error, or a trap that poisons the instance.
-    fn call<T>(
+    pub(crate) fn call<T>(
         &mut self,
         function: &'static str,
-        f: impl FnOnce(
-            &OverlayBackend,
-            &mut Store<PluginState>,
-        ) -> wasmtime::Result<Result<T, wit::Error>>,
+        f: impl FnOnce(&G, &mut Store<PluginState>) -> wasmtime::Result<Result<T, wit::Error>>,
     ) -> Result<T, CallError> {
         if let Some(message) = &self.poisoned {
             return Err(CallError::Trap {
@@ -341,7 +343,7 @@ impl Worker {
         }
         self.store.data().stats.count_call(function);
         self.store.set_epoch_deadline(self.deadline);
-        match f(&self.bindings, &mut self.store) {
+        match f(&self.guest, &mut self.store) {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(CallError::Backend {
                 plugin: self.plugin.clone(),

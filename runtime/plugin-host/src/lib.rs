@@ -11,6 +11,7 @@
 
 mod bindings;
 mod convert;
+mod datapath;
 mod imports;
 mod instance;
 mod state;
@@ -22,16 +23,19 @@ use std::time::Duration;
 
 use sha2::Digest;
 use twill_net::Kernel;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Engine, Store, StoreLimitsBuilder};
 
-use crate::bindings::{OverlayBackend, OverlayBackendPre};
+use crate::bindings::{BackendIndices, DatapathIndices, OverlayDatapathBackend};
 use crate::state::PluginState;
 
+pub use crate::datapath::{Action, BatchOut, Datapath, Drops, Endpoint, OutPacket, Packet};
 pub use crate::instance::{
     Backend, BackendError, CallError, ErrorKind, NodeInfo, PeerOutcome, Registration,
 };
-pub use crate::state::{DeviceRegistry, ExternalIface, Grant, PluginStats};
+pub use crate::state::{
+    DatapathResources, DatapathSlots, DeviceRegistry, ExternalIface, Grant, PluginStats,
+};
 
 /// The WIT package plugins are built against.
 pub const WIT_PACKAGE: &str = "twill:backend@0.1.0";
@@ -112,7 +116,16 @@ pub struct Plugin {
     pub capabilities: Vec<String>,
     /// SHA-256 of the component's bytes, lower-case hex.
     pub sha256: String,
-    pre: OverlayBackendPre<PluginState>,
+    pre: InstancePre<PluginState>,
+    backend: BackendIndices,
+    datapath: Option<DatapathIndices>,
+}
+
+impl Plugin {
+    /// Whether the component exports the batch data path (`twill:backend/datapath`).
+    pub fn has_datapath(&self) -> bool {
+        self.datapath.is_some()
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -131,6 +144,7 @@ pub struct PluginHost {
     engine: Engine,
     kernel: Arc<dyn Kernel>,
     devices: DeviceRegistry,
+    datapath: DatapathSlots,
     limits: Limits,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -151,6 +165,7 @@ const CAPABILITIES: &[&str] = &[
     "fdb",
     "route-lookup",
     "log",
+    "datapath-host",
 ];
 
 impl PluginHost {
@@ -177,6 +192,7 @@ impl PluginHost {
             engine,
             kernel,
             devices: DeviceRegistry::default(),
+            datapath: DatapathSlots::default(),
             limits,
             ticker_stop,
         })
@@ -190,8 +206,11 @@ impl PluginHost {
         })?;
         let capabilities = self.check_imports(source, &component)?;
         let mut linker = Linker::<PluginState>::new(&self.engine);
-        OverlayBackend::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
-            .map_err(|e| LoadError::Engine(format!("link twill:backend: {e:#}")))?;
+        OverlayDatapathBackend::add_to_linker::<PluginState, HasSelf<PluginState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| LoadError::Engine(format!("link twill:backend: {e:#}")))?;
         // Rust's std on wasm32-wasip2 imports WASI interfaces it never calls in a
         // backend; none is granted: each traps if called.
         linker
@@ -202,11 +221,15 @@ impl PluginHost {
             message: format!("{e:#}"),
         };
         let pre = linker.instantiate_pre(&component).map_err(incompatible)?;
-        let pre = OverlayBackendPre::new(pre).map_err(incompatible)?;
-        let info = self.describe(&pre).map_err(|message| LoadError::Describe {
-            source_name: source.to_owned(),
-            message,
-        })?;
+        let backend = BackendIndices::new(&pre).map_err(incompatible)?;
+        // A component that exports `datapath` is a data-path backend (udp).
+        let datapath = DatapathIndices::new(&pre).ok();
+        let info = self
+            .describe(&pre, &backend)
+            .map_err(|message| LoadError::Describe {
+                source_name: source.to_owned(),
+                message,
+            })?;
         let sha256 = sha2::Sha256::digest(bytes)
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -218,6 +241,8 @@ impl PluginHost {
             capabilities,
             sha256,
             pre,
+            backend,
+            datapath,
         })
     }
 
@@ -252,13 +277,24 @@ impl PluginHost {
         Ok(caps)
     }
 
-    fn describe(&self, pre: &OverlayBackendPre<PluginState>) -> Result<bindings::Info, String> {
+    fn describe(
+        &self,
+        pre: &InstancePre<PluginState>,
+        indices: &BackendIndices,
+    ) -> Result<bindings::Info, String> {
         let mut store = self.store("describe", placeholder_grant(), Arc::default());
-        let bindings = pre.instantiate(&mut store).map_err(|e| format!("{e:#}"))?;
-        bindings
-            .twill_backend_backend()
+        let instance = pre.instantiate(&mut store).map_err(|e| format!("{e:#}"))?;
+        let guest = indices
+            .load(&mut store, &instance)
+            .map_err(|e| format!("{e:#}"))?;
+        guest
             .call_describe(&mut store)
             .map_err(|e| format!("{e:#}"))
+    }
+
+    /// The data-path descriptors `plugin` asked for (after its `init`), if any.
+    pub fn datapath_resources(&self, plugin: &str) -> Option<DatapathResources> {
+        self.datapath.get(plugin)
     }
 
     pub(crate) fn store(
@@ -272,6 +308,7 @@ impl PluginHost {
             kernel: self.kernel.clone(),
             grant,
             devices: self.devices.clone(),
+            datapath: self.datapath.clone(),
             owned: Default::default(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory_bytes)
@@ -300,7 +337,7 @@ impl PluginHost {
 }
 
 /// A grant that allows nothing useful, for `describe` (which must not call the host).
-fn placeholder_grant() -> Grant {
+pub(crate) fn placeholder_grant() -> Grant {
     let nowhere = std::net::Ipv4Addr::UNSPECIFIED;
     Grant {
         network: twill_core::Subnet::host(nowhere),

@@ -3,11 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use twill_core::Subnet;
-use twill_net::{Kernel, NetError};
+use twill_net::{Kernel, NetError, TunDevice};
 use wasmtime::StoreLimits;
 
 use crate::bindings::Error;
@@ -67,6 +67,32 @@ impl DeviceRegistry {
     }
 }
 
+/// The data-path descriptors a plugin asked the host to open (`datapath-host`).
+#[derive(Debug, Clone, Default)]
+pub struct DatapathResources {
+    /// The TUN device (`tun` is `None` in the fake kernel).
+    pub tun: Option<TunDevice>,
+    /// The bound address and the UDP socket (`None` in the fake kernel).
+    pub udp: Option<(SocketAddrV4, Option<Arc<UdpSocket>>)>,
+}
+
+/// Data-path descriptors by plugin name, shared by every instance of one host: a
+/// resync or a restarted instance finds the same TUN device (which the kernel would
+/// refuse to open twice) and socket.
+#[derive(Debug, Clone, Default)]
+pub struct DatapathSlots(Arc<Mutex<HashMap<String, DatapathResources>>>);
+
+impl DatapathSlots {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, DatapathResources>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What `plugin` opened, if anything.
+    pub fn get(&self, plugin: &str) -> Option<DatapathResources> {
+        self.lock().get(plugin).cloned()
+    }
+}
+
 /// Per-plugin counters, readable while the plugin runs.
 #[derive(Debug, Default)]
 pub struct PluginStats {
@@ -116,6 +142,7 @@ pub(crate) struct PluginState {
     pub(crate) kernel: Arc<dyn Kernel>,
     pub(crate) grant: Grant,
     pub(crate) devices: DeviceRegistry,
+    pub(crate) datapath: DatapathSlots,
     pub(crate) owned: BTreeSet<u32>,
     pub(crate) limits: StoreLimits,
     pub(crate) stats: Arc<PluginStats>,

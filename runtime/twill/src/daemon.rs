@@ -34,7 +34,7 @@ use twill_store::{
 
 use crate::cli::{RunArgs, StoreKind};
 use crate::metered::Metered;
-use crate::{iface, subnet_file};
+use crate::{iface, subnet_file, switch, udp};
 
 /// How often every known peer is re-applied, repairing kernel state that went missing.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
@@ -144,17 +144,16 @@ async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow
     // Our previous lease's BackendData, whatever its type: the backend keeps what it
     // recognises (the directrouting backend publishes `vxlan`, so matching on the
     // configured type would lose its VTEP MAC on every restart).
-    let previous_data = leases
-        .iter()
-        .find(|l| l.attrs.public_ip == public_ip)
-        .and_then(|l| l.attrs.backend_data.clone());
+    let previous = leases.iter().find(|l| l.attrs.public_ip == public_ip);
+    let previous_data = previous.and_then(|l| l.attrs.backend_data.clone());
+    let previous_type = previous.map(|l| l.attrs.backend_type.clone());
     let grant = Grant {
         network: config.network,
         own_subnet: None,
         external: external.clone(),
         public_ip,
     };
-    let backend = host.spawn(&plugin, grant)?;
+    let backend = host.spawn(&plugin, grant.clone())?;
     let registration = backend
         .init(NodeInfo {
             config: config.backend.json.clone(),
@@ -177,7 +176,41 @@ async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow
     api.set_lease_held(true);
     api.set_own_lease_expiry(lease.expires);
 
+    if let Some(previous) = previous_type.filter(|t| *t != registration.backend_type) {
+        let purge = switch::Purge {
+            previous: previous.clone(),
+            network: config.network,
+            subnet_len: config.subnet_len,
+            own: lease.subnet,
+            external_index: external.index,
+        };
+        let k = kernel.clone();
+        let removed = tokio::task::spawn_blocking(move || switch::purge(k.as_ref(), &purge))
+            .await?
+            .with_context(|| {
+                format!("remove the objects of the previous backend ({previous:?})")
+            })?;
+        tracing::info!(
+            previous = %previous, now = %registration.backend_type, removed = removed.len(),
+            "backend type changed; removed the previous backend's objects: {}", removed.join(", ")
+        );
+    }
     backend.start(lease.subnet).await?;
+    let datapath = if plugin.has_datapath() {
+        let resources = host.datapath_resources(&plugin.name).unwrap_or_default();
+        let setup = udp::Setup {
+            host: &host,
+            plugin: &plugin,
+            grant,
+            stats: backend.stats().clone(),
+            config: &config.backend.json,
+            own: lease.subnet,
+            metrics: metrics.clone(),
+        };
+        Some(udp::DataPath::start(setup, resources)?)
+    } else {
+        None
+    };
     subnet_file::write(
         &args.subnet_file,
         &SubnetEnv {
@@ -193,6 +226,7 @@ async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow
     let node = Node {
         store,
         backend,
+        datapath,
         config,
         attrs,
         lease,
@@ -376,6 +410,8 @@ struct Node<S> {
     watch_connects_seen: u64,
     peer_states: BTreeMap<Subnet, PeerState>,
     backend: Backend,
+    /// The udp-style data path, for a backend that exports one.
+    datapath: Option<udp::DataPath>,
     config: Config,
     attrs: LeaseAttrs,
     lease: Lease,
@@ -415,7 +451,10 @@ impl<S: LeaseStore> Node<S> {
                     };
                 }
                 _ = resync.tick() => self.resync().await?,
-                _ = stats.tick() => self.sync_watch_connects(),
+                _ = stats.tick() => {
+                    self.sync_watch_connects();
+                    self.check_datapath()?;
+                }
                 _ = sigterm.recv() => return self.stop("SIGTERM").await,
                 _ = sigint.recv() => return self.stop("SIGINT").await,
             }
@@ -561,6 +600,9 @@ impl<S: LeaseStore> Node<S> {
                 self.api.peer_pending(l);
             }
         }
+        if let Some(datapath) = &self.datapath {
+            datapath.update(&events);
+        }
         let plugin = self.backend.plugin().to_owned();
         let started = std::time::Instant::now();
         let result = self.backend.on_leases(events).await;
@@ -620,6 +662,21 @@ impl<S: LeaseStore> Node<S> {
         Ok(())
     }
 
+    /// A data path that stopped (a trap in one of its instances) stops the daemon, as a
+    /// control-plane trap does.
+    fn check_datapath(&mut self) -> anyhow::Result<()> {
+        let plugin = self.backend.plugin().to_owned();
+        self.sync_plugin_stats(&plugin);
+        match self.datapath.as_ref().and_then(|d| d.failure()) {
+            Some(failure) => {
+                self.api.plugin_trap(&plugin, failure.clone());
+                self.metrics.plugin_trap(&plugin);
+                bail!(failure)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Report watch (re)connects the store made since the last look.
     fn sync_watch_connects(&mut self) {
         let total = self.store.watch_connects();
@@ -668,6 +725,9 @@ impl<S: LeaseStore> Node<S> {
 
     async fn stop(self, signal: &str) -> anyhow::Result<()> {
         tracing::info!("{signal} received; stopping (kernel objects and lease stay in place)");
+        if let Some(datapath) = self.datapath {
+            tokio::task::spawn_blocking(move || datapath.stop()).await?;
+        }
         if let Err(e) = self.backend.shutdown().await {
             tracing::warn!("{e}");
         }

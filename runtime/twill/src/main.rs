@@ -11,6 +11,8 @@ mod iface;
 mod metered;
 mod status;
 mod subnet_file;
+mod switch;
+mod udp;
 
 use std::process::ExitCode;
 

@@ -2,12 +2,14 @@
 //! Prometheus metrics (`twill_netlink_operations_total`, `twill_netlink_errors_total`),
 //! then forwards it.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 
 use twill_api::Metrics;
 use twill_core::MacAddr;
-use twill_net::{AddrInfo, Kernel, LinkInfo, NetError, Route, RouteLookup, VxlanSpec};
+use twill_net::{
+    AddrInfo, IpipSpec, Kernel, LinkInfo, NetError, Route, RouteLookup, TunDevice, VxlanSpec,
+};
 
 pub struct Metered {
     inner: Arc<dyn Kernel>,
@@ -37,6 +39,9 @@ impl Kernel for Metered {
     }
     fn create_vxlan(&self, spec: &VxlanSpec) -> Result<LinkInfo, NetError> {
         self.count("create_link", self.inner.create_vxlan(spec))
+    }
+    fn create_ipip(&self, spec: &IpipSpec) -> Result<LinkInfo, NetError> {
+        self.count("create_link", self.inner.create_ipip(spec))
     }
     fn delete_link(&self, index: u32) -> Result<(), NetError> {
         self.count("delete_link", self.inner.delete_link(index))
@@ -82,5 +87,12 @@ impl Kernel for Metered {
     }
     fn del_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetError> {
         self.count("delete_fdb", self.inner.del_fdb(index, mac, dst))
+    }
+    // Not netlink requests, but counted beside them: they are the data path's kernel objects.
+    fn open_tun(&self, name: &str) -> Result<TunDevice, NetError> {
+        self.count("open_tun", self.inner.open_tun(name))
+    }
+    fn bind_udp(&self, addr: SocketAddrV4) -> Result<Option<Arc<UdpSocket>>, NetError> {
+        self.count("bind_udp", self.inner.bind_udp(addr))
     }
 }

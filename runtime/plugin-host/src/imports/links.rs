@@ -1,10 +1,12 @@
 //! `twill:backend/links`: devices the plugin creates and owns.
 
 use twill_core::MacAddr;
-use twill_net::{LinkInfo, VxlanInfo, VxlanSpec};
+use twill_net::{IpipInfo, IpipSpec, Kernel, LinkInfo, NetError, VxlanInfo, VxlanSpec};
 
 use crate::bindings::Error;
-use crate::bindings::twill::backend::links::{Host, Link, VxlanSpec as WitVxlanSpec};
+use crate::bindings::twill::backend::links::{
+    Host, IpipSpec as WitIpipSpec, Link, VxlanSpec as WitVxlanSpec,
+};
 use crate::convert::{ip, mac_from_wit, mac_to_wit};
 use crate::state::{PluginState, kernel_error};
 
@@ -37,7 +39,19 @@ fn compatible(have: Option<&VxlanInfo>, want: &VxlanSpec) -> bool {
     })
 }
 
-fn to_link(info: &LinkInfo) -> Link {
+/// flannel keeps an existing `flannel.ipip` whose local address is right and whose
+/// remote is any, and so does twill. A device bound to no underlay (as flannel creates
+/// it: `netlink.Iptun` without `Link`) is kept too, so a flannel node's tunnel is
+/// adopted without cutting traffic; one bound to another device is recreated.
+fn ipip_compatible(have: Option<&IpipInfo>, want: &IpipSpec) -> bool {
+    have.is_some_and(|i| {
+        i.local == Some(want.local)
+            && i.remote.is_none()
+            && (i.underlay.is_none() || i.underlay == Some(want.underlay))
+    })
+}
+
+pub(crate) fn to_link(info: &LinkInfo) -> Link {
     Link {
         index: info.index,
         name: info.name.clone(),
@@ -47,22 +61,29 @@ fn to_link(info: &LinkInfo) -> Link {
 }
 
 impl PluginState {
-    fn ensure_vxlan_checked(&mut self, spec: WitVxlanSpec) -> Result<Link, Error> {
-        let name = spec.name;
-        if !valid_ifname(&name) {
+    /// Whether a plugin may create a device called `name`: a valid name, not the host's
+    /// own interface, starting with [`DEVICE_PREFIX`].
+    pub(crate) fn check_device_name(&self, cap: &'static str, name: &str) -> Result<(), Error> {
+        if !valid_ifname(name) {
             return Err(Error::Invalid(format!(
                 "{name:?} is not a valid device name"
             )));
         }
         if name == self.grant.external.name || name == "lo" {
-            return self.deny(CAP, format!("device {name} is the host's own interface"));
+            return self.deny(cap, format!("device {name} is the host's own interface"));
         }
         if !name.starts_with(DEVICE_PREFIX) {
             return self.deny(
-                CAP,
+                cap,
                 format!("device name {name} does not start with {DEVICE_PREFIX:?}; other devices are not twill's"),
             );
         }
+        Ok(())
+    }
+
+    fn ensure_vxlan_checked(&mut self, spec: WitVxlanSpec) -> Result<Link, Error> {
+        let name = spec.name;
+        self.check_device_name(CAP, &name)?;
         if ip(spec.local) != self.grant.public_ip {
             return self.deny(
                 CAP,
@@ -82,9 +103,6 @@ impl PluginState {
                 ),
             );
         }
-        if let Err(owner) = self.devices.claim(&name, &self.plugin) {
-            return self.deny(CAP, format!("device {name} belongs to plugin {owner}"));
-        }
         let want = VxlanSpec {
             name: name.clone(),
             vni: spec.vni,
@@ -97,40 +115,107 @@ impl PluginState {
                 .map(mac_from_wit)
                 .unwrap_or_else(|| MacAddr::random_local(&mut rand::rng())),
         };
-        let result = self.create_or_adopt(&want);
+        self.create_or_adopt(
+            &name,
+            "vxlan",
+            |link| compatible(link.vxlan.as_ref(), &want),
+            |kernel| kernel.create_vxlan(&want),
+        )
+    }
+
+    fn ensure_ipip_checked(&mut self, spec: WitIpipSpec) -> Result<Link, Error> {
+        let name = spec.name;
+        self.check_device_name(CAP, &name)?;
+        let local = ip(spec.local);
+        if local != self.grant.external.addr {
+            return self.deny(
+                CAP,
+                format!(
+                    "ipip local address {local} is not the address {} of the external interface {}",
+                    self.grant.external.addr, self.grant.external.name
+                ),
+            );
+        }
+        if spec.underlay != self.grant.external.index {
+            return self.deny(
+                CAP,
+                format!(
+                    "ipip underlay {} is not the external interface {}",
+                    spec.underlay, self.grant.external.name
+                ),
+            );
+        }
+        let want = IpipSpec {
+            name: name.clone(),
+            local,
+            underlay: spec.underlay,
+        };
+        self.create_or_adopt(
+            &name,
+            "ipip",
+            |link| ipip_compatible(link.ipip.as_ref(), &want),
+            |kernel| kernel.create_ipip(&want),
+        )
+    }
+
+    /// Claim `name` for this plugin, then keep an existing device of `kind` that is
+    /// `compatible`, recreate an incompatible one, or `create` it; a device of another
+    /// kind, or one another plugin owns, is denied. The device is the plugin's after.
+    fn create_or_adopt(
+        &mut self,
+        name: &str,
+        kind: &'static str,
+        compatible: impl FnOnce(&LinkInfo) -> bool,
+        create: impl FnOnce(&dyn Kernel) -> Result<LinkInfo, NetError>,
+    ) -> Result<Link, Error> {
+        if let Err(owner) = self.devices.claim(name, &self.plugin) {
+            return self.deny(CAP, format!("device {name} belongs to plugin {owner}"));
+        }
+        let result = self.adopt_or_create(name, kind, compatible, create);
         if result.is_err() {
-            self.devices.release(&name);
+            self.devices.release(name);
         }
         result
     }
 
-    fn create_or_adopt(&mut self, want: &VxlanSpec) -> Result<Link, Error> {
-        let existing = self.kernel.link_by_name(&want.name).map_err(kernel_error)?;
+    fn adopt_or_create(
+        &mut self,
+        name: &str,
+        kind: &'static str,
+        compatible: impl FnOnce(&LinkInfo) -> bool,
+        create: impl FnOnce(&dyn Kernel) -> Result<LinkInfo, NetError>,
+    ) -> Result<Link, Error> {
+        let existing = self.kernel.link_by_name(name).map_err(kernel_error)?;
         let info = match existing {
-            Some(link) if link.kind.as_deref() != Some("vxlan") => {
+            Some(link) if link.kind.as_deref() != Some(kind) => {
                 return self.deny(
                     CAP,
                     format!(
-                        "device {} exists and is not a vxlan device ({:?})",
-                        want.name, link.kind
+                        "device {name} exists and is not a {kind} device ({:?})",
+                        link.kind
                     ),
                 );
             }
-            Some(link) if compatible(link.vxlan.as_ref(), want) => {
-                tracing::info!(plugin = %self.plugin, device = %want.name, "keeping existing vxlan device");
+            Some(link) if compatible(&link) => {
+                tracing::info!(plugin = %self.plugin, device = %name, "keeping existing {kind} device");
                 link
             }
             Some(link) => {
+                let have = match (&link.vxlan, &link.ipip) {
+                    (Some(v), _) => format!("{v:?}"),
+                    (_, Some(i)) => format!("{i:?}"),
+                    _ => "no attributes".to_owned(),
+                };
                 tracing::info!(
-                    plugin = %self.plugin, device = %want.name,
-                    "existing vxlan device has other attributes ({:?}); recreating it", link.vxlan
+                    plugin = %self.plugin, device = %name,
+                    "existing {kind} device has other attributes ({have}); recreating it"
                 );
                 self.kernel.delete_link(link.index).map_err(kernel_error)?;
-                self.kernel.create_vxlan(want).map_err(kernel_error)?
+                create(self.kernel.as_ref()).map_err(kernel_error)?
             }
             None => {
-                tracing::info!(plugin = %self.plugin, device = %want.name, vni = want.vni, "creating vxlan device");
-                self.kernel.create_vxlan(want).map_err(kernel_error)?
+                tracing::info!(plugin = %self.plugin, device = %name, "creating {kind} device");
+                create(self.kernel.as_ref()).map_err(kernel_error)?
             }
         };
         self.owned.insert(info.index);
@@ -141,6 +226,10 @@ impl PluginState {
 impl Host for PluginState {
     fn ensure_vxlan(&mut self, spec: WitVxlanSpec) -> wasmtime::Result<Result<Link, Error>> {
         Ok(self.ensure_vxlan_checked(spec))
+    }
+
+    fn ensure_ipip(&mut self, spec: WitIpipSpec) -> wasmtime::Result<Result<Link, Error>> {
+        Ok(self.ensure_ipip_checked(spec))
     }
 
     fn set_up(&mut self, index: u32) -> wasmtime::Result<Result<(), Error>> {

@@ -2,8 +2,9 @@
 //! against the plugin's [`Grant`](crate::Grant) before it reaches the kernel.
 
 mod addresses;
+mod datapath_host;
 mod fdb;
-mod links;
+pub(crate) mod links;
 mod log;
 mod neighbours;
 mod route_lookup;

@@ -26,6 +26,24 @@ impl PluginState {
                 format!("route to {dst} is outside the cluster network {network}"),
             );
         }
+        let external = &self.grant.external;
+        if dst == network {
+            // The whole network to a device of the plugin (udp's TUN, as flannel routes
+            // it); the node's own, more specific subnet route still wins.
+            if r.dev == external.index || r.gateway.is_some() {
+                return self.deny(
+                    CAP,
+                    format!("a route to the whole network {network} must go to a device of the plugin, without a gateway"),
+                );
+            }
+            self.require_owned(CAP, r.dev)?;
+            return Ok(Route {
+                dst,
+                gateway: None,
+                oif: Some(r.dev),
+                onlink: false,
+            });
+        }
         let own = self.own_subnet(CAP)?;
         if dst.overlaps(&own) {
             return self.deny(
@@ -33,7 +51,6 @@ impl PluginState {
                 format!("route to {dst} would take over the node's own subnet {own}"),
             );
         }
-        let external = &self.grant.external;
         if r.dev != external.index {
             self.require_owned(CAP, r.dev)?;
         } else if r.gateway.is_none() {

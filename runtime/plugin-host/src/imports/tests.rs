@@ -18,7 +18,7 @@ fn ip(a: u8, b: u8, c: u8, d: u8) -> u32 {
     u32::from(Ipv4Addr::new(a, b, c, d))
 }
 
-fn state(kernel: Arc<FakeKernel>, devices: DeviceRegistry, plugin: &str) -> PluginState {
+pub(super) fn state(kernel: Arc<FakeKernel>, devices: DeviceRegistry, plugin: &str) -> PluginState {
     let eth0 = kernel.link_by_name("eth0").expect("fake").expect("eth0");
     PluginState {
         plugin: plugin.to_owned(),
@@ -35,13 +35,14 @@ fn state(kernel: Arc<FakeKernel>, devices: DeviceRegistry, plugin: &str) -> Plug
             public_ip: ETH0_IP,
         },
         devices,
+        datapath: Default::default(),
         owned: Default::default(),
         limits: StoreLimitsBuilder::new().build(),
         stats: Arc::new(PluginStats::default()),
     }
 }
 
-fn kernel() -> Arc<FakeKernel> {
+pub(super) fn kernel() -> Arc<FakeKernel> {
     Arc::new(FakeKernel::new().with_link("eth0", 1500, ETH0_IP, 24))
 }
 
@@ -69,7 +70,7 @@ fn route(dst: (u32, u8), gateway: Option<u32>, dev: u32) -> routes::Route {
     }
 }
 
-fn denied<T: std::fmt::Debug>(r: wasmtime::Result<Result<T, Error>>) -> String {
+pub(super) fn denied<T: std::fmt::Debug>(r: wasmtime::Result<Result<T, Error>>) -> String {
     match r.expect("no trap") {
         Err(Error::Denied(m)) => m,
         other => panic!("expected a denial, got {other:?}"),
@@ -192,13 +193,22 @@ fn requests_outside_the_grant_are_denied_counted_and_never_reach_the_kernel() {
         ))
         .contains("node's subnet")
     );
-    // A route covering the node's own subnet, even on its own device.
+    // A route covering the node's own subnet, even on its own device (only the whole
+    // network exactly may go to a device of the plugin, as udp's does).
     assert!(
         denied(routes::Host::replace(
             &mut s,
-            route((ip(10, 244, 0, 0), 16), None, link.index)
+            route((ip(10, 244, 0, 0), 20), None, link.index)
         ))
         .contains("own subnet")
+    );
+    // The whole network via a gateway is no device route.
+    assert!(
+        denied(routes::Host::replace(
+            &mut s,
+            route((ip(10, 244, 0, 0), 16), Some(ip(10, 244, 7, 0)), link.index)
+        ))
+        .contains("whole network")
     );
     // Another software's vxlan device name.
     assert!(
@@ -253,7 +263,7 @@ fn requests_outside_the_grant_are_denied_counted_and_never_reach_the_kernel() {
         "no denied request reached the kernel"
     );
     let counts = s.stats.denied();
-    assert_eq!(counts.get("routes"), Some(&7));
+    assert_eq!(counts.get("routes"), Some(&8));
     assert_eq!(counts.get("links"), Some(&5));
     assert_eq!(counts.get("addresses"), Some(&2));
     assert_eq!(counts.get("neighbours"), Some(&2));
@@ -276,4 +286,255 @@ fn a_device_of_another_kind_is_never_adopted() {
         .contains("not a vxlan device")
     );
     assert!(k.calls().is_empty());
+}
+
+fn ipip_spec(name: &str, local: Ipv4Addr, underlay: u32) -> links::IpipSpec {
+    links::IpipSpec {
+        name: name.into(),
+        local: u32::from(local),
+        underlay,
+    }
+}
+
+/// A fake kernel with eth0 (index 2) and an existing `flannel.ipip` with these attributes.
+fn kernel_with_ipip(ipip: twill_net::IpipInfo) -> Arc<FakeKernel> {
+    Arc::new(
+        FakeKernel::new()
+            .with_link("eth0", 1500, ETH0_IP, 24)
+            .with_link_info(twill_net::LinkInfo {
+                index: 0,
+                name: "flannel.ipip".into(),
+                kind: Some("ipip".into()),
+                mtu: 1480,
+                mac: None,
+                up: true,
+                vxlan: None,
+                ipip: Some(ipip),
+            }),
+    )
+}
+
+#[test]
+fn ipip_device_is_created_then_kept_and_usable() {
+    let k = kernel();
+    let mut s = state(k.clone(), DeviceRegistry::default(), "ipip");
+    let eth0 = s.grant.external.index;
+    let link = links::Host::ensure_ipip(&mut s, ipip_spec("flannel.ipip", ETH0_IP, eth0))
+        .expect("no trap")
+        .expect("allowed");
+    assert_eq!(link.name, "flannel.ipip");
+    assert_eq!(link.mtu, 1480);
+    assert_eq!(
+        k.take_calls(),
+        vec![Call::CreateIpip(twill_net::IpipSpec {
+            name: "flannel.ipip".into(),
+            local: ETH0_IP,
+            underlay: eth0,
+        })]
+    );
+    // Idempotent: the same device again, nothing asked of the kernel.
+    let again = links::Host::ensure_ipip(&mut s, ipip_spec("flannel.ipip", ETH0_IP, eth0))
+        .expect("no trap")
+        .expect("allowed");
+    assert_eq!(again.index, link.index);
+    assert!(k.take_calls().is_empty());
+
+    // The device is the plugin's: MTU, address, up, and flannel's onlink route via a
+    // peer's public IP all pass the checks.
+    links::Host::set_mtu(&mut s, link.index, 1480)
+        .expect("no trap")
+        .expect("allowed");
+    addresses::Host::ensure(&mut s, link.index, ip(10, 244, 1, 0))
+        .expect("no trap")
+        .expect("allowed");
+    links::Host::set_up(&mut s, link.index)
+        .expect("no trap")
+        .expect("allowed");
+    routes::Host::replace(
+        &mut s,
+        route(
+            (ip(10, 244, 2, 0), 24),
+            Some(ip(192, 168, 0, 2)),
+            link.index,
+        ),
+    )
+    .expect("no trap")
+    .expect("allowed");
+    assert_eq!(
+        k.routes(),
+        vec![twill_net::Route {
+            dst: "10.244.2.0/24".parse().expect("subnet"),
+            gateway: Some(Ipv4Addr::new(192, 168, 0, 2)),
+            oif: Some(link.index),
+            onlink: true,
+        }]
+    );
+    assert!(s.stats.denied().is_empty());
+
+    // Behind NAT the public IP differs from the interface address; ipip's local
+    // endpoint is the interface address all the same (flannel's IfaceAddr).
+    let k = kernel();
+    let mut nat = state(k.clone(), DeviceRegistry::default(), "ipip");
+    nat.grant.public_ip = Ipv4Addr::new(203, 0, 113, 7);
+    links::Host::ensure_ipip(&mut nat, ipip_spec("flannel.ipip", ETH0_IP, eth0))
+        .expect("no trap")
+        .expect("the interface address is the local endpoint");
+    assert!(
+        denied(links::Host::ensure_ipip(
+            &mut nat,
+            ipip_spec("flannel.ip2", Ipv4Addr::new(203, 0, 113, 7), eth0)
+        ))
+        .contains("is not the address 192.168.0.1 of the external interface eth0")
+    );
+}
+
+#[test]
+fn an_existing_ipip_device_is_adopted_when_compatible_and_recreated_otherwise() {
+    let eth0 = 2;
+    let keep = |ipip| {
+        let k = kernel_with_ipip(ipip);
+        let before = k
+            .link_by_name("flannel.ipip")
+            .expect("fake")
+            .expect("seeded");
+        let mut s = state(k.clone(), DeviceRegistry::default(), "ipip");
+        assert_eq!(s.grant.external.index, eth0);
+        let link = links::Host::ensure_ipip(&mut s, ipip_spec("flannel.ipip", ETH0_IP, eth0))
+            .expect("no trap")
+            .expect("allowed");
+        (k, before.index, link.index)
+    };
+    // What twill creates, and what flannel creates (no underlay): kept as they are.
+    for underlay in [Some(eth0), None] {
+        let (k, before, after) = keep(twill_net::IpipInfo {
+            local: Some(ETH0_IP),
+            remote: None,
+            underlay,
+        });
+        assert_eq!(after, before, "underlay {underlay:?}: kept");
+        assert!(
+            k.calls().is_empty(),
+            "underlay {underlay:?}: {:?}",
+            k.calls()
+        );
+    }
+    // Another local address, a fixed remote, another underlay: recreated.
+    for ipip in [
+        twill_net::IpipInfo {
+            local: Some(Ipv4Addr::new(192, 168, 0, 99)),
+            remote: None,
+            underlay: Some(eth0),
+        },
+        twill_net::IpipInfo {
+            local: Some(ETH0_IP),
+            remote: Some(Ipv4Addr::new(192, 168, 0, 2)),
+            underlay: Some(eth0),
+        },
+        twill_net::IpipInfo {
+            local: Some(ETH0_IP),
+            remote: None,
+            underlay: Some(1),
+        },
+        twill_net::IpipInfo {
+            local: None,
+            remote: None,
+            underlay: None,
+        },
+    ] {
+        let (k, before, after) = keep(ipip);
+        assert_ne!(after, before, "{ipip:?}: recreated");
+        assert_eq!(
+            k.calls(),
+            vec![
+                Call::DeleteLink(before),
+                Call::CreateIpip(twill_net::IpipSpec {
+                    name: "flannel.ipip".into(),
+                    local: ETH0_IP,
+                    underlay: eth0,
+                })
+            ],
+            "{ipip:?}"
+        );
+    }
+}
+
+#[test]
+fn ipip_requests_outside_the_grant_are_denied_counted_and_never_reach_the_kernel() {
+    let k = kernel();
+    k.add_link("flannel.vx", 1500, Ipv4Addr::new(172, 16, 0, 1), 24);
+    let devices = DeviceRegistry::default();
+    let mut s = state(k.clone(), devices.clone(), "ipip");
+    let eth0 = s.grant.external.index;
+    links::Host::ensure_ipip(&mut s, ipip_spec("flannel.ipip", ETH0_IP, eth0))
+        .expect("no trap")
+        .expect("allowed");
+    k.take_calls();
+
+    // Not the node's interface address; not the external interface as underlay.
+    assert!(
+        denied(links::Host::ensure_ipip(
+            &mut s,
+            ipip_spec("flannel.ip2", Ipv4Addr::new(192, 168, 0, 99), eth0)
+        ))
+        .contains("not the address")
+    );
+    assert!(
+        denied(links::Host::ensure_ipip(
+            &mut s,
+            ipip_spec("flannel.ip2", ETH0_IP, 1)
+        ))
+        .contains("not the external interface eth0")
+    );
+    // Names: the kernel's own tunl0, the host's interface, an existing device of
+    // another kind.
+    assert!(
+        denied(links::Host::ensure_ipip(
+            &mut s,
+            ipip_spec("tunl0", ETH0_IP, eth0)
+        ))
+        .contains("does not start with")
+    );
+    assert!(
+        denied(links::Host::ensure_ipip(
+            &mut s,
+            ipip_spec("eth0", ETH0_IP, eth0)
+        ))
+        .contains("host's own interface")
+    );
+    assert!(
+        denied(links::Host::ensure_ipip(
+            &mut s,
+            ipip_spec("flannel.vx", ETH0_IP, eth0)
+        ))
+        .contains("not a ipip device")
+    );
+    assert!(matches!(
+        links::Host::ensure_ipip(&mut s, ipip_spec("flannel/ipip", ETH0_IP, eth0))
+            .expect("no trap"),
+        Err(Error::Invalid(_))
+    ));
+    // Another plugin can take over neither the tunnel nor, through it, the name.
+    let mut other = state(k.clone(), devices, "intruder");
+    assert!(
+        denied(links::Host::ensure_ipip(
+            &mut other,
+            ipip_spec("flannel.ipip", ETH0_IP, eth0)
+        ))
+        .contains("belongs to plugin ipip")
+    );
+    let own = k
+        .link_by_name("flannel.ipip")
+        .expect("fake")
+        .expect("created");
+    assert!(
+        denied(links::Host::set_up(&mut other, own.index)).contains("not one this plugin created")
+    );
+
+    assert_eq!(
+        k.calls(),
+        Vec::<Call>::new(),
+        "no denied request reached the kernel"
+    );
+    assert_eq!(s.stats.denied().get("links"), Some(&5));
+    assert_eq!(other.stats.denied().get("links"), Some(&2));
 }

@@ -1,0 +1,415 @@
+//! The file descriptors of a userspace data path: a layer-3 TUN device and a UDP
+//! socket that moves datagrams in batches (`recvmmsg` / `sendmmsg`). Both are
+//! non-blocking; [`wait_readable`] waits for either with a timeout so the data-path
+//! threads can look at their control channel between batches.
+//!
+//! Buffers are owned by the caller and reused: a [`RecvBatch`] is allocated once per
+//! thread and nothing here allocates per packet.
+
+use std::ffi::CString;
+use std::io;
+use std::mem;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// A layer-3 TUN device without packet-information header (`IFF_TUN | IFF_NO_PI`),
+/// like flannel's `flannel0`. It is not persistent: the kernel removes the device (and
+/// its addresses and routes) when the last descriptor closes.
+#[derive(Debug)]
+pub struct Tun {
+    fd: OwnedFd,
+    name: String,
+}
+
+/// `struct ifreq` as TUNSETIFF reads it: the name and the flags, padded to 40 bytes.
+#[repr(C)]
+struct IfReq {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+impl Tun {
+    /// Create (or attach to) the TUN device `name` in the calling thread's network
+    /// namespace, non-blocking.
+    pub fn open(name: &str) -> io::Result<Tun> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad TUN device name {name:?}"),
+            ));
+        }
+        let path = CString::new("/dev/net/tun").expect("no NUL");
+        // SAFETY: a valid NUL-terminated path; the returned descriptor is checked.
+        let raw = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("open /dev/net/tun: {e}")));
+        }
+        // SAFETY: `raw` is a descriptor we just opened and own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+            _pad: [0; 22],
+        };
+        for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        // SAFETY: TUNSETIFF reads an `ifreq`, which `IfReq` lays out; it lives across the call.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")));
+        }
+        Ok(Tun {
+            fd,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Read one packet; `WouldBlock` when none is queued.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for `buf.len()` writable bytes.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Write one packet.
+    pub fn write(&self, packet: &[u8]) -> io::Result<usize> {
+        // SAFETY: `packet` is valid for `packet.len()` readable bytes.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+impl AsRawFd for Tun {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Bind a non-blocking UDP socket for a data path.
+pub fn bind_udp(addr: SocketAddrV4) -> io::Result<UdpSocket> {
+    let socket = UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Wait until one of `fds` is readable or `timeout` passes; which are readable.
+pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> io::Result<Vec<bool>> {
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs.
+    let rc = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(polls
+        .iter()
+        .map(|p| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
+        .collect())
+}
+
+/// Reusable buffers for receiving up to `capacity` datagrams with one `recvmmsg`:
+/// datagram `i` lands at `i * slot` in one arena.
+pub struct RecvBatch {
+    slot: usize,
+    arena: Vec<u8>,
+    iovecs: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_in>,
+    headers: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the raw pointers inside point into the batch's own vectors, which move with it.
+unsafe impl Send for RecvBatch {}
+
+impl RecvBatch {
+    /// Buffers for `capacity` datagrams of at most `slot` bytes.
+    pub fn new(capacity: usize, slot: usize) -> RecvBatch {
+        RecvBatch {
+            slot,
+            arena: vec![0; capacity * slot],
+            iovecs: Vec::with_capacity(capacity),
+            // SAFETY: sockaddr_in and mmsghdr are plain C structs; all-zero is valid.
+            addrs: vec![unsafe { mem::zeroed() }; capacity],
+            headers: vec![unsafe { mem::zeroed() }; capacity],
+        }
+    }
+
+    /// The arena, whose first `n * slot()` bytes hold the last batch.
+    pub fn arena(&self) -> &[u8] {
+        &self.arena
+    }
+
+    /// The arena, mutable (for reading packets from another descriptor into slots).
+    pub fn arena_mut(&mut self) -> &mut [u8] {
+        &mut self.arena
+    }
+
+    /// Bytes per slot.
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// How many datagrams fit.
+    pub fn capacity(&self) -> usize {
+        self.headers.len()
+    }
+
+    /// Receive up to `capacity` datagrams without blocking. Returns how many arrived;
+    /// `datagram_len(i)`, `from(i)` and `truncated(i)` describe each. 0 when none is queued.
+    pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        let cap = self.capacity();
+        self.iovecs.clear();
+        let base = self.arena.as_mut_ptr();
+        for i in 0..cap {
+            self.iovecs.push(libc::iovec {
+                // SAFETY: slot i lies inside the arena (capacity * slot bytes).
+                iov_base: unsafe { base.add(i * self.slot) }.cast(),
+                iov_len: self.slot,
+            });
+        }
+        for i in 0..cap {
+            let h = &mut self.headers[i].msg_hdr;
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovecs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            self.headers[i].msg_len = 0;
+        }
+        // SAFETY: every header points at live buffers of this batch, sized as declared.
+        let n = unsafe {
+            libc::recvmmsg(
+                socket.as_fd().as_raw_fd(),
+                self.headers.as_mut_ptr(),
+                cap as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                return Ok(0);
+            }
+            return Err(e);
+        }
+        Ok(n as usize)
+    }
+
+    /// The length of datagram `i` of the last batch.
+    pub fn datagram_len(&self, i: usize) -> usize {
+        (self.headers[i].msg_len as usize).min(self.slot)
+    }
+
+    /// Whether datagram `i` was larger than a slot (and cut).
+    pub fn truncated(&self, i: usize) -> bool {
+        self.headers[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0
+    }
+
+    /// The sender of datagram `i`.
+    pub fn from(&self, i: usize) -> SocketAddrV4 {
+        let a = &self.addrs[i];
+        SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+            u16::from_be(a.sin_port),
+        )
+    }
+}
+
+/// Reusable buffers for sending a batch of datagrams with `sendmmsg`.
+pub struct SendBatch {
+    iovecs: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_in>,
+    headers: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the raw pointers are rebuilt on every send from the caller's slices.
+unsafe impl Send for SendBatch {}
+
+impl Default for SendBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SendBatch {
+    /// Empty buffers; they grow to the largest batch sent and are reused.
+    pub fn new() -> SendBatch {
+        SendBatch {
+            iovecs: Vec::new(),
+            addrs: Vec::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Send each `(payload, destination)` as one datagram, as few syscalls as the
+    /// kernel allows. Returns how many were sent; a datagram the kernel refuses (e.g.
+    /// no route) is skipped and counted as not sent, not retried.
+    pub fn send<'a>(
+        &mut self,
+        socket: &UdpSocket,
+        datagrams: impl Iterator<Item = (&'a [u8], SocketAddrV4)>,
+    ) -> io::Result<usize> {
+        self.iovecs.clear();
+        self.addrs.clear();
+        for (payload, dst) in datagrams {
+            self.iovecs.push(libc::iovec {
+                iov_base: payload.as_ptr() as *mut libc::c_void,
+                iov_len: payload.len(),
+            });
+            self.addrs.push(libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: dst.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*dst.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            });
+        }
+        let count = self.iovecs.len();
+        // SAFETY: mmsghdr is a plain C struct; all-zero is valid.
+        self.headers.resize(count, unsafe { mem::zeroed() });
+        for i in 0..count {
+            let h = &mut self.headers[i].msg_hdr;
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovecs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+        }
+        let mut sent = 0;
+        let mut next = 0;
+        while next < count {
+            // SAFETY: headers[next..count] point at the caller's payloads (alive for
+            // this call) and at this batch's address and iovec arrays.
+            let n = unsafe {
+                libc::sendmmsg(
+                    socket.as_fd().as_raw_fd(),
+                    self.headers[next..].as_mut_ptr(),
+                    (count - next) as libc::c_uint,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => {
+                        // The socket buffer is full: wait for room rather than drop.
+                        let fd = socket.as_fd().as_raw_fd();
+                        let mut p = libc::pollfd {
+                            fd,
+                            events: libc::POLLOUT,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd.
+                        unsafe { libc::poll(&mut p, 1, 100) };
+                        continue;
+                    }
+                    // This datagram was refused (EHOSTUNREACH, EMSGSIZE…): skip it.
+                    _ => {
+                        next += 1;
+                        continue;
+                    }
+                }
+            }
+            sent += n as usize;
+            next += n as usize;
+        }
+        Ok(sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_move_datagrams_over_loopback() {
+        let a = bind_udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind a");
+        let b = bind_udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind b");
+        let to = match b.local_addr().expect("addr") {
+            std::net::SocketAddr::V4(v4) => v4,
+            other => panic!("not v4: {other}"),
+        };
+        let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
+        let mut send = SendBatch::new();
+        let sent = send
+            .send(&a, payloads.iter().map(|p| (p.as_slice(), to)))
+            .expect("send");
+        assert_eq!(sent, 10);
+        let fds = [b.as_raw_fd()];
+        assert_eq!(
+            wait_readable(&fds, Duration::from_secs(2)).expect("poll"),
+            vec![true]
+        );
+        let mut recv = RecvBatch::new(8, 2048);
+        let mut got = Vec::new();
+        while got.len() < 10 {
+            let n = recv.recv(&b).expect("recv");
+            for i in 0..n {
+                let from = recv.from(i);
+                assert_eq!(from.ip(), &Ipv4Addr::LOCALHOST);
+                assert!(!recv.truncated(i));
+                let start = i * recv.slot();
+                got.push(recv.arena()[start..start + recv.datagram_len(i)].to_vec());
+            }
+            if n == 0 {
+                wait_readable(&fds, Duration::from_secs(2)).expect("poll");
+            }
+        }
+        assert_eq!(got, payloads);
+    }
+
+    #[test]
+    fn datagrams_longer_than_a_slot_are_flagged() {
+        let a = bind_udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind a");
+        let b = bind_udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind b");
+        a.send_to(&[7; 300], b.local_addr().expect("addr"))
+            .expect("send");
+        wait_readable(&[b.as_raw_fd()], Duration::from_secs(2)).expect("poll");
+        let mut recv = RecvBatch::new(4, 128);
+        assert_eq!(recv.recv(&b).expect("recv"), 1);
+        assert!(recv.truncated(0));
+        assert_eq!(recv.datagram_len(0), 128);
+    }
+}

@@ -1,0 +1,109 @@
+//! A data-path instance of a backend that exports `twill:backend/datapath` (udp): its
+//! own Store and memory, called synchronously by the one thread that owns it (a
+//! daemon data-path thread), one call per batch of packets. Limits are the same as for
+//! the control instance: the epoch deadline on every call, the memory limit, and a
+//! trap poisons the instance.
+
+use std::sync::Arc;
+
+use twill_core::Subnet;
+use twill_core::lease::LeaseEvent;
+
+pub use crate::bindings::exports::twill::backend::datapath::{
+    Action, BatchOut, Drops, Endpoint, OutPacket, Packet,
+};
+use crate::bindings::{self as wit, DatapathGuest};
+use crate::convert::{event_to_wit, node_to_wit, subnet_to_wit};
+use crate::instance::{BackendError, CallError, Guarded};
+use crate::state::PluginStats;
+use crate::{Grant, Plugin, PluginHost};
+
+/// One data-path instance. Not `Sync`: it belongs to one thread.
+pub struct Datapath {
+    plugin: String,
+    guest: Guarded<DatapathGuest>,
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginHost {
+    /// Instantiate `plugin`'s data path in a fresh Store and `attach` it to the node
+    /// (its `Backend` config and own subnet). Calls are counted into `stats`.
+    pub fn datapath(
+        &self,
+        plugin: &Plugin,
+        mut grant: Grant,
+        stats: Arc<PluginStats>,
+        config: &str,
+        own: Subnet,
+    ) -> Result<Datapath, CallError> {
+        let trap = |function, e: wasmtime::Error| CallError::Trap {
+            plugin: plugin.name.clone(),
+            function,
+            message: format!("{e:#}"),
+        };
+        let Some(indices) = &plugin.datapath else {
+            return Err(CallError::Backend {
+                plugin: plugin.name.clone(),
+                function: "attach",
+                error: BackendError {
+                    kind: crate::ErrorKind::Unsupported,
+                    message: "the plugin does not export twill:backend/datapath".into(),
+                },
+            });
+        };
+        grant.own_subnet = Some(own);
+        let node = node_to_wit(&grant);
+        let mut store = self.store(&plugin.name, grant, stats);
+        let instance = plugin
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| trap("instantiate", e))?;
+        let guest = indices
+            .load(&mut store, &instance)
+            .map_err(|e| trap("instantiate", e))?;
+        let mut datapath = Datapath {
+            plugin: plugin.name.clone(),
+            guest: Guarded::new(&plugin.name, store, guest, self.deadline_ticks()),
+        };
+        datapath.guest.call("attach", |g, s| {
+            g.call_attach(s, config, &node, subnet_to_wit(own))
+        })?;
+        Ok(datapath)
+    }
+}
+
+impl Datapath {
+    /// The plugin's name.
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    /// Peer lease changes, in order.
+    pub fn update(&mut self, events: &[LeaseEvent]) -> Result<(), CallError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let events: Vec<wit::LeaseEvent> = events.iter().map(event_to_wit).collect();
+        self.guest
+            .call("update", |g, s| g.call_update(s, &events).map(Ok))
+    }
+
+    /// A batch read from the TUN device.
+    pub fn encap(&mut self, arena: &[u8], packets: &[Packet]) -> Result<BatchOut, CallError> {
+        self.guest
+            .call("encap", |g, s| g.call_encap(s, arena, packets).map(Ok))
+    }
+
+    /// A batch received on the UDP socket.
+    pub fn decap(&mut self, arena: &[u8], packets: &[Packet]) -> Result<BatchOut, CallError> {
+        self.guest
+            .call("decap", |g, s| g.call_decap(s, arena, packets).map(Ok))
+    }
+}
