@@ -204,6 +204,11 @@ impl Node {
         self.twill.is_some()
     }
 
+    /// The pid of the running twill process (`ip netns exec` execs it in place).
+    pub fn twill_pid(&self) -> Option<u32> {
+        self.twill.as_ref().map(Child::id)
+    }
+
     /// Send SIGTERM to twill and wait; returns its exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.twill.take()?;
@@ -595,6 +600,8 @@ impl Cluster {
             .arg(&node.subnet_file)
             .args(args)
             .env("TWILL_LOG", "info,twill=debug")
+            // The compiled-plugin cache of this cluster, not the host's /var/cache/twill.
+            .env("TWILL_PLUGIN_CACHE_DIR", self.dir.join("plugin-cache"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -749,4 +756,78 @@ impl Drop for Cluster {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The workspace's target directory, from this test binary's path
+/// (`<target>/<profile>/deps/<test>`).
+pub fn workspace_target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .expect("the test binary lies in <target>/<profile>/deps")
+}
+
+/// Build the out-of-tree plugin crate in `crate_dir` (a crate with a `[workspace]` table
+/// of its own, as a plugin in another repository has) for `wasm32-wasip2` in release
+/// mode, as its author would: cargo in that directory, from an environment without this
+/// test's cargo settings, into `<workspace target>/test-plugins` (a target directory of
+/// its own, so the build neither waits for nor disturbs the workspace's). Returns the
+/// component's path. Panics saying what is missing if cargo or the target is not there.
+pub fn build_plugin_crate(crate_dir: &Path) -> PathBuf {
+    const TARGET: &str = "wasm32-wasip2";
+    let manifest = fs::read_to_string(crate_dir.join("Cargo.toml"))
+        .unwrap_or_else(|e| panic!("read {}/Cargo.toml: {e}", crate_dir.display()));
+    let package = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("name = "))
+        .map(|v| v.trim_matches('"').replace('-', "_"))
+        .unwrap_or_else(|| panic!("{}/Cargo.toml names no package", crate_dir.display()));
+    let target_dir = workspace_target_dir().join("test-plugins");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(crate_dir)
+        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .arg(&target_dir);
+    for (key, _) in std::env::vars() {
+        let outer = (key.starts_with("CARGO_") && !key.starts_with("CARGO_HOME"))
+            || key == "RUSTFLAGS"
+            || key == "RUSTC_WRAPPER"
+            || key == "RUSTC_WORKSPACE_WRAPPER";
+        if outer {
+            cmd.env_remove(&key);
+        }
+    }
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "cannot run {cargo} to build the plugin crate {}: {e}; cargo must be on PATH",
+            crate_dir.display()
+        )
+    });
+    assert!(
+        out.status.success(),
+        "`cargo build --release --target {TARGET}` in {} failed ({}). Is the target \
+         installed? `rustup target add {TARGET}`\n--- cargo's stderr ---\n{}",
+        crate_dir.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wasm = target_dir
+        .join(TARGET)
+        .join("release")
+        .join(format!("{package}.wasm"));
+    assert!(
+        wasm.is_file(),
+        "cargo built {} but {} is missing",
+        crate_dir.display(),
+        wasm.display()
+    );
+    wasm
+}
+
+/// `tests/plugins/<name>`: the test plugin crates of this repository.
+pub fn test_plugin_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("plugins")
+        .join(name)
 }

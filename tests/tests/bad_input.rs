@@ -42,7 +42,7 @@ fn bad_configs_interfaces_and_backends_fail_with_one_line() {
     expect_failure(
         &mut c,
         &eth0,
-        r#"unknown backend type "nope" in Backend.Type (available: directrouting, host-gw, vxlan)"#,
+        r#"unknown backend type "nope" in Backend.Type (available: directrouting, host-gw, udp, vxlan)"#,
     );
 
     c.put_config(r#"{"Network":"10.244.0.0/16","SubnetLen":17,"Backend":{"Type":"vxlan"}}"#);

@@ -9,19 +9,18 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use twill_core::Subnet;
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use twill_e2e::build_plugin_crate;
 use twill_net::fake::{Call, FakeKernel, Op};
 use twill_net::{IpipInfo, IpipSpec, Kernel, Route};
 use twill_plugin_host::{
     Backend, ErrorKind, ExternalIface, Grant, Limits, NodeInfo, Plugin, PluginHost,
 };
 
-const TARGET: &str = "wasm32-wasip2";
 const ETH0_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
 
 /// `examples/ipip` in this repository.
@@ -32,57 +31,12 @@ fn example_dir() -> PathBuf {
         .expect("examples/ipip exists")
 }
 
-/// `<workspace target dir>/examples`: the example's own target directory, so its build
-/// neither waits for nor disturbs the workspace's.
-fn example_target_dir() -> PathBuf {
-    // CARGO_TARGET_TMPDIR is `<target dir>/tmp`.
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target/tmp has a parent")
-        .join("examples")
-}
-
-/// Build the example once per test process and return the component's bytes.
+/// Build the example once per test process (as its author would, see
+/// [`build_plugin_crate`]) and return the component's bytes.
 fn example_component() -> &'static [u8] {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
     BYTES.get_or_init(|| {
-        let dir = example_dir();
-        let target_dir = example_target_dir();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(&cargo);
-        cmd.current_dir(&dir)
-            .args(["build", "--release", "--target", TARGET, "--target-dir"])
-            .arg(&target_dir);
-        // This test's own cargo settings (package, features, flags) are not the
-        // example's: build it as its author would, from a clean environment.
-        for (key, _) in std::env::vars() {
-            let outer = (key.starts_with("CARGO_") && !key.starts_with("CARGO_HOME"))
-                || key == "RUSTFLAGS"
-                || key == "RUSTC_WRAPPER"
-                || key == "RUSTC_WORKSPACE_WRAPPER";
-            if outer {
-                cmd.env_remove(&key);
-            }
-        }
-        let out = cmd.output().unwrap_or_else(|e| {
-            panic!(
-                "cannot run {cargo} to build {}: {e}. This test builds the example plugin \
-                 with cargo; cargo must be on PATH",
-                dir.display()
-            )
-        });
-        assert!(
-            out.status.success(),
-            "`cargo build --release --target {TARGET}` in {} failed ({}). Is the target \
-             installed? `rustup target add {TARGET}`\n--- cargo's stderr ---\n{}",
-            dir.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let wasm = target_dir
-            .join(TARGET)
-            .join("release")
-            .join("twill_example_ipip.wasm");
+        let wasm = build_plugin_crate(&example_dir());
         std::fs::read(&wasm).unwrap_or_else(|e| {
             panic!(
                 "the example built but {} cannot be read: {e}",

@@ -188,7 +188,7 @@ pub struct Plugin {
     pub wit_version: String,
     /// SHA-256 of the component's bytes, lower-case hex.
     pub sha256: String,
-    /// Where it came from: `builtin` or a file path.
+    /// Where it came from: `built-in:<name>` or the component's file path (from `--plugin-dir`).
     pub source: String,
     /// The host interfaces it imports (its capability request), e.g. `routes`.
     pub capabilities: Vec<String>,

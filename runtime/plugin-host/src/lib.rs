@@ -10,29 +10,32 @@
 //! to the instance's thread and await the answer.
 
 mod bindings;
+pub mod catalog;
 mod convert;
 mod datapath;
 mod imports;
 mod instance;
+mod loading;
 mod state;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use sha2::Digest;
 use twill_net::Kernel;
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store, StoreLimitsBuilder};
 
-use crate::bindings::{BackendIndices, DatapathIndices, OverlayDatapathBackend};
+use crate::bindings::{BackendIndices, DatapathIndices};
 use crate::state::PluginState;
 
 pub use crate::datapath::{Action, BatchOut, Datapath, Drops, Endpoint, OutPacket, Packet};
 pub use crate::instance::{
     Backend, BackendError, CallError, ErrorKind, NodeInfo, PeerOutcome, Registration,
 };
+pub use crate::loading::{ComponentFacts, Inspection};
 pub use crate::state::{
     DatapathResources, DatapathSlots, DeviceRegistry, ExternalIface, Grant, PluginStats,
 };
@@ -63,27 +66,48 @@ impl Default for Limits {
     }
 }
 
-/// Why a plugin could not be loaded. Each names the plugin's source.
-#[derive(Debug, thiserror::Error)]
+/// Why a plugin could not be loaded. Each names the plugin's source; its text is
+/// `<source>: <reason>` ([`LoadError::reason`] alone).
+#[derive(Debug)]
 pub enum LoadError {
     /// The bytes are not a WebAssembly component wasmtime can compile.
-    #[error("{source_name}: not a loadable WebAssembly component: {message}")]
     Compile {
         /// Where the plugin came from.
         source_name: String,
-        /// The compiler's message.
+        /// What they are instead, or the compiler's message.
         message: String,
     },
-    /// The component imports something this host does not offer.
-    #[error("{source_name}: imports {import}, which this host does not offer")]
+    /// The component targets another major version of `twill:backend` (or names it
+    /// without a version).
+    WitVersion {
+        /// Where the plugin came from.
+        source_name: String,
+        /// The version it targets, as far as it breaks compatibility (`0.2`, `1`).
+        found: Option<String>,
+    },
+    /// The component imports a `twill:backend` interface this host does not offer.
+    UnknownCapability {
+        /// Where the plugin came from.
+        source_name: String,
+        /// The import's name.
+        import: String,
+    },
+    /// The component imports something outside `twill:backend` that is not WASI.
     UnknownImport {
         /// Where the plugin came from.
         source_name: String,
         /// The import's name.
         import: String,
     },
-    /// The component does not fit the `twill:backend@0.1` world.
-    #[error("{source_name}: does not implement {WIT_PACKAGE}: {message}")]
+    /// The component does not export `twill:backend/backend`: it is no backend.
+    NoBackend {
+        /// Where the plugin came from.
+        source_name: String,
+        /// What it exports instead.
+        exports: Vec<String>,
+    },
+    /// The component's imports or exports do not type-check against this host's
+    /// `twill:backend@0.1` bindings.
     Incompatible {
         /// Where the plugin came from.
         source_name: String,
@@ -91,7 +115,6 @@ pub enum LoadError {
         message: String,
     },
     /// `describe` failed.
-    #[error("{source_name}: describe() failed: {message}")]
     Describe {
         /// Where the plugin came from.
         source_name: String,
@@ -99,9 +122,79 @@ pub enum LoadError {
         message: String,
     },
     /// The engine could not be set up.
-    #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
 }
+
+impl LoadError {
+    /// Where the plugin came from (empty for [`LoadError::Engine`]).
+    pub fn source_name(&self) -> &str {
+        match self {
+            LoadError::Compile { source_name, .. }
+            | LoadError::WitVersion { source_name, .. }
+            | LoadError::UnknownCapability { source_name, .. }
+            | LoadError::UnknownImport { source_name, .. }
+            | LoadError::NoBackend { source_name, .. }
+            | LoadError::Incompatible { source_name, .. }
+            | LoadError::Describe { source_name, .. } => source_name,
+            LoadError::Engine(_) => "",
+        }
+    }
+
+    /// Why, without the source.
+    pub fn reason(&self) -> String {
+        let speaks = loading::major_label(WIT_VERSION);
+        match self {
+            LoadError::Compile { message, .. } => {
+                format!("not a loadable WebAssembly component: {message}")
+            }
+            LoadError::WitVersion {
+                found: Some(found), ..
+            } => format!("targets twill:backend {found}; this host speaks {speaks}"),
+            LoadError::WitVersion { found: None, .. } => {
+                format!("targets twill:backend without a version; this host speaks {speaks}")
+            }
+            LoadError::UnknownCapability { import, .. } => format!(
+                "imports {import}, a capability this host does not offer (it offers {})",
+                CAPABILITIES
+                    .iter()
+                    .filter(|c| **c != "types")
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            LoadError::UnknownImport { import, .. } => {
+                format!("imports {import}, which this host does not offer")
+            }
+            LoadError::NoBackend { exports, .. } => format!(
+                "does not export twill:backend/backend@{speaks}.x, so it is no twill backend \
+                 (it exports {})",
+                if exports.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    exports.join(", ")
+                }
+            ),
+            LoadError::Incompatible { message, .. } => {
+                format!("does not implement {WIT_PACKAGE}: {message}")
+            }
+            LoadError::Describe { message, .. } => format!("describe() failed: {message}"),
+            LoadError::Engine(message) => {
+                format!("cannot set up the WebAssembly engine: {message}")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Engine(_) => f.write_str(&self.reason()),
+            _ => write!(f, "{}: {}", self.source_name(), self.reason()),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
 
 /// A compiled, type-checked backend component, ready to instantiate.
 #[derive(Clone)]
@@ -114,8 +207,15 @@ pub struct Plugin {
     pub source: String,
     /// The capabilities (WIT interfaces of twill:backend) it imports.
     pub capabilities: Vec<String>,
+    /// The version of `twill:backend` it was built against (e.g. `0.1.0`).
+    pub wit_version: String,
     /// SHA-256 of the component's bytes, lower-case hex.
     pub sha256: String,
+    /// How long loading took: compiling (or fetching from the cache), checking,
+    /// linking and `describe`.
+    pub load_time: Duration,
+    /// Whether the compiled code came from the compilation cache.
+    pub from_cache: bool,
     pre: InstancePre<PluginState>,
     backend: BackendIndices,
     datapath: Option<DatapathIndices>,
@@ -147,6 +247,7 @@ pub struct PluginHost {
     datapath: DatapathSlots,
     limits: Limits,
     ticker_stop: Arc<AtomicBool>,
+    cache: Option<wasmtime::Cache>,
 }
 
 impl Drop for PluginHost {
@@ -169,10 +270,36 @@ const CAPABILITIES: &[&str] = &[
 ];
 
 impl PluginHost {
-    /// An engine with epoch interruption, and its ticker thread.
+    /// An engine with epoch interruption, and its ticker thread; no compilation cache.
     pub fn new(kernel: Arc<dyn Kernel>, limits: Limits) -> Result<Self, LoadError> {
+        Self::with_cache(kernel, limits, None)
+    }
+
+    /// [`PluginHost::new`] with wasmtime's compilation cache in `cache_dir` (`None`: no
+    /// cache): a component compiled once is read back from there by every later host,
+    /// keyed by its bytes and the engine (wasmtime's version and compiler settings).
+    /// A directory that cannot be created or written is a warning, and the host
+    /// compiles without a cache.
+    pub fn with_cache(
+        kernel: Arc<dyn Kernel>,
+        limits: Limits,
+        cache_dir: Option<&Path>,
+    ) -> Result<Self, LoadError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
+        let cache = cache_dir.and_then(|dir| match open_cache(dir) {
+            Ok(cache) => Some(cache),
+            Err(reason) => {
+                tracing::warn!(
+                    cache_dir = %dir.display(),
+                    "plugin cache directory {} is not usable ({reason}); compiling plugins \
+                     without a cache",
+                    dir.display()
+                );
+                None
+            }
+        });
+        config.cache(cache.clone());
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (weak_engine, stop) = (engine.weak(), ticker_stop.clone());
@@ -195,86 +322,19 @@ impl PluginHost {
             datapath: DatapathSlots::default(),
             limits,
             ticker_stop,
+            cache,
         })
     }
 
-    /// Compile and type-check a component, check its imports, and ask it who it is.
+    /// The compilation cache's directory, if the host has one.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache.as_ref().map(|c| c.directory().as_path())
+    }
+
+    /// Compile and type-check a component, check its imports, and ask it who it is
+    /// (see [`PluginHost::inspect`] for what is checked).
     pub fn load(&self, source: &str, bytes: &[u8]) -> Result<Plugin, LoadError> {
-        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile {
-            source_name: source.to_owned(),
-            message: format!("{e:#}"),
-        })?;
-        let capabilities = self.check_imports(source, &component)?;
-        let mut linker = Linker::<PluginState>::new(&self.engine);
-        OverlayDatapathBackend::add_to_linker::<PluginState, HasSelf<PluginState>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(|e| LoadError::Engine(format!("link twill:backend: {e:#}")))?;
-        // Rust's std on wasm32-wasip2 imports WASI interfaces it never calls in a
-        // backend; none is granted: each traps if called.
-        linker
-            .define_unknown_imports_as_traps(&component)
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        let incompatible = |e: wasmtime::Error| LoadError::Incompatible {
-            source_name: source.to_owned(),
-            message: format!("{e:#}"),
-        };
-        let pre = linker.instantiate_pre(&component).map_err(incompatible)?;
-        let backend = BackendIndices::new(&pre).map_err(incompatible)?;
-        // A component that exports `datapath` is a data-path backend (udp).
-        let datapath = DatapathIndices::new(&pre).ok();
-        let info = self
-            .describe(&pre, &backend)
-            .map_err(|message| LoadError::Describe {
-                source_name: source.to_owned(),
-                message,
-            })?;
-        let sha256 = sha2::Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok(Plugin {
-            name: info.name,
-            version: info.version,
-            source: source.to_owned(),
-            capabilities,
-            sha256,
-            pre,
-            backend,
-            datapath,
-        })
-    }
-
-    /// The twill:backend capabilities a component imports; anything else it imports
-    /// must be WASI (trapped) or the load fails.
-    fn check_imports(&self, source: &str, component: &Component) -> Result<Vec<String>, LoadError> {
-        let mut caps = Vec::new();
-        for (name, _) in component.component_type().imports(&self.engine) {
-            let known = name
-                .strip_prefix("twill:backend/")
-                .and_then(|rest| rest.split_once('@'))
-                .filter(|(iface, version)| {
-                    CAPABILITIES.contains(iface)
-                        && (version.starts_with("0.1.") || *version == "0.1")
-                });
-            match known {
-                Some((iface, _)) => {
-                    if iface != "types" {
-                        caps.push(iface.to_owned());
-                    }
-                }
-                _ if name.starts_with("wasi:") => {}
-                _ => {
-                    return Err(LoadError::UnknownImport {
-                        source_name: source.to_owned(),
-                        import: name.to_owned(),
-                    });
-                }
-            }
-        }
-        caps.sort();
-        Ok(caps)
+        self.inspect(source, bytes).result
     }
 
     fn describe(
@@ -334,6 +394,19 @@ impl PluginHost {
     pub fn spawn(&self, plugin: &Plugin, grant: Grant) -> Result<Backend, CallError> {
         instance::spawn(self, plugin, grant)
     }
+}
+
+/// wasmtime's cache in `dir` (made absolute; created if missing), after checking that a
+/// file can be written there.
+fn open_cache(dir: &Path) -> Result<wasmtime::Cache, String> {
+    let dir: PathBuf = std::path::absolute(dir).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create it: {e}"))?;
+    let probe = dir.join(format!(".twill-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| format!("cannot write to it: {e}"))?;
+    let _ = std::fs::remove_file(&probe);
+    let mut config = wasmtime::CacheConfig::new();
+    config.with_directory(dir);
+    wasmtime::Cache::new(config).map_err(|e| format!("{e:#}"))
 }
 
 /// A grant that allows nothing useful, for `describe` (which must not call the host).

@@ -47,6 +47,106 @@ pub enum Command {
     ///
     /// Reads the node's HTTP API (`twill run --api-addr`).
     Status(StatusArgs),
+
+    /// List or inspect backend plugins (the built-ins and the plugin directory's).
+    ///
+    /// Shows what `twill run` would load from the built-ins and --plugin-dir, and why a
+    /// file would be skipped. Needs no root, store or network namespace.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// `twill plugin …`.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// List the built-in plugins and the plugin directory's files.
+    ///
+    /// A table: name, version, the twill:backend WIT version each targets, source
+    /// (built-in or file path), and status: which plugin overrides which built-in, and
+    /// for each file `twill run` would skip, why.
+    List(PluginListArgs),
+
+    /// Inspect one component file; exit 0 if this host can load it, 1 if not.
+    ///
+    /// Shows its name, version, the twill:backend WIT version it targets, the
+    /// capabilities it imports, whether it exports the data path, its sha256, how long
+    /// loading took (and whether from the cache), and whether this host can load it
+    /// (and if not, why). `built-in:<name>` inspects a built-in.
+    Inspect(PluginInspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PluginListArgs {
+    #[command(flatten)]
+    pub dir: PluginDirArg,
+    #[command(flatten)]
+    pub cache: PluginCacheArg,
+}
+
+#[derive(Debug, Args)]
+pub struct PluginInspectArgs {
+    /// The component (`*.wasm`), or `built-in:<name>`.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub cache: PluginCacheArg,
+}
+
+/// The plugin directory unless --plugin-dir says otherwise.
+pub const DEFAULT_PLUGIN_DIR: &str = "/etc/twill/plugins";
+/// The compiled-plugin cache unless --plugin-cache-dir says otherwise.
+pub const DEFAULT_PLUGIN_CACHE_DIR: &str = "/var/cache/twill";
+
+/// A path that may be empty (clap's `PathBuf` parser refuses empty values).
+fn path_or_empty() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PluginDirArg {
+    /// Directory of backend plugins. Every `*.wasm` component there that exports
+    /// twill:backend/backend@0.1 is registered under the name its describe() declares;
+    /// one named like a built-in replaces it. A file that cannot be loaded is skipped
+    /// with a warning saying why. A missing directory (or an empty value) means the
+    /// built-ins only.
+    #[arg(
+        long,
+        env = "TWILL_PLUGIN_DIR",
+        default_value = DEFAULT_PLUGIN_DIR,
+        value_parser = path_or_empty(),
+        value_name = "DIR"
+    )]
+    pub plugin_dir: PathBuf,
+}
+
+impl PluginDirArg {
+    /// The directory, unless the value is empty.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        (!self.plugin_dir.as_os_str().is_empty()).then_some(self.plugin_dir.as_path())
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PluginCacheArg {
+    /// Where compiled plugins are cached (wasmtime's compilation cache, keyed by the
+    /// component's bytes and the engine), so a restart does not compile unchanged
+    /// plugins again. An empty value disables the cache; a directory that cannot be
+    /// written is a warning and plugins are compiled each time.
+    #[arg(
+        long,
+        env = "TWILL_PLUGIN_CACHE_DIR",
+        default_value = DEFAULT_PLUGIN_CACHE_DIR,
+        value_parser = path_or_empty(),
+        value_name = "DIR"
+    )]
+    pub plugin_cache_dir: PathBuf,
+}
+
+impl PluginCacheArg {
+    /// The directory, unless the value is empty.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        (!self.plugin_cache_dir.as_os_str().is_empty()).then_some(self.plugin_cache_dir.as_path())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +239,28 @@ pub struct RunArgs {
     )]
     pub subnet_file: PathBuf,
 
+    /// Longest a single call into the backend plugin may run before the epoch
+    /// deadline interrupts it (the call fails and the plugin is restarted).
+    #[arg(
+        long,
+        env = "TWILL_PLUGIN_CALL_TIMEOUT",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+        value_name = "SECONDS"
+    )]
+    pub plugin_call_timeout: u64,
+
+    /// Most linear memory one plugin instance may grow to; beyond it the plugin traps
+    /// and is restarted.
+    #[arg(
+        long,
+        env = "TWILL_PLUGIN_MEMORY_MIB",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u64).range(1..=4096),
+        value_name = "MIB"
+    )]
+    pub plugin_memory_mib: u64,
+
     /// Minutes before the lease expires at which to renew it (1..=1439).
     #[arg(
         long,
@@ -176,6 +298,12 @@ pub struct RunArgs {
         value_name = "PORT"
     )]
     pub healthz_port: u16,
+
+    #[command(flatten)]
+    pub plugin_dir: PluginDirArg,
+
+    #[command(flatten)]
+    pub plugin_cache: PluginCacheArg,
 }
 
 #[derive(Debug, Args)]

@@ -32,9 +32,9 @@ use twill_store::{
     WatchEvent, acquire,
 };
 
-use crate::cli::{RunArgs, StoreKind};
+use crate::cli::{PluginDirArg, RunArgs, StoreKind};
 use crate::metered::Metered;
-use crate::{iface, subnet_file, switch, udp};
+use crate::{iface, plugins, subnet_file, switch, udp};
 
 /// How often every known peer is re-applied, repairing kernel state that went missing.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
@@ -114,11 +114,20 @@ async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow
         backend = %config.backend.kind, "network config"
     );
 
-    let host =
-        PluginHost::new(kernel.clone(), Limits::default()).context("start the plugin host")?;
-    let plugin = find_plugin(&host, &config.backend.kind)?;
+    let host = PluginHost::with_cache(
+        kernel.clone(),
+        Limits {
+            memory_bytes: usize::try_from(args.plugin_memory_mib << 20).unwrap_or(usize::MAX),
+            call_timeout: Duration::from_secs(args.plugin_call_timeout),
+        },
+        args.plugin_cache.dir(),
+    )
+    .context("start the plugin host")?;
+    let plugin = plugins::resolve(&host, &args.plugin_dir, &config.backend.kind)?;
     tracing::info!(plugin = %plugin.name, version = %plugin.version, source = %plugin.source,
-        capabilities = ?plugin.capabilities, "loaded backend plugin");
+        capabilities = ?plugin.capabilities, wit_version = %plugin.wit_version,
+        load_ms = plugin.load_time.as_millis(), from_cache = plugin.from_cache,
+        "loaded backend plugin");
     api.set_node(ApiNode {
         node_name: hostname(),
         public_ip: Some(public_ip),
@@ -133,7 +142,7 @@ async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow
     api.set_plugin(ApiPlugin {
         name: plugin.name.clone(),
         version: plugin.version.clone(),
-        wit_version: twill_plugin_host::WIT_VERSION.to_owned(),
+        wit_version: plugin.wit_version.clone(),
         sha256: plugin.sha256.clone(),
         source: plugin.source.clone(),
         capabilities: plugin.capabilities.clone(),
@@ -196,6 +205,7 @@ async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow
         );
     }
     backend.start(lease.subnet).await?;
+    let grant_for_restart = grant.clone();
     let datapath = if plugin.has_datapath() {
         let resources = host.datapath_resources(&plugin.name).unwrap_or_default();
         let setup = udp::Setup {
@@ -227,6 +237,13 @@ async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow
         store,
         backend,
         datapath,
+        restart: None,
+        last_restart: None,
+        plugin_dir: args.plugin_dir.clone(),
+        plugin_files: Vec::new(),
+        host,
+        plugin,
+        grant: grant_for_restart,
         config,
         attrs,
         lease,
@@ -344,34 +361,6 @@ async fn acquire_with_retry(
     }
 }
 
-/// The built-in plugin implementing `kind`. Built-ins live in a directory named after
-/// their backend, so only that one is compiled; the others are loaded only to name them
-/// when `kind` is unknown.
-fn find_plugin(host: &PluginHost, kind: &str) -> anyhow::Result<Plugin> {
-    let load = |dir: &str, bytes: &[u8]| {
-        host.load(&format!("built-in:{dir}"), bytes)
-            .with_context(|| format!("load built-in plugin {dir}"))
-    };
-    if let Some((dir, bytes)) = twill_builtin::BUILTIN.iter().find(|(dir, _)| *dir == kind) {
-        let plugin = load(dir, bytes)?;
-        if plugin.name == kind {
-            return Ok(plugin);
-        }
-    }
-    let mut available = Vec::new();
-    for (dir, bytes) in twill_builtin::BUILTIN {
-        let plugin = load(dir, bytes)?;
-        if plugin.name == kind {
-            return Ok(plugin);
-        }
-        available.push(plugin.name);
-    }
-    bail!(
-        "unknown backend type {kind:?} in Backend.Type (available: {})",
-        available.join(", ")
-    )
-}
-
 /// The node's name: the kernel's hostname (of this UTS namespace).
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -390,7 +379,25 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The running node: lease held, backend started.
+/// A pending restart of a trapped backend.
+#[derive(Debug, Clone, Copy)]
+struct Restart {
+    at: tokio::time::Instant,
+    backoff: Duration,
+    /// Restarts in a row without a healthy minute in between.
+    attempt: u32,
+}
+
+/// How often the plugin directory is looked at for changed files (hot reload).
+const PLUGIN_DIR_POLL: Duration = Duration::from_secs(1);
+
+/// First wait before restarting a trapped plugin; doubled per trap in a row.
+const RESTART_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between restarts.
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A plugin that ran this long since its last restart starts over at RESTART_FIRST.
+const RESTART_HEALTHY: Duration = Duration::from_secs(60);
+
 /// What the backend last reported for a peer.
 #[derive(Debug, Default)]
 struct PeerState {
@@ -412,6 +419,16 @@ struct Node<S> {
     backend: Backend,
     /// The udp-style data path, for a backend that exports one.
     datapath: Option<udp::DataPath>,
+    /// When the backend trapped: when to restart it and the backoff used.
+    restart: Option<Restart>,
+    /// The last restart made, to grow the backoff while the plugin keeps trapping.
+    last_restart: Option<Restart>,
+    host: PluginHost,
+    plugin: Plugin,
+    grant: Grant,
+    /// Where directory plugins come from, and what its files looked like last time.
+    plugin_dir: PluginDirArg,
+    plugin_files: Vec<plugins::FileStamp>,
     config: Config,
     attrs: LeaseAttrs,
     lease: Lease,
@@ -425,6 +442,9 @@ impl<S: LeaseStore> Node<S> {
         let mut watch = pin!(self.store.watch_leases());
         let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
+        let mut plugin_files = tokio::time::interval(PLUGIN_DIR_POLL);
+        self.plugin_files = plugins::dir_fingerprint(&self.plugin_dir);
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
         let mut stats = tokio::time::interval(STATS_INTERVAL);
         resync.tick().await;
@@ -451,6 +471,15 @@ impl<S: LeaseStore> Node<S> {
                     };
                 }
                 _ = resync.tick() => self.resync().await?,
+                () = sleep_until(self.restart.map(|r| r.at)) => self.restart_backend().await?,
+                _ = sighup.recv() => self.reload("SIGHUP", true).await?,
+                _ = plugin_files.tick() => {
+                    let now = plugins::dir_fingerprint(&self.plugin_dir);
+                    if now != self.plugin_files {
+                        self.plugin_files = now;
+                        self.reload("the plugin directory changed", false).await?;
+                    }
+                }
                 _ = stats.tick() => {
                     self.sync_watch_connects();
                     self.check_datapath()?;
@@ -545,6 +574,9 @@ impl<S: LeaseStore> Node<S> {
     /// address) and re-send every peer (re-adds missing routes, neighbours, FDB entries).
     async fn resync(&mut self) -> anyhow::Result<()> {
         self.sync_watch_connects();
+        if self.restart.is_some() {
+            return Ok(());
+        }
         let plugin = self.backend.plugin().to_owned();
         let started = std::time::Instant::now();
         let registration = self
@@ -563,7 +595,10 @@ impl<S: LeaseStore> Node<S> {
             ),
             Ok(_) => {}
             Err(e @ CallError::Backend { .. }) => tracing::error!("resync: {e}"),
-            Err(e) => return Err(anyhow!(e)),
+            Err(e) => {
+                self.backend_trapped(e);
+                return Ok(());
+            }
         }
         let started = std::time::Instant::now();
         let result = self.backend.start(self.lease.subnet).await;
@@ -572,7 +607,10 @@ impl<S: LeaseStore> Node<S> {
         match result {
             Ok(()) => {}
             Err(e @ CallError::Backend { .. }) => tracing::error!("resync: {e}"),
-            Err(e) => return Err(anyhow!(e)),
+            Err(e) => {
+                self.backend_trapped(e);
+                return Ok(());
+            }
         }
         let all: Vec<LeaseEvent> = self
             .peers
@@ -603,6 +641,10 @@ impl<S: LeaseStore> Node<S> {
         if let Some(datapath) = &self.datapath {
             datapath.update(&events);
         }
+        if self.restart.is_some() {
+            // The backend is down; the restart replays every current lease.
+            return Ok(());
+        }
         let plugin = self.backend.plugin().to_owned();
         let started = std::time::Instant::now();
         let result = self.backend.on_leases(events).await;
@@ -617,9 +659,8 @@ impl<S: LeaseStore> Node<S> {
                 return Ok(());
             }
             Err(e) => {
-                self.api.plugin_trap(&plugin, e.to_string());
-                self.metrics.plugin_trap(&plugin);
-                return Err(anyhow!(e));
+                self.backend_trapped(e);
+                return Ok(());
             }
         };
         if outcomes.len() != sent.len() {
@@ -659,6 +700,199 @@ impl<S: LeaseStore> Node<S> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The backend trapped (or its thread is gone): count it and schedule a restart
+    /// from a fresh Store, 1 s after the first trap, doubling up to 30 s while it keeps
+    /// trapping within a minute of its last restart. The daemon goes on; the kernel
+    /// state the plugin made stays, so traffic keeps flowing meanwhile.
+    fn backend_trapped(&mut self, e: CallError) {
+        let plugin = self.plugin.name.clone();
+        self.api.plugin_trap(&plugin, e.to_string());
+        self.metrics.plugin_trap(&plugin);
+        let now = tokio::time::Instant::now();
+        let (backoff, attempt) = match self.last_restart {
+            Some(last) if now.saturating_duration_since(last.at) < RESTART_HEALTHY => {
+                ((last.backoff * 2).min(RESTART_MAX), last.attempt + 1)
+            }
+            _ => (RESTART_FIRST, 1),
+        };
+        tracing::error!(
+            plugin = %plugin, attempt,
+            "backend plugin failed: {e}; restarting it from a fresh instance in {}s",
+            backoff.as_secs()
+        );
+        self.restart = Some(Restart {
+            at: now + backoff,
+            backoff,
+            attempt,
+        });
+    }
+
+    /// Start the backend again from a fresh Store: `init` (with our published
+    /// BackendData, so identifiers such as the VTEP MAC stay), `start`, then every
+    /// current lease replayed.
+    async fn restart_backend(&mut self) -> anyhow::Result<()> {
+        let Some(pending) = self.restart.take() else {
+            return Ok(());
+        };
+        self.last_restart = Some(Restart {
+            at: tokio::time::Instant::now(),
+            ..pending
+        });
+        let plugin = self.plugin.name.clone();
+        match self.host.spawn(&self.plugin, self.grant.clone()) {
+            Ok(backend) => drop(std::mem::replace(&mut self.backend, backend)),
+            Err(e) => {
+                self.backend_trapped(e);
+                return Ok(());
+            }
+        }
+        self.denied_seen.clear();
+        self.metrics.plugin_restart(&plugin);
+        self.api.plugin_restart(&plugin);
+        let started = match self
+            .backend
+            .init(NodeInfo {
+                config: self.config.backend.json.clone(),
+                previous_data: self.attrs.backend_data.clone(),
+            })
+            .await
+        {
+            Ok(r) => {
+                if r.backend_data != self.attrs.backend_data {
+                    tracing::warn!(
+                        "restarted backend registers {:?} but our lease has {:?}",
+                        r.backend_data,
+                        self.attrs.backend_data
+                    );
+                }
+                self.backend.start(self.lease.subnet).await
+            }
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(()) => {}
+            Err(e @ CallError::Backend { .. }) => tracing::error!("restart: {e}"),
+            Err(e) => {
+                self.backend_trapped(e);
+                return Ok(());
+            }
+        }
+        let all: Vec<LeaseEvent> = self
+            .peers
+            .leases()
+            .cloned()
+            .map(LeaseEvent::Added)
+            .collect();
+        let replayed = all.len();
+        self.apply(all).await?;
+        if self.restart.is_none() {
+            tracing::info!(
+                plugin = %plugin, attempt = pending.attempt, replayed,
+                "backend plugin restarted; current leases replayed"
+            );
+        }
+        Ok(())
+    }
+
+    /// Hot reload: resolve the backend again (plugin directory, then built-ins) and, if
+    /// it changed (or `force`, for SIGHUP), swap in a fresh instance of it without
+    /// touching kernel state: the new instance runs `init` (keeping our BackendData),
+    /// `start`, then receives every current lease and reconciles. If the new one cannot
+    /// be loaded or started, the running instance stays.
+    async fn reload(&mut self, why: &str, force: bool) -> anyhow::Result<()> {
+        let kind = self.config.backend.kind.clone();
+        let resolved =
+            tokio::task::block_in_place(|| plugins::resolve(&self.host, &self.plugin_dir, &kind));
+        let plugin = match resolved {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("reload ({why}): {e:#}; keeping the running plugin");
+                return Ok(());
+            }
+        };
+        if !force && plugin.sha256 == self.plugin.sha256 && plugin.source == self.plugin.source {
+            return Ok(());
+        }
+        tracing::info!(
+            plugin = %plugin.name, from = %self.plugin.sha256, to = %plugin.sha256,
+            source = %plugin.source, "reloading the backend plugin ({why})"
+        );
+        let started = std::time::Instant::now();
+        let backend = match self.host.spawn(&plugin, self.grant.clone()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("reload ({why}): {e}; keeping the running plugin");
+                return Ok(());
+            }
+        };
+        let ready = match backend
+            .init(NodeInfo {
+                config: self.config.backend.json.clone(),
+                previous_data: self.attrs.backend_data.clone(),
+            })
+            .await
+        {
+            Ok(r) if r.backend_type != self.attrs.backend_type => Err(anyhow!(
+                "the new plugin registers BackendType {:?}, the lease has {:?}",
+                r.backend_type,
+                self.attrs.backend_type
+            )),
+            Ok(_) => backend
+                .start(self.lease.subnet)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = ready {
+            tracing::warn!("reload ({why}): {e:#}; keeping the running plugin");
+            return Ok(());
+        }
+        let old = std::mem::replace(&mut self.backend, backend);
+        let previous = std::mem::replace(&mut self.plugin, plugin);
+        self.denied_seen.clear();
+        self.api.update_plugin(&previous.name, |p| {
+            p.version = self.plugin.version.clone();
+            p.wit_version = self.plugin.wit_version.clone();
+            p.sha256 = self.plugin.sha256.clone();
+            p.source = self.plugin.source.clone();
+            p.capabilities = self.plugin.capabilities.clone();
+        });
+        if let Err(e) = old.shutdown().await {
+            tracing::debug!("the replaced instance: {e}");
+        }
+        if let Some(datapath) = self.datapath.take() {
+            tokio::task::spawn_blocking(move || datapath.stop()).await?;
+            let resources = self
+                .host
+                .datapath_resources(&self.plugin.name)
+                .unwrap_or_default();
+            let setup = udp::Setup {
+                host: &self.host,
+                plugin: &self.plugin,
+                grant: self.grant.clone(),
+                stats: self.backend.stats().clone(),
+                config: &self.config.backend.json,
+                own: self.lease.subnet,
+                metrics: self.metrics.clone(),
+            };
+            self.datapath = Some(udp::DataPath::start(setup, resources)?);
+        }
+        let all: Vec<LeaseEvent> = self
+            .peers
+            .leases()
+            .cloned()
+            .map(LeaseEvent::Added)
+            .collect();
+        let replayed = all.len();
+        self.apply(all).await?;
+        tracing::info!(
+            plugin = %self.plugin.name, version = %self.plugin.version, replayed,
+            took_ms = started.elapsed().as_millis(),
+            "backend plugin reloaded; current leases replayed"
+        );
         Ok(())
     }
 

@@ -9,6 +9,7 @@ mod daemon;
 mod demo;
 mod iface;
 mod metered;
+mod plugins;
 mod status;
 mod subnet_file;
 mod switch;
@@ -36,6 +37,8 @@ fn main() -> ExitCode {
         cli::Command::Demo(args) => runtime.block_on(demo::run(args)),
         cli::Command::Config(cli::ConfigCommand::Set(args)) => runtime.block_on(config::set(args)),
         cli::Command::Status(args) => runtime.block_on(status::run(args.api_addr)),
+        // Synchronous; needs no root, store or network namespace.
+        cli::Command::Plugin(command) => return plugins::command(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,438 @@
+//! Backend plugins on twill's side: the plugin host with its compilation cache
+//! (`--plugin-cache-dir`), the catalog `Backend.Type` is resolved in (the built-ins and
+//! `--plugin-dir`, with a log line per file), and `twill plugin list|inspect`.
+//!
+//! The rules themselves are `twill_plugin_host::catalog`'s.
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use twill_core::MacAddr;
+use twill_net::{
+    AddrInfo, IpipSpec, Kernel, LinkInfo, NetError, Route, RouteLookup, TunDevice, VxlanSpec,
+};
+use twill_plugin_host::catalog::{Catalog, DirState, FileOutcome, builtin_source};
+use twill_plugin_host::{Limits, Plugin, PluginHost};
+
+use crate::cli::{PluginCacheArg, PluginCommand, PluginDirArg, PluginInspectArgs, PluginListArgs};
+
+/// The plugin implementing `kind`: read the plugin directory (logging what became of
+/// it and of each file), then take the directory's plugin of that name, else the
+/// built-in.
+pub fn resolve(host: &PluginHost, dir: &PluginDirArg, kind: &str) -> anyhow::Result<Plugin> {
+    let catalog = Catalog::scan(host, twill_builtin::BUILTIN, dir.dir());
+    log_catalog(&catalog);
+    Ok(catalog.resolve(host, kind)?)
+}
+
+/// What a plugin file looked like: path, size, modification time.
+pub type FileStamp = (std::path::PathBuf, u64, Option<std::time::SystemTime>);
+
+/// The `*.wasm` files of the plugin directory as they are now, sorted; empty without
+/// a directory. A change (a file replaced, added or removed) triggers a reload.
+pub fn dir_fingerprint(dir: &PluginDirArg) -> Vec<FileStamp> {
+    let Some(dir) = dir.dir() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut stamps: Vec<FileStamp> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            (p, len, modified)
+        })
+        .collect();
+    stamps.sort();
+    stamps
+}
+
+/// One log line for the directory and one per file.
+fn log_catalog(catalog: &Catalog) {
+    match &catalog.dir {
+        DirState::None => tracing::info!("no plugin directory; using the built-in plugins only"),
+        DirState::Missing(dir) => tracing::info!(
+            "plugin directory {} does not exist; using the built-in plugins only",
+            dir.display()
+        ),
+        DirState::Unreadable { dir, reason } => tracing::warn!(
+            "cannot read plugin directory {}: {reason}; using the built-in plugins only",
+            dir.display()
+        ),
+        DirState::Read(dir) => tracing::info!(
+            files = catalog.files.len(),
+            "read plugin directory {}",
+            dir.display()
+        ),
+    }
+    for file in &catalog.files {
+        match &file.outcome {
+            FileOutcome::Loaded {
+                plugin,
+                overrides: Some(builtin),
+            } => tracing::info!(
+                file = %file.path.display(), name = %plugin.name,
+                replaces = %builtin_source(builtin), "{}", file.describe()
+            ),
+            FileOutcome::Loaded { plugin, .. } => tracing::info!(
+                file = %file.path.display(), name = %plugin.name, "{}", file.describe()
+            ),
+            FileOutcome::Skipped(_) | FileOutcome::Duplicate { .. } => {
+                tracing::warn!("{}", file.describe())
+            }
+        }
+    }
+}
+
+/// `twill plugin …`: exit 0, or 1 with the error on stderr (or, for `inspect`, when
+/// the component cannot be loaded).
+pub fn command(command: PluginCommand) -> ExitCode {
+    let result = match command {
+        PluginCommand::List(args) => list(&args).map(|()| true),
+        PluginCommand::Inspect(args) => inspect(&args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A plugin host for looking only: its kernel refuses every call (`describe` must
+/// not call the host anyway).
+fn offline_host(cache: &PluginCacheArg) -> anyhow::Result<PluginHost> {
+    PluginHost::with_cache(Arc::new(NoKernel), Limits::default(), cache.dir())
+        .context("start the plugin host")
+}
+
+fn list(args: &PluginListArgs) -> anyhow::Result<()> {
+    let host = offline_host(&args.cache)?;
+    let catalog = Catalog::scan(&host, twill_builtin::BUILTIN, args.dir.dir());
+    match &catalog.dir {
+        DirState::None => println!("plugin directory: none (built-in plugins only)"),
+        DirState::Missing(dir) => println!(
+            "plugin directory: {} (does not exist: built-in plugins only)",
+            dir.display()
+        ),
+        DirState::Unreadable { dir, reason } => println!(
+            "plugin directory: {} (cannot be read: {reason}; built-in plugins only)",
+            dir.display()
+        ),
+        DirState::Read(dir) => println!(
+            "plugin directory: {} ({} *.wasm file{})",
+            dir.display(),
+            catalog.files.len(),
+            if catalog.files.len() == 1 { "" } else { "s" }
+        ),
+    }
+    let mut rows = vec![row(["NAME", "VERSION", "WIT", "SOURCE", "STATUS"])];
+    for (dir, _) in catalog.builtins() {
+        let Some(loaded) = catalog.load_builtin(&host, dir) else {
+            continue;
+        };
+        rows.push(match loaded {
+            Ok(p) => {
+                let status = match catalog.overridden_by(dir) {
+                    Some(file) => format!("overridden by {}", file.display()),
+                    None => "ok".to_owned(),
+                };
+                row([&p.name, &p.version, &p.wit_version, "built-in", &status])
+            }
+            Err(e) => row([
+                "-",
+                "-",
+                "-",
+                &builtin_source(dir),
+                &format!("error: {}", e.reason()),
+            ]),
+        });
+    }
+    for file in &catalog.files {
+        let path = file.path.display().to_string();
+        let wit = file.wit_version.as_deref().unwrap_or("-");
+        rows.push(match &file.outcome {
+            FileOutcome::Loaded { plugin, overrides } => {
+                let status = match overrides {
+                    Some(builtin) => format!("ok, overrides built-in {builtin}"),
+                    None => "ok".to_owned(),
+                };
+                row([&plugin.name, &plugin.version, wit, &path, &status])
+            }
+            FileOutcome::Skipped(e) => {
+                row(["-", "-", wit, &path, &format!("skipped: {}", e.reason())])
+            }
+            FileOutcome::Duplicate {
+                name,
+                version,
+                first,
+            } => row([
+                name,
+                version,
+                wit,
+                &path,
+                &format!("skipped: {} already provides {name}", first.display()),
+            ]),
+        });
+    }
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(|c| (*c).to_owned()).collect()
+}
+
+/// Columns padded to their widest cell; the last one not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The bytes `twill plugin inspect` looks at: the file, or `built-in:<name>` when no
+/// such file exists. (source, bytes).
+fn inspected_bytes(file: &Path) -> anyhow::Result<(String, Vec<u8>)> {
+    let text = file.to_string_lossy();
+    if let Some(name) = text.strip_prefix("built-in:")
+        && !file.exists()
+    {
+        let (dir, bytes) = twill_builtin::BUILTIN
+            .iter()
+            .find(|(dir, _)| *dir == name)
+            .with_context(|| {
+                let names: Vec<&str> = twill_builtin::BUILTIN.iter().map(|(d, _)| *d).collect();
+                format!(
+                    "no built-in plugin {name:?} (built-ins: {})",
+                    names.join(", ")
+                )
+            })?;
+        return Ok((builtin_source(dir), bytes.to_vec()));
+    }
+    let bytes = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+    Ok((file.display().to_string(), bytes))
+}
+
+/// Print what the component is; whether it loads.
+fn inspect(args: &PluginInspectArgs) -> anyhow::Result<bool> {
+    let (source, bytes) = inspected_bytes(&args.file)?;
+    let host = offline_host(&args.cache)?;
+    let inspection = host.inspect(&source, &bytes);
+    let facts = inspection.facts.as_ref();
+    let plugin = inspection.result.as_ref().ok();
+    let mut lines: Vec<(&str, String)> = vec![
+        ("file", source.clone()),
+        ("size", format!("{} bytes", inspection.size)),
+        ("sha256", inspection.sha256.clone()),
+    ];
+    let not_run = || "- (describe() not run)".to_owned();
+    lines.push(("name", plugin.map_or_else(not_run, |p| p.name.clone())));
+    lines.push((
+        "version",
+        plugin.map_or_else(not_run, |p| p.version.clone()),
+    ));
+    lines.push((
+        "wit version",
+        facts
+            .and_then(|f| f.wit_version.clone())
+            .map_or_else(|| "-".to_owned(), |v| format!("twill:backend@{v}")),
+    ));
+    lines.push((
+        "capabilities",
+        match facts {
+            None => "-".to_owned(),
+            Some(f) if f.capabilities.is_empty() => "none".to_owned(),
+            Some(f) => f.capabilities.join(", "),
+        },
+    ));
+    if let Some(f) = facts {
+        let others: Vec<&str> = f
+            .imports
+            .iter()
+            .filter(|i| !i.starts_with("twill:backend/"))
+            .map(String::as_str)
+            .collect();
+        let wasi = others.iter().filter(|i| i.starts_with("wasi:")).count();
+        lines.push((
+            "other imports",
+            if others.is_empty() {
+                "none".to_owned()
+            } else if wasi == others.len() {
+                format!("{wasi} WASI interfaces (linked as traps: nothing granted)")
+            } else {
+                others.join(", ")
+            },
+        ));
+    }
+    lines.push((
+        "data path",
+        match facts {
+            None => "-".to_owned(),
+            Some(f) if f.exports_datapath => "yes (exports twill:backend/datapath)".to_owned(),
+            Some(_) => "no".to_owned(),
+        },
+    ));
+    if let Some(p) = plugin {
+        let how = match (p.from_cache, host.cache_dir()) {
+            (true, Some(dir)) => format!("from the cache in {}", dir.display()),
+            (false, Some(dir)) => format!("compiled; cached in {}", dir.display()),
+            (_, None) => "compiled; no cache".to_owned(),
+        };
+        lines.push((
+            "load time",
+            format!("{} ms ({how})", p.load_time.as_millis()),
+        ));
+    }
+    lines.push((
+        "loadable",
+        match &inspection.result {
+            Ok(_) => "yes".to_owned(),
+            Err(e) => format!("no: {}", e.reason()),
+        },
+    ));
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (key, value) in &lines {
+        println!("{:<width$} {value}", format!("{key}:"), width = width);
+    }
+    Ok(inspection.result.is_ok())
+}
+
+/// A kernel that refuses every request: `twill plugin` only compiles and describes.
+struct NoKernel;
+
+fn refused(op: &'static str) -> NetError {
+    NetError::Request {
+        op,
+        object: String::new(),
+        message: "`twill plugin` has no kernel access".to_owned(),
+        errno: None,
+    }
+}
+
+impl Kernel for NoKernel {
+    fn links(&self) -> Result<Vec<LinkInfo>, NetError> {
+        Err(refused("list links"))
+    }
+    fn link_by_name(&self, _: &str) -> Result<Option<LinkInfo>, NetError> {
+        Err(refused("get link"))
+    }
+    fn link_by_index(&self, _: u32) -> Result<Option<LinkInfo>, NetError> {
+        Err(refused("get link"))
+    }
+    fn create_vxlan(&self, _: &VxlanSpec) -> Result<LinkInfo, NetError> {
+        Err(refused("create vxlan"))
+    }
+    fn create_ipip(&self, _: &IpipSpec) -> Result<LinkInfo, NetError> {
+        Err(refused("create ipip"))
+    }
+    fn delete_link(&self, _: u32) -> Result<(), NetError> {
+        Err(refused("delete link"))
+    }
+    fn set_link_up(&self, _: u32) -> Result<(), NetError> {
+        Err(refused("set link up"))
+    }
+    fn set_mtu(&self, _: u32, _: u32) -> Result<(), NetError> {
+        Err(refused("set mtu"))
+    }
+    fn addrs(&self) -> Result<Vec<AddrInfo>, NetError> {
+        Err(refused("list addresses"))
+    }
+    fn add_addr(&self, _: AddrInfo) -> Result<(), NetError> {
+        Err(refused("add address"))
+    }
+    fn del_addr(&self, _: AddrInfo) -> Result<(), NetError> {
+        Err(refused("delete address"))
+    }
+    fn routes(&self) -> Result<Vec<Route>, NetError> {
+        Err(refused("list routes"))
+    }
+    fn replace_route(&self, _: &Route) -> Result<(), NetError> {
+        Err(refused("replace route"))
+    }
+    fn del_route(&self, _: &Route) -> Result<(), NetError> {
+        Err(refused("delete route"))
+    }
+    fn route_get(&self, _: Ipv4Addr) -> Result<RouteLookup, NetError> {
+        Err(refused("route get"))
+    }
+    fn replace_neighbour(&self, _: u32, _: Ipv4Addr, _: MacAddr) -> Result<(), NetError> {
+        Err(refused("replace neighbour"))
+    }
+    fn del_neighbour(&self, _: u32, _: Ipv4Addr) -> Result<(), NetError> {
+        Err(refused("delete neighbour"))
+    }
+    fn replace_fdb(&self, _: u32, _: MacAddr, _: Ipv4Addr) -> Result<(), NetError> {
+        Err(refused("replace fdb"))
+    }
+    fn del_fdb(&self, _: u32, _: MacAddr, _: Ipv4Addr) -> Result<(), NetError> {
+        Err(refused("delete fdb"))
+    }
+    fn open_tun(&self, _: &str) -> Result<TunDevice, NetError> {
+        Err(refused("open tun"))
+    }
+    fn bind_udp(&self, _: SocketAddrV4) -> Result<Option<Arc<UdpSocket>>, NetError> {
+        Err(refused("bind udp"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_pads_every_column_but_the_last() {
+        let rows = vec![
+            row(["NAME", "SOURCE", "STATUS"]),
+            row(["vxlan", "built-in", "ok"]),
+        ];
+        assert_eq!(
+            table(&rows),
+            "NAME   SOURCE    STATUS\nvxlan  built-in  ok\n"
+        );
+    }
+
+    #[test]
+    fn the_offline_host_loads_every_built_in_without_a_kernel() {
+        let cache = PluginCacheArg {
+            plugin_cache_dir: Default::default(),
+        };
+        let host = offline_host(&cache).expect("host");
+        let catalog = Catalog::scan(&host, twill_builtin::BUILTIN, None);
+        for (dir, _) in twill_builtin::BUILTIN {
+            let plugin = catalog.resolve(&host, dir).expect("built-in loads");
+            assert_eq!(plugin.name, *dir);
+            assert_eq!(plugin.source, format!("built-in:{dir}"));
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! `misbehave`: a backend for the sandbox tests. It programs peers as host-gw does (a
+//! route via the peer's public IP on the external interface), so a cluster on it works,
+//! and its `Backend.Mode` makes it misbehave:
+//!
+//! - `deny`: in `start`, ask for four things no plugin may do — a route outside the
+//!   cluster network, deleting the node's default route, an address on the external
+//!   interface, a device named like another program's (`cni0`) — and log each answer;
+//! - `loop`: never return from the first `on-leases` of an instance;
+//! - `alloc`: allocate without bound in the first `on-leases`;
+//! - `trap-on-second`: panic in the second `on-leases` of an instance (a fresh instance
+//!   then handles the replay, its first);
+//! - anything else (or no `Mode`): behave.
+
+use twill_plugin_sdk::host::{self, addresses, links, routes};
+use twill_plugin_sdk::{
+    Backend, Error, Info, LeaseEvent, Node, Registration, Subnet, config_field, export_backend,
+    ip_u32,
+};
+
+struct Misbehave {
+    mode: String,
+    node: Node,
+    on_leases_calls: u32,
+}
+
+impl Misbehave {
+    fn attempt(&self, what: &str, result: Result<(), Error>) {
+        match result {
+            Ok(()) => host::error(&format!("misbehave: {what}: allowed (it should not be)")),
+            Err(e) => host::info(&format!("misbehave: {what}: refused: {e:?}")),
+        }
+    }
+
+    fn deny_all(&self, own: Subnet) {
+        let ext = self.node.iface.index;
+        let gateway = Some(self.node.iface.addr.wrapping_add(1));
+        self.attempt(
+            "route outside the cluster network",
+            routes::replace(routes::Route {
+                dst: Subnet {
+                    addr: ip_u32([172, 31, 0, 0].into()),
+                    prefix: 16,
+                },
+                gateway,
+                dev: ext,
+                onlink: false,
+            }),
+        );
+        self.attempt(
+            "delete the node's default route",
+            routes::delete(routes::Route {
+                dst: Subnet { addr: 0, prefix: 0 },
+                gateway,
+                dev: ext,
+                onlink: true,
+            }),
+        );
+        self.attempt(
+            "change the external interface's address",
+            // An address of its own subnet, but on the host's interface.
+            addresses::ensure(ext, own.addr + 5),
+        );
+        self.attempt(
+            "create a device named like another program's",
+            links::ensure_vxlan(&links::VxlanSpec {
+                name: "cni0".into(),
+                vni: 1,
+                port: 8472,
+                local: self.node.public_ip,
+                underlay: ext,
+                learning: false,
+                mac: None,
+            })
+            .map(|_| ()),
+        );
+    }
+}
+
+impl Backend for Misbehave {
+    fn describe() -> Info {
+        Info {
+            name: "misbehave".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            config_hint: "Mode: deny | loop | alloc | trap-on-second".into(),
+        }
+    }
+
+    fn init(config: &str, node: &Node, _previous: Option<&str>) -> Result<(Self, Registration), Error> {
+        let value: serde_json::Value =
+            serde_json::from_str(config).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mode = config_field(&value, "Mode")
+            .and_then(|m| m.as_str())
+            .unwrap_or("")
+            .to_owned();
+        let registration = Registration {
+            backend_type: "misbehave".into(),
+            backend_data: String::new(),
+            mtu: node.iface.mtu,
+        };
+        Ok((
+            Misbehave {
+                mode,
+                node: node.clone(),
+                on_leases_calls: 0,
+            },
+            registration,
+        ))
+    }
+
+    fn start(&mut self, own: Subnet) -> Result<(), Error> {
+        if self.mode == "deny" {
+            self.deny_all(own);
+        }
+        Ok(())
+    }
+
+    fn on_lease(&mut self, event: &LeaseEvent) -> Result<String, Error> {
+        let (lease, add) = match event {
+            LeaseEvent::Added(l) => (l, true),
+            LeaseEvent::Removed(l) => (l, false),
+        };
+        let route = routes::Route {
+            dst: lease.subnet,
+            gateway: Some(lease.public_ip),
+            dev: self.node.iface.index,
+            onlink: false,
+        };
+        if add {
+            routes::replace(route)?;
+            Ok(format!("route via {}", twill_plugin_sdk::ip(lease.public_ip)))
+        } else {
+            routes::delete(route)?;
+            Ok("removed".into())
+        }
+    }
+
+    fn on_leases(&mut self, events: Vec<LeaseEvent>) -> Vec<twill_plugin_sdk::PeerOutcome> {
+        self.on_leases_calls += 1;
+        match (self.mode.as_str(), self.on_leases_calls) {
+            ("loop", 1) => loop {
+                std::hint::spin_loop();
+            },
+            ("alloc", 1) => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            ("trap-on-second", 2) => panic!("misbehave: trapping on purpose"),
+            _ => {}
+        }
+        events
+            .iter()
+            .map(|event| twill_plugin_sdk::PeerOutcome {
+                subnet: twill_plugin_sdk::event_subnet(event),
+                outcome: self.on_lease(event),
+            })
+            .collect()
+    }
+}
+
+export_backend!(Misbehave);

@@ -1,0 +1,156 @@
+//! End to end: hot reload. A copy of the built-in vxlan component in a plugin
+//! directory is replaced on one node and SIGHUP is sent to the other, while a pod pings
+//! a pod on the other node ten times a second: the backend instance is swapped without
+//! restarting the daemon or touching kernel state, and at most 2 packets are lost.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use twill_e2e::{Cluster, Node, sh, wait_for};
+
+const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+fn builtin_vxlan() -> &'static [u8] {
+    twill_builtin::BUILTIN
+        .iter()
+        .find(|(dir, _)| *dir == "vxlan")
+        .map(|(_, bytes)| *bytes)
+        .expect("vxlan is built in")
+}
+
+/// The same component with a custom section appended: other bytes, same behaviour.
+fn with_custom_section(bytes: &[u8], tag: &str) -> Vec<u8> {
+    let name = b"twill-reload-test";
+    let size = 1 + name.len() + tag.len();
+    assert!(size < 128, "one-byte LEB128 sizes only");
+    let mut out = bytes.to_vec();
+    out.extend_from_slice(&[0, size as u8, name.len() as u8]);
+    out.extend_from_slice(name);
+    out.extend_from_slice(tag.as_bytes());
+    out
+}
+
+fn reloads(node: &Node) -> usize {
+    node.log_text()
+        .matches("backend plugin reloaded; current leases replayed")
+        .count()
+}
+
+fn vtep_mac(node: &Node) -> String {
+    node.exec(&["cat", "/sys/class/net/flannel.1/address"])
+        .trim()
+        .to_owned()
+}
+
+fn plugin_sha(node: &Node) -> String {
+    let (code, body) = node.api_get("/v1/plugins");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    v["plugins"]
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|p| p["sha256"].as_str())
+        .expect("a plugin with sha256")
+        .to_owned()
+}
+
+#[test]
+fn reloading_the_vxlan_plugin_loses_at_most_two_packets() {
+    let mut c = Cluster::new(2);
+    c.put_config(VXLAN);
+    let dir = c.dir().join("plugins");
+    std::fs::create_dir_all(&dir).expect("plugin dir");
+    let file = dir.join("vxlan.wasm");
+    std::fs::write(&file, builtin_vxlan()).expect("write vxlan.wasm");
+    let dir_arg = dir.display().to_string();
+    for k in 1..=2 {
+        c.start_twill_with(k, &["--iface", "eth0", "--plugin-dir", &dir_arg]);
+    }
+    c.wire_pods();
+    c.assert_full_mesh(Duration::from_secs(30));
+    let pids: Vec<u32> = c
+        .nodes
+        .iter()
+        .map(|n| n.twill_pid().expect("running"))
+        .collect();
+    let macs: Vec<String> = c.nodes.iter().map(vtep_mac).collect();
+    let sha_before = plugin_sha(&c.nodes[0]);
+
+    // 10 pings a second for 10 s, from pod 1 to pod 2, across both reloads.
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.nodes[0].pod_ns,
+            "ping",
+            "-i",
+            "0.1",
+            "-c",
+            "100",
+            "-W",
+            "1",
+        ])
+        .arg(c.nodes[1].pod_ip())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ping");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Node 1 (and node 2, which shares the directory): the file is replaced.
+    let tmp = dir.join("vxlan.wasm.new");
+    std::fs::write(&tmp, with_custom_section(builtin_vxlan(), "v2")).expect("write");
+    std::fs::rename(&tmp, &file).expect("replace vxlan.wasm");
+    for node in &c.nodes {
+        wait_for(
+            "the reload after the file changed",
+            Duration::from_secs(20),
+            || (reloads(node) >= 1).then_some(()),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // Node 2: SIGHUP reloads even an unchanged plugin.
+    sh(&["kill", "-HUP", &pids[1].to_string()]);
+    wait_for("the reload after SIGHUP", Duration::from_secs(20), || {
+        (reloads(&c.nodes[1]) >= 2).then_some(())
+    });
+
+    let out = ping.wait_with_output().expect("ping ends");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary:\n{text}"));
+    let numbers: Vec<u32> = summary
+        .split(|ch: char| !ch.is_ascii_digit())
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let (sent, received) = (numbers[0], numbers[1]);
+    eprintln!("hot reload under a 10/s ping: {summary}");
+    assert!(
+        sent >= 95 && sent - received <= 2,
+        "lost {} of {sent} packets across the reloads: {summary}",
+        sent - received
+    );
+
+    // The same daemons, the same kernel objects, the new component.
+    for (k, node) in c.nodes.iter().enumerate() {
+        assert_eq!(
+            node.twill_pid(),
+            Some(pids[k]),
+            "node {} not restarted",
+            k + 1
+        );
+        assert!(
+            node.exec(&["kill", "-0", &pids[k].to_string()]).is_empty(),
+            "node {} still runs",
+            k + 1
+        );
+        assert_eq!(vtep_mac(node), macs[k], "node {} kept its VTEP MAC", k + 1);
+    }
+    assert_ne!(plugin_sha(&c.nodes[0]), sha_before);
+    c.assert_full_mesh(Duration::from_secs(10));
+    for k in 1..=2 {
+        assert_eq!(c.nodes[k - 1].stop(), Some(0));
+    }
+}

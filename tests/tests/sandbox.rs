@@ -1,0 +1,236 @@
+//! End to end: plugins that misbehave on purpose (tests/plugins/misbehave, dropped into
+//! a plugin directory). Each outcome is asserted from the outside: kernel state, the
+//! metrics, the daemon still running (and its exit status at the end).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use twill_e2e::{Cluster, Node, build_plugin_crate, test_plugin_dir, wait_for};
+
+fn misbehave_wasm() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| build_plugin_crate(&test_plugin_dir("misbehave")))
+}
+
+/// A plugin directory in the cluster's scratch dir holding the misbehave component.
+fn plugin_dir(c: &Cluster) -> String {
+    let dir = c.dir().join("plugins");
+    std::fs::create_dir_all(&dir).expect("plugin dir");
+    std::fs::copy(misbehave_wasm(), dir.join("misbehave.wasm")).expect("copy the plugin");
+    dir.display().to_string()
+}
+
+fn config(mode: &str) -> String {
+    format!(r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"misbehave","Mode":"{mode}"}}}}"#)
+}
+
+/// Start twill on every node with the plugin directory and these extra arguments.
+fn start_all(c: &mut Cluster, extra: &[&str]) {
+    let dir = plugin_dir(c);
+    for k in 1..=c.nodes.len() {
+        let mut args = vec!["--iface", "eth0", "--plugin-dir", &dir];
+        args.extend_from_slice(extra);
+        c.start_twill_with(k, &args);
+    }
+    c.wire_pods();
+}
+
+/// One series of a node's /metrics, 0 when absent.
+fn metric(node: &Node, series: &str) -> f64 {
+    let (code, text) = node.api_get("/metrics");
+    assert_eq!(code, 200, "GET /metrics on {}", node.ns);
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn wait_metric(node: &Node, series: &str, at_least: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let v = metric(node, series);
+        if v >= at_least {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} on {} is {v}, expected ≥ {at_least}\n--- log ---\n{}",
+            node.ns,
+            node.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The names of a node's network devices.
+fn link_names(node: &Node) -> Vec<String> {
+    node.exec(&["ip", "-o", "link", "show"])
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn denied_requests_change_nothing_and_are_counted() {
+    let mut c = Cluster::new(2);
+    c.put_config(&config("deny"));
+    let node = &c.nodes[0];
+    let routes_before = node.exec(&["ip", "route", "show"]);
+    let addr_before = node.exec(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+    let links_before = link_names(node);
+    start_all(&mut c, &[]);
+    c.assert_full_mesh(Duration::from_secs(30));
+    let node = &c.nodes[0];
+    wait_metric(
+        node,
+        r#"twill_plugin_denied_host_calls_total{capability="routes"}"#,
+        2.0,
+    );
+    assert_eq!(
+        metric(
+            node,
+            r#"twill_plugin_denied_host_calls_total{capability="addresses"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            node,
+            r#"twill_plugin_denied_host_calls_total{capability="links"}"#
+        ),
+        1.0
+    );
+    // Nothing it asked for happened.
+    let routes = node.exec(&["ip", "route", "show"]);
+    assert!(!routes.contains("172.31.0.0/16"), "{routes}");
+    let default_before = routes_before.lines().find(|l| l.starts_with("default"));
+    let default_now = routes.lines().find(|l| l.starts_with("default"));
+    assert!(default_before.is_some());
+    assert_eq!(default_before, default_now, "the default route stays");
+    assert_eq!(
+        node.exec(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"]),
+        addr_before
+    );
+    assert_eq!(link_names(node), links_before, "no device was created");
+    // Each refusal is logged with the plugin's name.
+    let log = node.log_text();
+    for what in [
+        "outside the cluster network",
+        "is not one this plugin created",
+        "does not start with",
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains("denied")
+                && l.contains("plugin=misbehave")
+                && l.contains(what)),
+            "no denial log line about {what:?}:\n{log}"
+        );
+    }
+    // Denials are answers, not failures: no trap, no restart.
+    assert_eq!(
+        metric(node, r#"twill_plugin_traps_total{plugin="misbehave"}"#),
+        0.0
+    );
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}
+
+#[test]
+fn an_endless_call_is_interrupted_and_the_daemon_goes_on() {
+    let mut c = Cluster::new(2);
+    c.put_config(&config("loop"));
+    start_all(&mut c, &["--plugin-call-timeout", "2"]);
+    let node = &c.nodes[0];
+    // The first on-leases never returns: the epoch deadline ends it, the plugin is
+    // restarted (and loops again on the replay, so it keeps being restarted).
+    wait_metric(node, r#"twill_plugin_traps_total{plugin="misbehave"}"#, 2.0);
+    wait_metric(
+        node,
+        r#"twill_plugin_restarts_total{plugin="misbehave"}"#,
+        1.0,
+    );
+    let log = node.log_text();
+    assert!(
+        log.contains("interrupt"),
+        "the trap names the interrupt:\n{log}"
+    );
+    let (code, _) = node.api_get("/healthz");
+    assert_eq!(code, 200, "the daemon still serves its API");
+    assert_eq!(c.nodes[0].stop(), Some(0), "and stops cleanly");
+}
+
+#[test]
+fn unbounded_allocation_hits_the_memory_limit() {
+    let mut c = Cluster::new(2);
+    c.put_config(&config("alloc"));
+    start_all(&mut c, &["--plugin-memory-mib", "16"]);
+    let node = &c.nodes[0];
+    wait_metric(node, r#"twill_plugin_traps_total{plugin="misbehave"}"#, 1.0);
+    wait_metric(
+        node,
+        r#"twill_plugin_restarts_total{plugin="misbehave"}"#,
+        1.0,
+    );
+    let log = node.log_text();
+    assert!(
+        log.contains("trapped") && log.contains("forcing trap when growing memory"),
+        "the trap names the memory limit:\n{log}"
+    );
+    let (code, _) = node.api_get("/healthz");
+    assert_eq!(code, 200);
+    // twill itself stayed small: the plugin's memory is capped at 16 MiB.
+    let pid = node
+        .exec(&["sh", "-c", "pgrep -f 'twill run' | head -1"])
+        .trim()
+        .to_owned();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    assert!(rss_kib < 512 * 1024, "twill's RSS {rss_kib} KiB");
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}
+
+#[test]
+fn a_trapping_plugin_is_restarted_with_the_leases_replayed_and_pods_keep_reaching() {
+    let mut c = Cluster::new(3);
+    c.put_config(&config("trap-on-second"));
+    start_all(&mut c, &[]);
+    c.assert_full_mesh(Duration::from_secs(30));
+
+    // A new lease makes every node's plugin run its second on-leases: it panics.
+    let key = format!("{}/subnets/10.244.250.0-24", c.prefix);
+    c.etcdctl(&[
+        "put",
+        &key,
+        r#"{"PublicIP":"192.168.77.99","PublicIPv6":null,"BackendType":"misbehave"}"#,
+    ]);
+    for node in &c.nodes {
+        wait_metric(node, r#"twill_plugin_traps_total{plugin="misbehave"}"#, 1.0);
+        wait_metric(
+            node,
+            r#"twill_plugin_restarts_total{plugin="misbehave"}"#,
+            1.0,
+        );
+    }
+    // The fresh instance got every current lease, the new one included.
+    for node in &c.nodes {
+        wait_for(
+            "the replayed lease's route",
+            Duration::from_secs(20),
+            || {
+                node.exec(&["ip", "route", "show", "10.244.250.0/24"])
+                    .contains("via 192.168.77.99 dev eth0")
+                    .then_some(())
+            },
+        );
+        assert!(node.log_text().contains("current leases replayed"));
+    }
+    c.assert_full_mesh(Duration::from_secs(10));
+    for k in 1..=3 {
+        assert_eq!(c.nodes[k - 1].stop(), Some(0), "node {k} exits 0");
+    }
+}
