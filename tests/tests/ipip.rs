@@ -367,3 +367,40 @@ async fn bad_config_is_the_backends_error() {
         .expect_err("invalid");
     assert!(err.to_string().contains("Backend.DirectRouting"), "{err}");
 }
+
+/// The example in a plugin directory on a three-node cluster of the real binary.
+/// This machine's kernel (and CI's) is built without `CONFIG_NET_IPIP`, so the kernel
+/// refuses the device there; on a kernel with ipip, run it with `--ignored`.
+#[test]
+#[ignore = "needs a kernel with CONFIG_NET_IPIP (the CI kernel has none): cargo test -p twill-e2e --test ipip -- --ignored"]
+fn the_example_runs_a_three_node_cluster_from_a_plugin_directory() {
+    use twill_e2e::Cluster;
+    let wasm = build_plugin_crate(&example_dir());
+    let mut c = Cluster::new(3);
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipip"}}"#);
+    let dir = c.dir().join("plugins");
+    std::fs::create_dir_all(&dir).expect("plugin dir");
+    std::fs::copy(&wasm, dir.join("ipip.wasm")).expect("copy the example");
+    let dir = dir.display().to_string();
+    for k in 1..=3 {
+        c.start_twill_with(k, &["--iface", "eth0", "--plugin-dir", &dir]);
+    }
+    c.wire_pods();
+    c.assert_full_mesh(std::time::Duration::from_secs(30));
+    for (k, node) in c.nodes.iter().enumerate() {
+        let link = node.exec(&["ip", "-d", "link", "show", "flannel.ipip"]);
+        assert!(link.contains("mtu 1480") && link.contains("ipip"), "{link}");
+        for (j, peer) in c.nodes.iter().enumerate().filter(|(j, _)| *j != k) {
+            let r = node.exec(&["ip", "route", "show", &peer.subnet()]);
+            assert!(
+                r.contains(&format!("via {} dev flannel.ipip", peer.ip())) && r.contains("onlink"),
+                "node {} route to node {}: {r}",
+                k + 1,
+                j + 1
+            );
+        }
+    }
+    for lease in c.leases().values() {
+        assert!(lease.contains(r#""BackendType":"ipip""#), "{lease}");
+    }
+}
