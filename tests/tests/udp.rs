@@ -125,6 +125,19 @@ fn udp_three_nodes_reach_each_other_and_move_data() {
         out > 1000.0 && inbound > 1000.0,
         "udp counters: node 1 out {out}, node 2 in {inbound}"
     );
+
+    // SIGHUP swaps the plugin, data path included, on the same flannel0 and socket.
+    let pid = c.nodes[0].twill_pid().expect("running");
+    twill_e2e::sh(&["kill", "-HUP", &pid.to_string()]);
+    wait_for("the reload", Duration::from_secs(20), || {
+        c.nodes[0]
+            .log_text()
+            .contains("backend plugin reloaded")
+            .then_some(())
+    });
+    let before = metric(&c.nodes[0], r#"twill_udp_packets_total{direction="out"}"#);
+    c.assert_full_mesh(Duration::from_secs(10));
+    assert!(metric(&c.nodes[0], r#"twill_udp_packets_total{direction="out"}"#) > before);
 }
 
 #[test]

@@ -482,7 +482,7 @@ impl<S: LeaseStore> Node<S> {
                 }
                 _ = stats.tick() => {
                     self.sync_watch_connects();
-                    self.check_datapath()?;
+                    self.check_datapath().await?;
                 }
                 _ = sigterm.recv() => return self.stop("SIGTERM").await,
                 _ = sigint.recv() => return self.stop("SIGINT").await,
@@ -707,7 +707,7 @@ impl<S: LeaseStore> Node<S> {
     /// from a fresh Store, 1 s after the first trap, doubling up to 30 s while it keeps
     /// trapping within a minute of its last restart. The daemon goes on; the kernel
     /// state the plugin made stays, so traffic keeps flowing meanwhile.
-    fn backend_trapped(&mut self, e: CallError) {
+    fn backend_trapped(&mut self, e: impl std::fmt::Display) {
         let plugin = self.plugin.name.clone();
         self.api.plugin_trap(&plugin, e.to_string());
         self.metrics.plugin_trap(&plugin);
@@ -779,6 +779,10 @@ impl<S: LeaseStore> Node<S> {
                 self.backend_trapped(e);
                 return Ok(());
             }
+        }
+        if let Err(e) = self.restart_datapath().await {
+            self.backend_trapped(format!("{e:#}"));
+            return Ok(());
         }
         let all: Vec<LeaseEvent> = self
             .peers
@@ -863,22 +867,8 @@ impl<S: LeaseStore> Node<S> {
         if let Err(e) = old.shutdown().await {
             tracing::debug!("the replaced instance: {e}");
         }
-        if let Some(datapath) = self.datapath.take() {
-            tokio::task::spawn_blocking(move || datapath.stop()).await?;
-            let resources = self
-                .host
-                .datapath_resources(&self.plugin.name)
-                .unwrap_or_default();
-            let setup = udp::Setup {
-                host: &self.host,
-                plugin: &self.plugin,
-                grant: self.grant.clone(),
-                stats: self.backend.stats().clone(),
-                config: &self.config.backend.json,
-                own: self.lease.subnet,
-                metrics: self.metrics.clone(),
-            };
-            self.datapath = Some(udp::DataPath::start(setup, resources)?);
+        if let Err(e) = self.restart_datapath().await {
+            self.backend_trapped(format!("{e:#}"));
         }
         let all: Vec<LeaseEvent> = self
             .peers
@@ -898,17 +888,53 @@ impl<S: LeaseStore> Node<S> {
 
     /// A data path that stopped (a trap in one of its instances) stops the daemon, as a
     /// control-plane trap does.
-    fn check_datapath(&mut self) -> anyhow::Result<()> {
+    async fn check_datapath(&mut self) -> anyhow::Result<()> {
         let plugin = self.backend.plugin().to_owned();
         self.sync_plugin_stats(&plugin);
-        match self.datapath.as_ref().and_then(|d| d.failure()) {
-            Some(failure) => {
-                self.api.plugin_trap(&plugin, failure.clone());
-                self.metrics.plugin_trap(&plugin);
-                bail!(failure)
-            }
-            None => Ok(()),
+        let Some(failure) = self.datapath.as_ref().and_then(|d| d.failure()) else {
+            return Ok(());
+        };
+        if let Some(datapath) = self.datapath.take() {
+            tokio::task::spawn_blocking(move || datapath.stop()).await?;
         }
+        // Restarted with the backend: fresh instances on the same TUN device and socket.
+        self.backend_trapped(failure);
+        Ok(())
+    }
+
+    /// (Re)start the data path of a backend that exports one, on the TUN device and
+    /// socket the plugin had the host open, with fresh instances of the current plugin.
+    async fn restart_datapath(&mut self) -> anyhow::Result<()> {
+        if let Some(datapath) = self.datapath.take() {
+            tokio::task::spawn_blocking(move || datapath.stop()).await?;
+        }
+        if !self.plugin.has_datapath() {
+            return Ok(());
+        }
+        let resources = self
+            .host
+            .datapath_resources(&self.plugin.name)
+            .unwrap_or_default();
+        let setup = udp::Setup {
+            host: &self.host,
+            plugin: &self.plugin,
+            grant: self.grant.clone(),
+            stats: self.backend.stats().clone(),
+            config: &self.config.backend.json,
+            own: self.lease.subnet,
+            metrics: self.metrics.clone(),
+        };
+        let datapath = udp::DataPath::start(setup, resources)?;
+        // The new instances know no peers yet.
+        let all: Vec<LeaseEvent> = self
+            .peers
+            .leases()
+            .cloned()
+            .map(LeaseEvent::Added)
+            .collect();
+        datapath.update(&all);
+        self.datapath = Some(datapath);
+        Ok(())
     }
 
     /// Report watch (re)connects the store made since the last look.

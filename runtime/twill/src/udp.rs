@@ -10,7 +10,8 @@
 //!
 //! Lease changes reach both instances through a channel, drained between batches.
 //! Buffers are allocated once per thread. A trap in either instance stops the data
-//! path and is reported to the daemon, which exits (as for a control-plane trap).
+//! path and is reported to the daemon, which restarts the backend and the data path
+//! with backoff (as for a control-plane trap).
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
