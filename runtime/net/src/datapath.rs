@@ -20,6 +20,7 @@ use std::time::Duration;
 pub struct Tun {
     fd: OwnedFd,
     name: String,
+    tso: bool,
 }
 
 /// `struct ifreq` as TUNSETIFF reads it: the name and the flags, padded to 40 bytes.
@@ -31,10 +32,16 @@ struct IfReq {
 }
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const IFF_VNET_HDR: libc::c_int = 0x4000;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
 
 impl Tun {
     /// Create (or attach to) the TUN device `name` in the calling thread's network
-    /// namespace, non-blocking.
+    /// namespace, non-blocking, with a `virtio_net_hdr` before every packet
+    /// ([`crate::offload::VnetHdr`]) and, where the kernel allows, TCP segmentation
+    /// offload: reads may then be TCP super-packets of up to 64 KiB.
     pub fn open(name: &str) -> io::Result<Tun> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
             return Err(io::Error::new(
@@ -58,7 +65,7 @@ impl Tun {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
-            flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+            flags: (libc::IFF_TUN | libc::IFF_NO_PI | IFF_VNET_HDR) as libc::c_short,
             _pad: [0; 22],
         };
         for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
@@ -70,10 +77,41 @@ impl Tun {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")));
         }
+        // SAFETY: TUNSETOFFLOAD takes the offload flags by value.
+        let tso = unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                TUNSETOFFLOAD as _,
+                libc::c_ulong::from(TUN_F_CSUM | TUN_F_TSO4),
+            )
+        } == 0;
         Ok(Tun {
             fd,
             name: name.to_owned(),
+            tso,
         })
+    }
+
+    /// Whether the kernel hands over TCP super-packets (TSO on the device).
+    pub fn tso(&self) -> bool {
+        self.tso
+    }
+
+    /// Write one packet made of `parts` (its `virtio_net_hdr` first).
+    pub fn writev(&self, parts: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        // SAFETY: IoSlice is ABI-compatible with iovec; each points at live memory.
+        let n = unsafe {
+            libc::writev(
+                self.fd.as_raw_fd(),
+                parts.as_ptr().cast(),
+                i32::try_from(parts.len()).unwrap_or(i32::MAX),
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
 
     /// The device's name.
@@ -110,12 +148,33 @@ impl AsRawFd for Tun {
     }
 }
 
-/// Bind a non-blocking UDP socket for a data path.
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+
+/// Bind a non-blocking UDP socket for a data path, with UDP GRO on where the kernel
+/// has it (datagrams of one sender then arrive several per buffer, see
+/// [`RecvBatch::segment_size`]).
 pub fn bind_udp(addr: SocketAddrV4) -> io::Result<UdpSocket> {
     let socket = UdpSocket::bind(addr)?;
     socket.set_nonblocking(true)?;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid int option value of the declared size. Failure (an old kernel)
+    // only means one datagram per buffer.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            SOL_UDP,
+            UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
     Ok(socket)
 }
+
+/// Room for one control message with an int (UDP_GRO) or u16 (UDP_SEGMENT), aligned.
+type Control = [u64; 4];
 
 /// Wait until one of `fds` is readable or `timeout` passes; which are readable.
 pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> io::Result<Vec<bool>> {
@@ -150,6 +209,7 @@ pub struct RecvBatch {
     arena: Vec<u8>,
     iovecs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_in>,
+    controls: Vec<Control>,
     headers: Vec<libc::mmsghdr>,
 }
 
@@ -165,6 +225,7 @@ impl RecvBatch {
             iovecs: Vec::with_capacity(capacity),
             // SAFETY: sockaddr_in and mmsghdr are plain C structs; all-zero is valid.
             addrs: vec![unsafe { mem::zeroed() }; capacity],
+            controls: vec![[0; 4]; capacity],
             headers: vec![unsafe { mem::zeroed() }; capacity],
         }
     }
@@ -208,8 +269,8 @@ impl RecvBatch {
             h.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
             h.msg_iov = &mut self.iovecs[i];
             h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
+            h.msg_control = self.controls[i].as_mut_ptr().cast();
+            h.msg_controllen = mem::size_of::<Control>();
             h.msg_flags = 0;
             self.headers[i].msg_len = 0;
         }
@@ -243,6 +304,28 @@ impl RecvBatch {
         self.headers[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0
     }
 
+    /// With UDP GRO, message `i` may hold several datagrams of the sender, each this
+    /// long (the last possibly shorter); `None` for a single datagram.
+    pub fn segment_size(&self, i: usize) -> Option<usize> {
+        let h = &self.headers[i].msg_hdr;
+        if h.msg_controllen < mem::size_of::<libc::cmsghdr>() {
+            return None;
+        }
+        // SAFETY: the kernel wrote a cmsghdr at the start of this message's control
+        // buffer (msg_controllen says how much); we read it unaligned-safely.
+        let cmsg: libc::cmsghdr =
+            unsafe { std::ptr::read_unaligned(self.controls[i].as_ptr().cast()) };
+        if cmsg.cmsg_level != SOL_UDP || cmsg.cmsg_type != UDP_GRO {
+            return None;
+        }
+        let data_at = mem::size_of::<libc::cmsghdr>();
+        // SAFETY: the int payload follows the header inside the 32-byte buffer.
+        let size: libc::c_int = unsafe {
+            std::ptr::read_unaligned(self.controls[i].as_ptr().cast::<u8>().add(data_at).cast())
+        };
+        usize::try_from(size).ok().filter(|s| *s > 0)
+    }
+
     /// The sender of datagram `i`.
     pub fn from(&self, i: usize) -> SocketAddrV4 {
         let a = &self.addrs[i];
@@ -257,6 +340,8 @@ impl RecvBatch {
 pub struct SendBatch {
     iovecs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_in>,
+    controls: Vec<Control>,
+    segments: Vec<u16>,
     headers: Vec<libc::mmsghdr>,
 }
 
@@ -275,6 +360,8 @@ impl SendBatch {
         SendBatch {
             iovecs: Vec::new(),
             addrs: Vec::new(),
+            controls: Vec::new(),
+            segments: Vec::new(),
             headers: Vec::new(),
         }
     }
@@ -287,9 +374,23 @@ impl SendBatch {
         socket: &UdpSocket,
         datagrams: impl Iterator<Item = (&'a [u8], SocketAddrV4)>,
     ) -> io::Result<usize> {
+        self.send_segmented(socket, datagrams.map(|(p, d)| (p, d, 0)))
+    }
+
+    /// As [`SendBatch::send`], but each message may be several datagrams to the same
+    /// destination: with a segment size `s > 0`, the kernel cuts the payload into
+    /// datagrams of `s` bytes (the last shorter), UDP GSO. Returns how many messages
+    /// were sent.
+    pub fn send_segmented<'a>(
+        &mut self,
+        socket: &UdpSocket,
+        messages: impl Iterator<Item = (&'a [u8], SocketAddrV4, u16)>,
+    ) -> io::Result<usize> {
         self.iovecs.clear();
         self.addrs.clear();
-        for (payload, dst) in datagrams {
+        self.segments.clear();
+        for (payload, dst, segment) in messages {
+            self.segments.push(segment);
             self.iovecs.push(libc::iovec {
                 iov_base: payload.as_ptr() as *mut libc::c_void,
                 iov_len: payload.len(),
@@ -306,15 +407,37 @@ impl SendBatch {
         let count = self.iovecs.len();
         // SAFETY: mmsghdr is a plain C struct; all-zero is valid.
         self.headers.resize(count, unsafe { mem::zeroed() });
+        self.controls.resize(count, [0; 4]);
         for i in 0..count {
             let h = &mut self.headers[i].msg_hdr;
             h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
             h.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
             h.msg_iov = &mut self.iovecs[i];
             h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
             h.msg_flags = 0;
+            if self.segments[i] > 0 {
+                let cmsg = libc::cmsghdr {
+                    // SAFETY: CMSG_LEN only computes a length.
+                    cmsg_len: unsafe { libc::CMSG_LEN(2) } as _,
+                    cmsg_level: SOL_UDP,
+                    cmsg_type: UDP_SEGMENT,
+                };
+                let buf = self.controls[i].as_mut_ptr().cast::<u8>();
+                // SAFETY: the 32-byte buffer holds the header and the u16 after it.
+                unsafe {
+                    std::ptr::write_unaligned(buf.cast(), cmsg);
+                    std::ptr::write_unaligned(
+                        buf.add(mem::size_of::<libc::cmsghdr>()).cast(),
+                        self.segments[i],
+                    );
+                }
+                h.msg_control = buf.cast();
+                // SAFETY: CMSG_SPACE only computes a length.
+                h.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;
+            } else {
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+            }
         }
         let mut sent = 0;
         let mut next = 0;
@@ -398,6 +521,37 @@ mod tests {
             }
         }
         assert_eq!(got, payloads);
+    }
+
+    #[test]
+    fn a_segmented_send_arrives_as_its_datagrams() {
+        let a = bind_udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind a");
+        let b = bind_udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind b");
+        let to = match b.local_addr().expect("addr") {
+            std::net::SocketAddr::V4(v4) => v4,
+            other => panic!("not v4: {other}"),
+        };
+        let payload: Vec<u8> = (0..450u32).map(|i| i as u8).collect();
+        let mut send = SendBatch::new();
+        let sent = send
+            .send_segmented(&a, std::iter::once((payload.as_slice(), to, 100)))
+            .expect("send");
+        assert_eq!(sent, 1);
+        let mut recv = RecvBatch::new(8, 65536);
+        let mut datagrams = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while datagrams.len() < 5 && std::time::Instant::now() < deadline {
+            wait_readable(&[b.as_raw_fd()], Duration::from_millis(200)).expect("poll");
+            let n = recv.recv(&b).expect("recv");
+            for i in 0..n {
+                let data = &recv.arena()[i * recv.slot()..i * recv.slot() + recv.datagram_len(i)];
+                let size = recv.segment_size(i).unwrap_or(data.len());
+                datagrams.extend(data.chunks(size).map(<[u8]>::to_vec));
+            }
+        }
+        let sizes: Vec<usize> = datagrams.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [100, 100, 100, 100, 50]);
+        assert_eq!(datagrams.concat(), payload);
     }
 
     #[test]

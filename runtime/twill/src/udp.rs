@@ -13,7 +13,7 @@
 //! path and is reported to the daemon, which restarts the backend and the data path
 //! with backoff (as for a control-plane trap).
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,13 +27,27 @@ use twill_api::{Direction, Metrics};
 use twill_core::Subnet;
 use twill_core::lease::LeaseEvent;
 use twill_net::datapath::{RecvBatch, SendBatch, Tun, wait_readable};
+use twill_net::offload::{
+    self, Coalescer, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, Merge, VNET_HDR_LEN, VnetHdr,
+};
 use twill_plugin_host::{
     Action, BatchOut, Datapath, DatapathResources, Drops, Grant, Packet, Plugin, PluginHost,
     PluginStats,
 };
 
-/// Packets per batch (and per plugin call).
+/// Packets per batch (and per plugin call), before segmentation.
 pub const BATCH: usize = 64;
+/// One read from the TUN device: its `virtio_net_hdr` and a packet of up to 64 KiB
+/// (a TCP super-packet when the device does TSO).
+const READ_BUF: usize = 65_536 + VNET_HDR_LEN;
+/// Bytes read from the TUN device per batch.
+const OUT_ARENA: usize = 512 * 1024;
+/// Messages per `recvmmsg`; each may hold many datagrams (UDP GRO).
+const RECV_MESSAGES: usize = 16;
+/// Bytes per received message.
+const RECV_SLOT: usize = 65_536;
+/// The `virtio_net_hdr` of a plain packet: no offload.
+const PLAIN: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 /// How long a thread waits for traffic before it looks at its channel again.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
@@ -81,9 +95,6 @@ impl DataPath {
                 .with_context(|| format!("start the data path of {plugin}"))
         };
         let (out_dp, in_dp) = (instance()?, instance()?);
-        let mtu = setup.grant.external.mtu as usize;
-        // Room for a full-size packet of this interface, rounded up to a cache line.
-        let slot = mtu.max(1500).div_ceil(64) * 64;
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(Mutex::new(None));
         let (out_tx, out_rx) = mpsc::channel();
@@ -99,15 +110,18 @@ impl DataPath {
             let common = common.clone();
             thread::Builder::new()
                 .name("udp-out".into())
-                .spawn(move || common.guard("out", || common.run_out(out_dp, out_rx, slot)))?
+                .spawn(move || common.guard("out", || common.run_out(out_dp, out_rx)))?
         };
         let inbound = {
             let common = common.clone();
             thread::Builder::new()
                 .name("udp-in".into())
-                .spawn(move || common.guard("in", || common.run_in(in_dp, in_rx, slot)))?
+                .spawn(move || common.guard("in", || common.run_in(in_dp, in_rx)))?
         };
-        tracing::info!(plugin = %plugin, batch = BATCH, slot, "udp data path running");
+        tracing::info!(
+            plugin = %plugin, batch = BATCH, tso = common.tun.tso(),
+            "udp data path running"
+        );
         Ok(DataPath {
             updates: vec![out_tx, in_tx],
             stop,
@@ -178,69 +192,94 @@ impl Common {
     }
 
     /// TUN → plugin (`encap`) → UDP.
-    fn run_out(
-        &self,
-        mut dp: Datapath,
-        rx: mpsc::Receiver<Vec<LeaseEvent>>,
-        slot: usize,
-    ) -> anyhow::Result<()> {
-        let mut arena = vec![0u8; BATCH * slot];
-        let mut packets: Vec<Packet> = Vec::with_capacity(BATCH);
+    fn run_out(&self, mut dp: Datapath, rx: mpsc::Receiver<Vec<LeaseEvent>>) -> anyhow::Result<()> {
+        let mut scratch = vec![0u8; READ_BUF];
+        let mut arena: Vec<u8> = Vec::with_capacity(OUT_ARENA + READ_BUF);
+        let mut packets: Vec<Packet> = Vec::with_capacity(BATCH * 4);
+        let mut groups: Vec<Group> = Vec::with_capacity(BATCH);
         let mut send = SendBatch::new();
         let fd = self.tun.as_raw_fd();
         while !self.stop.load(Ordering::Relaxed) {
             self.drain_updates(&mut dp, &rx)?;
             packets.clear();
-            let mut used = 0;
-            while packets.len() < BATCH {
-                match self.tun.read(&mut arena[used..used + slot]) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        packets.push(Packet {
-                            offset: used as u32,
-                            len: n as u32,
-                            peer: 0,
-                        });
-                        used += n;
-                    }
+            arena.clear();
+            let mut malformed = 0;
+            while packets.len() < BATCH * 4 && arena.len() + READ_BUF <= OUT_ARENA {
+                let n = match self.tun.read(&mut scratch) {
+                    Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(anyhow!("read from {}: {e}", self.tun.name())),
+                };
+                let Some(hdr) = VnetHdr::parse(&scratch[..n]) else {
+                    continue;
+                };
+                let packet = &mut scratch[VNET_HDR_LEN..n];
+                if hdr.gso_type == GSO_TCPV4 {
+                    // A TCP super-packet: cut it into the MSS-sized packets the wire
+                    // carries (one per datagram).
+                    let cut =
+                        offload::segment(packet, usize::from(hdr.gso_size), &mut arena, |o, l| {
+                            packets.push(Packet {
+                                offset: o as u32,
+                                len: l as u32,
+                                peer: 0,
+                            })
+                        });
+                    malformed += u64::from(!cut);
+                    continue;
                 }
+                if hdr.gso_type != GSO_NONE {
+                    malformed += 1;
+                    continue;
+                }
+                if hdr.flags & F_NEEDS_CSUM != 0
+                    && !offload::complete_checksum(
+                        packet,
+                        usize::from(hdr.csum_start),
+                        usize::from(hdr.csum_offset),
+                    )
+                {
+                    malformed += 1;
+                    continue;
+                }
+                packets.push(Packet {
+                    offset: arena.len() as u32,
+                    len: packet.len() as u32,
+                    peer: 0,
+                });
+                arena.extend_from_slice(packet);
             }
+            self.metrics.udp_drops_by("malformed", malformed);
             if packets.is_empty() {
                 wait_readable(&[fd], IDLE_WAIT)?;
                 continue;
             }
-            let out = dp.encap(&arena[..used], &packets)?;
+            let out = dp.encap(&arena, &packets)?;
             self.count_drops(&out.drops);
-            let (mut count, mut bytes) = (0u64, 0u64);
-            let datagrams = out.packets.iter().filter_map(|p| match p.action {
-                Action::ToPeer(ep) => {
-                    let payload = slice(&out, p.offset, p.len)?;
-                    count += 1;
-                    bytes += payload.len() as u64;
-                    Some((payload, SocketAddrV4::new(Ipv4Addr::from(ep.ip), ep.port)))
-                }
-                Action::ToTun => None,
+            group_datagrams(&out, &mut groups);
+            let sent = send.send_segmented(
+                &self.socket,
+                groups.iter().map(|g| {
+                    let segment = if g.count > 1 { g.segment } else { 0 };
+                    (&out.arena[g.start..g.end], g.dst, segment)
+                }),
+            )?;
+            let (count, bytes) = groups.iter().take(sent).fold((0u64, 0u64), |(c, b), g| {
+                (c + g.count, b + (g.end - g.start) as u64)
             });
-            let sent = send.send(&self.socket, datagrams)? as u64;
-            self.metrics.udp_packets(Direction::Out, sent, bytes);
-            self.metrics.udp_drops_by("send_failed", count - sent);
+            let unsent: u64 = groups.iter().skip(sent).map(|g| g.count).sum();
+            self.metrics.udp_packets(Direction::Out, count, bytes);
+            self.metrics.udp_drops_by("send_failed", unsent);
             self.write_to_tun(&out, None);
         }
         Ok(())
     }
 
     /// UDP → plugin (`decap`) → TUN.
-    fn run_in(
-        &self,
-        mut dp: Datapath,
-        rx: mpsc::Receiver<Vec<LeaseEvent>>,
-        slot: usize,
-    ) -> anyhow::Result<()> {
-        let mut batch = RecvBatch::new(BATCH, slot);
-        let mut packets: Vec<Packet> = Vec::with_capacity(BATCH);
+    fn run_in(&self, mut dp: Datapath, rx: mpsc::Receiver<Vec<LeaseEvent>>) -> anyhow::Result<()> {
+        let mut batch = RecvBatch::new(RECV_MESSAGES, RECV_SLOT);
+        let mut packets: Vec<Packet> = Vec::with_capacity(BATCH * 4);
         let fd = self.socket.as_raw_fd();
         while !self.stop.load(Ordering::Relaxed) {
             self.drain_updates(&mut dp, &rx)?;
@@ -251,52 +290,110 @@ impl Common {
             }
             packets.clear();
             let mut oversize = 0;
+            let mut used = 0;
             for i in 0..n {
                 if batch.truncated(i) {
                     oversize += 1;
                     continue;
                 }
-                packets.push(Packet {
-                    offset: (i * slot) as u32,
-                    len: batch.datagram_len(i) as u32,
-                    peer: u32::from(*batch.from(i).ip()),
-                });
+                let len = batch.datagram_len(i);
+                let start = i * batch.slot();
+                // Pack the messages back to back: the plugin gets no gaps to copy.
+                batch.arena_mut().copy_within(start..start + len, used);
+                // With UDP GRO one message holds several datagrams of one sender.
+                let size = batch.segment_size(i).unwrap_or(len).max(1);
+                let peer = u32::from(*batch.from(i).ip());
+                let mut at = 0;
+                while at < len {
+                    let take = size.min(len - at);
+                    packets.push(Packet {
+                        offset: (used + at) as u32,
+                        len: take as u32,
+                        peer,
+                    });
+                    at += take;
+                }
+                used += len;
             }
             self.metrics.udp_drops_by("oversize", oversize);
-            let end = n * slot;
-            let out = dp.decap(&batch.arena()[..end], &packets)?;
+            let out = dp.decap(&batch.arena()[..used], &packets)?;
             self.count_drops(&out.drops);
             self.write_to_tun(&out, Some(Direction::In));
         }
         Ok(())
     }
 
-    /// Write every `to-tun` packet of a batch; count them as `direction` if given.
+    /// Write every `to-tun` packet of a batch; runs of one TCP flow go as one GSO
+    /// super-packet. Counted as `direction` if given.
     fn write_to_tun(&self, out: &BatchOut, direction: Option<Direction>) {
-        let (mut count, mut bytes, mut failed) = (0u64, 0u64, 0u64);
+        let mut tally = Tally::default();
+        let mut coalescer = Coalescer::default();
+        let mut run: Vec<&[u8]> = Vec::new();
         for p in &out.packets {
             if !matches!(p.action, Action::ToTun) {
                 continue;
             }
             let Some(packet) = slice(out, p.offset, p.len) else {
-                failed += 1;
+                tally.failed += 1;
                 continue;
             };
-            match self.tun.write(packet) {
-                Ok(_) => {
-                    count += 1;
-                    bytes += packet.len() as u64;
+            match coalescer.push(0, packet, run.first().copied()) {
+                Merge::Start => {
+                    self.flush(&mut run, &mut tally);
+                    run.push(packet);
                 }
-                Err(e) => {
-                    tracing::debug!("write to {}: {e}", self.tun.name());
-                    failed += 1;
+                Merge::Append => run.push(packet),
+                Merge::AppendLast => {
+                    run.push(packet);
+                    self.flush(&mut run, &mut tally);
+                }
+                Merge::Alone => {
+                    self.flush(&mut run, &mut tally);
+                    run.push(packet);
+                    self.flush(&mut run, &mut tally);
                 }
             }
         }
+        self.flush(&mut run, &mut tally);
         if let Some(direction) = direction {
-            self.metrics.udp_packets(direction, count, bytes);
+            self.metrics
+                .udp_packets(direction, tally.packets, tally.bytes);
         }
-        self.metrics.udp_drops_by("tun_write_failed", failed);
+        self.metrics.udp_drops_by("tun_write_failed", tally.failed);
+    }
+
+    /// Write a run: one packet as it is, several as one merged super-packet.
+    fn flush(&self, run: &mut Vec<&[u8]>, tally: &mut Tally) {
+        let Some(first) = run.first().copied() else {
+            return;
+        };
+        let result = if run.len() == 1 {
+            self.tun
+                .writev(&[IoSlice::new(&PLAIN), IoSlice::new(first)])
+        } else {
+            let hdrs = 20 + usize::from(first[32] >> 4) * 4;
+            let payload: usize = run.iter().map(|p| p.len() - hdrs).sum();
+            let psh = run.last().is_some_and(|p| p[33] & 0x08 != 0);
+            let (headers, vnet) = offload::merged_headers(first, payload, psh);
+            let vnet = vnet.to_bytes();
+            let mut parts = Vec::with_capacity(run.len() + 2);
+            parts.push(IoSlice::new(&vnet));
+            parts.push(IoSlice::new(&headers));
+            parts.extend(run.iter().map(|p| IoSlice::new(&p[hdrs..])));
+            self.tun.writev(&parts)
+        };
+        let packets = run.len() as u64;
+        match result {
+            Ok(_) => {
+                tally.packets += packets;
+                tally.bytes += run.iter().map(|p| p.len() as u64).sum::<u64>();
+            }
+            Err(e) => {
+                tracing::debug!("write to {}: {e}", self.tun.name());
+                tally.failed += packets;
+            }
+        }
+        run.clear();
     }
 
     fn count_drops(&self, d: &Drops) {
@@ -309,6 +406,66 @@ impl Common {
         ] {
             self.metrics.udp_drops_by(reason, u64::from(n));
         }
+    }
+}
+
+/// Packets written to the TUN device and their bytes, and those that failed.
+#[derive(Default)]
+struct Tally {
+    packets: u64,
+    bytes: u64,
+    failed: u64,
+}
+
+/// Datagrams for one destination sent with one `sendmmsg` entry: back to back in the
+/// output arena, all `segment` bytes long but the last (UDP GSO cuts them apart).
+struct Group {
+    start: usize,
+    end: usize,
+    dst: SocketAddrV4,
+    segment: u16,
+    count: u64,
+    closed: bool,
+}
+
+/// Most datagrams per GSO send (the kernel allows 64; their sum must also fit 64 KiB).
+const GSO_SEGMENTS: u64 = 40;
+
+/// Group the `to-peer` packets of a batch into GSO sends.
+fn group_datagrams(out: &BatchOut, groups: &mut Vec<Group>) {
+    groups.clear();
+    for p in &out.packets {
+        let Action::ToPeer(ep) = p.action else {
+            continue;
+        };
+        let (start, len) = (p.offset as usize, p.len as usize);
+        if slice(out, p.offset, p.len).is_none() {
+            continue;
+        }
+        let dst = SocketAddrV4::new(Ipv4Addr::from(ep.ip), ep.port);
+        if let Some(g) = groups.last_mut() {
+            let joins = !g.closed
+                && g.dst == dst
+                && g.end == start
+                && g.count < GSO_SEGMENTS
+                && len <= usize::from(g.segment)
+                && len > 0;
+            if joins {
+                g.end += len;
+                g.count += 1;
+                // A shorter datagram can only be the last of a GSO send.
+                g.closed = len < usize::from(g.segment);
+                continue;
+            }
+        }
+        groups.push(Group {
+            start,
+            end: start + len,
+            dst,
+            segment: u16::try_from(len).unwrap_or(u16::MAX),
+            count: 1,
+            closed: len > usize::from(u16::MAX),
+        });
     }
 }
 
