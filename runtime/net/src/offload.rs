@@ -66,22 +66,27 @@ impl VnetHdr {
     }
 }
 
-/// The 32-bit ones'-complement running sum of `data` (big-endian 16-bit words), added
-/// to `sum`.
-pub fn sum16(data: &[u8], mut sum: u64) -> u64 {
+/// The ones'-complement running sum of `data` (big-endian 16-bit words) added to
+/// `sum`, kept in 64 bits: RFC 1071 allows summing in wider words with end-around
+/// carry and folding at the end, so the bulk is one addition per 8 bytes.
+pub fn sum16(data: &[u8], sum: u64) -> u64 {
+    let mut acc = sum;
     let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
         let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        sum += (w >> 48) + ((w >> 32) & 0xffff) + ((w >> 16) & 0xffff) + (w & 0xffff);
+        let (s, carry) = acc.overflowing_add(w);
+        acc = s + u64::from(carry);
     }
+    // Fold to 32 bits so the 16-bit tail cannot overflow.
+    let mut acc = (acc >> 32) + (acc & 0xffff_ffff);
     let mut rest = chunks.remainder().chunks_exact(2);
     for c in &mut rest {
-        sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
+        acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
     }
     if let [last] = rest.remainder() {
-        sum += u64::from(*last) << 8;
+        acc += u64::from(*last) << 8;
     }
-    sum
+    acc
 }
 
 /// Fold a running sum to 16 bits (not inverted).
@@ -423,6 +428,35 @@ mod tests {
         let mut c = Coalescer::default();
         c.push(0, &segs[0], None);
         assert_eq!(c.push(1, &other, Some(&segs[0])), Merge::Start);
+    }
+
+    /// The plain RFC 1071 sum, 16 bits at a time.
+    fn naive(data: &[u8]) -> u16 {
+        let mut sum: u64 = 0;
+        for c in data.chunks(2) {
+            sum += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        fold(sum)
+    }
+
+    #[test]
+    fn the_wide_sum_equals_the_plain_one() {
+        let mut x: u32 = 12345;
+        for len in [0usize, 1, 2, 7, 8, 9, 63, 64, 1471, 1500, 9000, 65_535] {
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    (x >> 16) as u8
+                })
+                .collect();
+            assert_eq!(fold(sum16(&data, 0)), naive(&data), "length {len}");
+            let all_ones = vec![0xff; len];
+            assert_eq!(fold(sum16(&all_ones, 0)), naive(&all_ones), "0xff × {len}");
+        }
+        assert_eq!(
+            fold(sum16(&[0x12, 0x34], 0xffff_ffff_ffff)),
+            naive(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x12, 0x34])
+        );
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The data path of a backend that exports `twill:backend/datapath` (udp): two OS
 //! threads, each with its own instance of the plugin.
 //!
-//! - out: read up to [`BATCH`] packets from the TUN device (one `read` each: a TUN
-//!   device hands out one packet per call), packed back to back in one arena; one
-//!   `encap` call; the datagrams leave with as few `sendmmsg` calls as the kernel
-//!   allows; ICMP replies go back into the TUN device.
-//! - in: `recvmmsg` up to [`BATCH`] datagrams into fixed slots of one arena; one
-//!   `decap` call; each accepted packet is written to the TUN device.
+//! - out: read from the TUN device (a `virtio_net_hdr` before each packet; TCP
+//!   super-packets of up to 64 KiB when the device does TSO) until 256 packets or
+//!   512 KiB; super-packets are cut into the MSS-sized packets the wire carries
+//!   ([`offload::segment`]); one `encap` call; runs of datagrams to one peer leave as
+//!   UDP GSO messages, all in one `sendmmsg`; ICMP replies go back into the TUN device.
+//! - in: `recvmmsg` with UDP GRO (a message may hold many datagrams of one sender),
+//!   packed back to back; one `decap` call; runs of one TCP flow are merged into one
+//!   GSO super-packet ([`Coalescer`]) and written with one `writev`.
 //!
 //! Lease changes reach both instances through a channel, drained between batches.
 //! Buffers are allocated once per thread. A trap in either instance stops the data
