@@ -286,10 +286,16 @@ pub fn wants_unreachable(packet: &[u8], node: &Node) -> bool {
 /// redirect, time exceeded, parameter problem.
 const ICMP_ERROR_TYPES: [u8; 5] = [3, 4, 5, 11, 12];
 
-/// Append to `out` an ICMP net-unreachable for `packet` from `from`, carrying the original header and the first 8 bytes of its payload
-/// (RFC 792). Returns its length.
+/// Append to `out` an ICMP net-unreachable for `packet` from `from`, carrying the
+/// original header and the first 8 bytes of its payload (RFC 792). Returns its length.
+///
+/// `packet` may be just the start of the packet (at least its header and 8 bytes, the
+/// part quoted); its header length is read from its first byte.
 pub fn push_unreachable(out: &mut Vec<u8>, packet: &[u8], from: u32) -> usize {
-    let ihl = header_len(packet).unwrap_or(IPV4_MIN_HEADER);
+    let ihl = packet
+        .first()
+        .map_or(IPV4_MIN_HEADER, |b| usize::from(b & 0x0f) * 4)
+        .max(IPV4_MIN_HEADER);
     let quoted = packet.len().min(ihl + 8);
     let total = IPV4_MIN_HEADER + 8 + quoted;
     let start = out.len();
@@ -434,6 +440,15 @@ mod tests {
         assert_eq!(be32(reply, 12), ip(10, 244, 1, 0));
         assert_eq!(be32(reply, 16), ip(10, 244, 1, 2));
         assert_eq!(&reply[28..], &p[..28]);
+        // A header with options is quoted whole, with 8 bytes after it, even from a
+        // prefix of the packet.
+        let mut opts = packet(ip(10, 244, 1, 2), ip(10, 244, 9, 7), 64, 17);
+        opts[0] = 0x46;
+        opts.splice(20..20, [1, 1, 1, 0]);
+        let mut out = Vec::new();
+        let len = push_unreachable(&mut out, &opts, ip(10, 244, 0, 0));
+        assert_eq!(len, 20 + 8 + 24 + 8);
+        assert_eq!(&out[28..], &opts[..32]);
         // An echo request is answered; an ICMP error (type 3 here) never is.
         let mut icmp = packet(ip(10, 244, 1, 2), ip(10, 244, 9, 7), 64, PROTO_ICMP);
         icmp[20] = 8;

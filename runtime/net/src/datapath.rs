@@ -174,6 +174,24 @@ pub fn bind_udp(addr: SocketAddrV4) -> io::Result<UdpSocket> {
     Ok(socket)
 }
 
+/// Whether the kernel can segment UDP sends on this socket (UDP GSO, Linux ≥ 4.18):
+/// `getsockopt(UDP_SEGMENT)` answers only where it exists. Elsewhere a segment size
+/// would be ignored and a 64 KiB datagram sent.
+pub fn udp_gso_supported(socket: &UdpSocket) -> bool {
+    let mut value: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid int buffer and its length.
+    unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            SOL_UDP,
+            UDP_SEGMENT,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        ) == 0
+    }
+}
+
 /// The data path socket's receive and send buffer size.
 const SOCKET_BUFFER: libc::c_int = 8 << 20;
 
@@ -366,6 +384,7 @@ pub struct SendBatch {
     controls: Vec<Control>,
     segments: Vec<u16>,
     headers: Vec<libc::mmsghdr>,
+    refused: Vec<usize>,
 }
 
 // SAFETY: the raw pointers are rebuilt on every send from the caller's slices.
@@ -386,6 +405,7 @@ impl SendBatch {
             controls: Vec::new(),
             segments: Vec::new(),
             headers: Vec::new(),
+            refused: Vec::new(),
         }
     }
 
@@ -398,6 +418,11 @@ impl SendBatch {
         datagrams: impl Iterator<Item = (&'a [u8], SocketAddrV4)>,
     ) -> io::Result<usize> {
         self.send_segmented(socket, datagrams.map(|(p, d)| (p, d, 0)))
+    }
+
+    /// The messages (by position) the kernel refused in the last send.
+    pub fn refused(&self) -> &[usize] {
+        &self.refused
     }
 
     /// As [`SendBatch::send`], but each message may be several datagrams to the same
@@ -462,6 +487,7 @@ impl SendBatch {
                 h.msg_controllen = 0;
             }
         }
+        self.refused.clear();
         let mut sent = 0;
         let mut next = 0;
         while next < count {
@@ -491,8 +517,10 @@ impl SendBatch {
                         unsafe { libc::poll(&mut p, 1, 100) };
                         continue;
                     }
-                    // This datagram was refused (EHOSTUNREACH, EMSGSIZE…): skip it.
+                    // This message was refused (EHOSTUNREACH, EMSGSIZE, EIO for a GSO
+                    // send the device cannot do…): skip it, say which.
                     _ => {
+                        self.refused.push(next);
                         next += 1;
                         continue;
                     }

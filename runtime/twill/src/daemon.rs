@@ -217,7 +217,18 @@ async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow
             own: lease.subnet,
             metrics: metrics.clone(),
         };
-        Some(udp::DataPath::start(setup, resources)?)
+        // Seeded with the peers known now, so the first packets find their peer.
+        let peers: Vec<LeaseEvent> = leases
+            .iter()
+            .filter(|l| {
+                l.subnet.prefix() == config.subnet_len
+                    && config.network.contains_subnet(&l.subnet)
+                    && !l.subnet.overlaps(&lease.subnet)
+            })
+            .cloned()
+            .map(LeaseEvent::Added)
+            .collect();
+        Some(udp::DataPath::start(setup, resources, &peers)?)
     } else {
         None
     };
@@ -239,6 +250,7 @@ async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow
         datapath,
         restart: None,
         last_restart: None,
+        handed: BTreeMap::new(),
         plugin_dir: args.plugin_dir.clone(),
         plugin_files: Vec::new(),
         host,
@@ -423,6 +435,8 @@ struct Node<S> {
     restart: Option<Restart>,
     /// The last restart made, to grow the backoff while the plugin keeps trapping.
     last_restart: Option<Restart>,
+    /// The peer leases handed to the backend (added and not removed since).
+    handed: BTreeMap<Subnet, Lease>,
     host: PluginHost,
     plugin: Plugin,
     grant: Grant,
@@ -612,12 +626,7 @@ impl<S: LeaseStore> Node<S> {
                 return Ok(());
             }
         }
-        let all: Vec<LeaseEvent> = self
-            .peers
-            .leases()
-            .cloned()
-            .map(LeaseEvent::Added)
-            .collect();
+        let all = self.replay_events();
         tracing::debug!(peers = all.len(), "periodic resync");
         self.apply(all).await
     }
@@ -642,8 +651,19 @@ impl<S: LeaseStore> Node<S> {
             datapath.update(&events);
         }
         if self.restart.is_some() {
-            // The backend is down; the restart replays every current lease.
+            // The backend is down; the restart replays every current lease (and
+            // removes what it was given that is gone now).
             return Ok(());
+        }
+        for e in &events {
+            match e {
+                LeaseEvent::Added(l) => {
+                    self.handed.insert(l.subnet, l.clone());
+                }
+                LeaseEvent::Removed(l) => {
+                    self.handed.remove(&l.subnet);
+                }
+            }
         }
         let plugin = self.backend.plugin().to_owned();
         let started = std::time::Instant::now();
@@ -784,12 +804,7 @@ impl<S: LeaseStore> Node<S> {
             self.backend_trapped(format!("{e:#}"));
             return Ok(());
         }
-        let all: Vec<LeaseEvent> = self
-            .peers
-            .leases()
-            .cloned()
-            .map(LeaseEvent::Added)
-            .collect();
+        let all = self.replay_events();
         let replayed = all.len();
         self.apply(all).await?;
         if self.restart.is_none() {
@@ -850,6 +865,23 @@ impl<S: LeaseStore> Node<S> {
                 .map_err(anyhow::Error::from),
             Err(e) => Err(e.into()),
         };
+        // A data-path plugin must also attach, before anything is swapped: the running
+        // data path stays until its successor is known to start.
+        let ready = ready.and_then(|()| {
+            if !plugin.has_datapath() {
+                return Ok(());
+            }
+            self.host
+                .datapath(
+                    &plugin,
+                    self.grant.clone(),
+                    backend.stats().clone(),
+                    &self.config.backend.json,
+                    self.lease.subnet,
+                )
+                .map(drop)
+                .map_err(anyhow::Error::from)
+        });
         if let Err(e) = ready {
             tracing::warn!("reload ({why}): {e:#}; keeping the running plugin");
             return Ok(());
@@ -870,12 +902,7 @@ impl<S: LeaseStore> Node<S> {
         if let Err(e) = self.restart_datapath().await {
             self.backend_trapped(format!("{e:#}"));
         }
-        let all: Vec<LeaseEvent> = self
-            .peers
-            .leases()
-            .cloned()
-            .map(LeaseEvent::Added)
-            .collect();
+        let all = self.replay_events();
         let replayed = all.len();
         self.apply(all).await?;
         tracing::info!(
@@ -884,6 +911,22 @@ impl<S: LeaseStore> Node<S> {
             "backend plugin reloaded; current leases replayed"
         );
         Ok(())
+    }
+
+    /// What a fresh instance must be told: a removal for every peer the backend was
+    /// given that is gone now (it may have left while the backend was down), then every
+    /// current peer.
+    fn replay_events(&self) -> Vec<LeaseEvent> {
+        let current: std::collections::BTreeSet<Subnet> =
+            self.peers.leases().map(|l| l.subnet).collect();
+        let gone = self
+            .handed
+            .values()
+            .filter(|l| !current.contains(&l.subnet))
+            .cloned()
+            .map(LeaseEvent::Removed);
+        gone.chain(self.peers.leases().cloned().map(LeaseEvent::Added))
+            .collect()
     }
 
     /// A data path that stopped (a trap in one of its instances) stops the daemon, as a
@@ -924,16 +967,13 @@ impl<S: LeaseStore> Node<S> {
             own: self.lease.subnet,
             metrics: self.metrics.clone(),
         };
-        let datapath = udp::DataPath::start(setup, resources)?;
-        // The new instances know no peers yet.
-        let all: Vec<LeaseEvent> = self
+        let peers: Vec<LeaseEvent> = self
             .peers
             .leases()
             .cloned()
             .map(LeaseEvent::Added)
             .collect();
-        datapath.update(&all);
-        self.datapath = Some(datapath);
+        self.datapath = Some(udp::DataPath::start(setup, resources, &peers)?);
         Ok(())
     }
 

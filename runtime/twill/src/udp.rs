@@ -15,6 +15,7 @@
 //! path and is reported to the daemon, which restarts the backend and the data path
 //! with backoff (as for a control-plane trap).
 
+use std::collections::HashSet;
 use std::io::{self, IoSlice};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -33,8 +34,8 @@ use twill_net::offload::{
     self, Coalescer, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, Merge, VNET_HDR_LEN, VnetHdr,
 };
 use twill_plugin_host::{
-    Action, BatchOut, Datapath, DatapathResources, Drops, Grant, Packet, Plugin, PluginHost,
-    PluginStats,
+    Action, BatchOut, Datapath, DatapathResources, Drops, Endpoint, Grant, Packet, Plugin,
+    PluginHost, PluginStats,
 };
 
 /// Packets per batch (and per plugin call), before segmentation.
@@ -73,16 +74,21 @@ pub struct Setup<'a> {
 }
 
 impl DataPath {
-    /// Start both threads on the TUN device and socket the plugin had the host open.
-    pub fn start(setup: Setup<'_>, resources: DatapathResources) -> anyhow::Result<DataPath> {
+    /// Start both threads on the TUN device and socket the plugin had the host open;
+    /// both instances know `peers` before the first packet.
+    pub fn start(
+        setup: Setup<'_>,
+        resources: DatapathResources,
+        peers: &[LeaseEvent],
+    ) -> anyhow::Result<DataPath> {
         let plugin = &setup.plugin.name;
         let tun = resources
             .tun
             .and_then(|t| t.tun)
             .ok_or_else(|| anyhow!("backend {plugin} exports a data path but opened no TUN device (datapath-host.open-tun)"))?;
-        let socket = resources
+        let (bound, socket) = resources
             .udp
-            .and_then(|(_, s)| s)
+            .and_then(|(addr, s)| Some((addr, s?)))
             .ok_or_else(|| anyhow!("backend {plugin} exports a data path but bound no UDP socket (datapath-host.bind-udp)"))?;
         let instance = || {
             setup
@@ -96,32 +102,52 @@ impl DataPath {
                 )
                 .with_context(|| format!("start the data path of {plugin}"))
         };
-        let (out_dp, in_dp) = (instance()?, instance()?);
+        let (mut out_dp, mut in_dp) = (instance()?, instance()?);
+        out_dp.update(peers)?;
+        in_dp.update(peers)?;
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(Mutex::new(None));
         let (out_tx, out_rx) = mpsc::channel();
         let (in_tx, in_rx) = mpsc::channel();
+        let gso = twill_net::datapath::udp_gso_supported(&socket);
         let common = Common {
             tun,
             socket,
             metrics: setup.metrics.clone(),
             stop: stop.clone(),
             failed: failed.clone(),
+            limits: Limits {
+                plugin: plugin.clone(),
+                network: setup.grant.network,
+                own: setup.own,
+                port: bound.port(),
+            },
+            gso: Arc::new(AtomicBool::new(gso)),
         };
         let out = {
             let common = common.clone();
+            let peers = peer_ips(peers);
             thread::Builder::new()
                 .name("udp-out".into())
-                .spawn(move || common.guard("out", || common.run_out(out_dp, out_rx)))?
+                .spawn(move || common.guard("out", || common.run_out(out_dp, out_rx, peers)))?
         };
         let inbound = {
             let common = common.clone();
+            let peers = peer_ips(peers);
             thread::Builder::new()
                 .name("udp-in".into())
-                .spawn(move || common.guard("in", || common.run_in(in_dp, in_rx)))?
+                .spawn(move || common.guard("in", || common.run_in(in_dp, in_rx, peers)))
+        };
+        let inbound = match inbound {
+            Ok(t) => t,
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                let _ = out.join();
+                return Err(anyhow!("spawn the udp-in thread: {e}"));
+            }
         };
         tracing::info!(
-            plugin = %plugin, batch = BATCH, tso = common.tun.tso(),
+            plugin = %plugin, batch = BATCH, tso = common.tun.tso(), gso,
             "udp data path running"
         );
         Ok(DataPath {
@@ -144,10 +170,17 @@ impl DataPath {
 
     /// Why the data path stopped, if it did.
     pub fn failure(&self) -> Option<String> {
-        self.failed
+        let failed = self
+            .failed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        failed.or_else(|| {
+            self.threads
+                .iter()
+                .any(|t| t.is_finished())
+                .then(|| "a udp data-path thread ended".to_owned())
+        })
     }
 
     /// Stop both threads and wait for them.
@@ -166,12 +199,64 @@ struct Common {
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
     failed: Arc<Mutex<Option<String>>>,
+    limits: Limits,
+    /// Whether UDP GSO sends work (probed at start, turned off if the kernel refuses).
+    gso: Arc<AtomicBool>,
+}
+
+/// What the host lets a data-path plugin do with a packet, whatever it answers: send
+/// only to a current peer's public IP on the bound port, and pass to the TUN device
+/// only IPv4 packets from inside the network to the node's own subnet.
+#[derive(Clone)]
+struct Limits {
+    plugin: String,
+    network: Subnet,
+    own: Subnet,
+    port: u16,
+}
+
+impl Limits {
+    fn to_peer_allowed(&self, peers: &HashSet<u32>, ep: &Endpoint) -> bool {
+        ep.port == self.port && peers.contains(&ep.ip)
+    }
+
+    fn to_tun_allowed(&self, packet: &[u8]) -> bool {
+        if packet.len() < 20 || packet[0] >> 4 != 4 {
+            return false;
+        }
+        let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+        self.network.contains(src) && self.own.contains(dst)
+    }
+}
+
+/// The public IPs of the peers added by `events`.
+fn peer_ips(events: &[LeaseEvent]) -> HashSet<u32> {
+    let mut ips = HashSet::new();
+    apply_peer_ips(&mut ips, events);
+    ips
+}
+
+/// Follow lease events in a set of peer public IPs.
+fn apply_peer_ips(ips: &mut HashSet<u32>, events: &[LeaseEvent]) {
+    for e in events {
+        match e {
+            LeaseEvent::Added(l) => {
+                ips.insert(u32::from(l.attrs.public_ip));
+            }
+            LeaseEvent::Removed(l) => {
+                ips.remove(&u32::from(l.attrs.public_ip));
+            }
+        }
+    }
 }
 
 impl Common {
     /// Run a thread body; an error is logged and recorded as the data path's failure.
     fn guard(&self, direction: &str, body: impl FnOnce() -> anyhow::Result<()>) {
-        if let Err(e) = body() {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body))
+            .unwrap_or_else(|_| Err(anyhow!("the thread panicked")));
+        if let Err(e) = result {
             let message = format!("udp data path ({direction}) stopped: {e:#}");
             tracing::error!("{message}");
             self.failed
@@ -186,15 +271,38 @@ impl Common {
         &self,
         dp: &mut Datapath,
         rx: &mpsc::Receiver<Vec<LeaseEvent>>,
+        peers: &mut HashSet<u32>,
     ) -> anyhow::Result<()> {
         while let Ok(events) = rx.try_recv() {
+            apply_peer_ips(peers, &events);
             dp.update(&events)?;
         }
         Ok(())
     }
 
+    /// Count a batch's packets the host refused to act on, and say so once.
+    fn denied(&self, n: u64, what: &str, warned: &mut bool) {
+        if n == 0 {
+            return;
+        }
+        self.metrics.udp_drops_by("denied", n);
+        if !*warned {
+            *warned = true;
+            tracing::warn!(
+                plugin = %self.limits.plugin,
+                "denied: the data path asked to {what}; dropped (counted as reason=denied)"
+            );
+        }
+    }
+
     /// TUN → plugin (`encap`) → UDP.
-    fn run_out(&self, mut dp: Datapath, rx: mpsc::Receiver<Vec<LeaseEvent>>) -> anyhow::Result<()> {
+    fn run_out(
+        &self,
+        mut dp: Datapath,
+        rx: mpsc::Receiver<Vec<LeaseEvent>>,
+        mut peers: HashSet<u32>,
+    ) -> anyhow::Result<()> {
+        let mut warned = false;
         let mut scratch = vec![0u8; READ_BUF];
         let mut arena: Vec<u8> = Vec::with_capacity(OUT_ARENA + READ_BUF);
         let mut packets: Vec<Packet> = Vec::with_capacity(BATCH * 4);
@@ -202,7 +310,7 @@ impl Common {
         let mut send = SendBatch::new();
         let fd = self.tun.as_raw_fd();
         while !self.stop.load(Ordering::Relaxed) {
-            self.drain_updates(&mut dp, &rx)?;
+            self.drain_updates(&mut dp, &rx, &mut peers)?;
             packets.clear();
             arena.clear();
             let mut malformed = 0;
@@ -259,32 +367,30 @@ impl Common {
             }
             let out = dp.encap(&arena, &packets)?;
             self.count_drops(&out.drops);
-            group_datagrams(&out, &mut groups);
-            let sent = send.send_segmented(
-                &self.socket,
-                groups.iter().map(|g| {
-                    let segment = if g.count > 1 { g.segment } else { 0 };
-                    (&out.arena[g.start..g.end], g.dst, segment)
-                }),
-            )?;
-            let (count, bytes) = groups.iter().take(sent).fold((0u64, 0u64), |(c, b), g| {
-                (c + g.count, b + (g.end - g.start) as u64)
+            let gso = self.gso.load(Ordering::Relaxed);
+            let refused = group_datagrams(&out, &mut groups, gso, |ep| {
+                self.limits.to_peer_allowed(&peers, ep)
             });
-            let unsent: u64 = groups.iter().skip(sent).map(|g| g.count).sum();
-            self.metrics.udp_packets(Direction::Out, count, bytes);
-            self.metrics.udp_drops_by("send_failed", unsent);
-            self.write_to_tun(&out, None);
+            self.denied(refused, "send to an address that is no peer", &mut warned);
+            self.send_groups(&out, &groups, &mut send)?;
+            self.write_to_tun(&out, None, &mut warned);
         }
         Ok(())
     }
 
     /// UDP → plugin (`decap`) → TUN.
-    fn run_in(&self, mut dp: Datapath, rx: mpsc::Receiver<Vec<LeaseEvent>>) -> anyhow::Result<()> {
+    fn run_in(
+        &self,
+        mut dp: Datapath,
+        rx: mpsc::Receiver<Vec<LeaseEvent>>,
+        mut peers: HashSet<u32>,
+    ) -> anyhow::Result<()> {
+        let mut warned = false;
         let mut batch = RecvBatch::new(RECV_MESSAGES, RECV_SLOT);
         let mut packets: Vec<Packet> = Vec::with_capacity(BATCH * 4);
         let fd = self.socket.as_raw_fd();
         while !self.stop.load(Ordering::Relaxed) {
-            self.drain_updates(&mut dp, &rx)?;
+            self.drain_updates(&mut dp, &rx, &mut peers)?;
             let n = batch.recv(&self.socket)?;
             if n == 0 {
                 wait_readable(&[fd], IDLE_WAIT)?;
@@ -320,15 +426,16 @@ impl Common {
             self.metrics.udp_drops_by("oversize", oversize);
             let out = dp.decap(&batch.arena()[..used], &packets)?;
             self.count_drops(&out.drops);
-            self.write_to_tun(&out, Some(Direction::In));
+            self.write_to_tun(&out, Some(Direction::In), &mut warned);
         }
         Ok(())
     }
 
     /// Write every `to-tun` packet of a batch; runs of one TCP flow go as one GSO
     /// super-packet. Counted as `direction` if given.
-    fn write_to_tun(&self, out: &BatchOut, direction: Option<Direction>) {
+    fn write_to_tun(&self, out: &BatchOut, direction: Option<Direction>, warned: &mut bool) {
         let mut tally = Tally::default();
+        let mut denied = 0;
         let mut coalescer = Coalescer::default();
         let mut run: Vec<&[u8]> = Vec::new();
         for p in &out.packets {
@@ -339,6 +446,10 @@ impl Common {
                 tally.failed += 1;
                 continue;
             };
+            if !self.limits.to_tun_allowed(packet) {
+                denied += 1;
+                continue;
+            }
             match coalescer.push(0, packet, run.first().copied()) {
                 Merge::Start => {
                     self.flush(&mut run, &mut tally);
@@ -357,11 +468,62 @@ impl Common {
             }
         }
         self.flush(&mut run, &mut tally);
+        self.denied(
+            denied,
+            "write a packet into the TUN device that is not from the network to this node's subnet",
+            warned,
+        );
         if let Some(direction) = direction {
             self.metrics
                 .udp_packets(direction, tally.packets, tally.bytes);
         }
         self.metrics.udp_drops_by("tun_write_failed", tally.failed);
+    }
+
+    /// Send a batch's groups; a GSO send the kernel refuses is sent again one datagram
+    /// at a time, and GSO stays off from then on (e.g. a device without tx
+    /// checksumming answers EIO on older kernels).
+    fn send_groups(
+        &self,
+        out: &BatchOut,
+        groups: &[Group],
+        send: &mut SendBatch,
+    ) -> anyhow::Result<()> {
+        send.send_segmented(
+            &self.socket,
+            groups.iter().map(|g| {
+                let segment = if g.count > 1 { g.segment } else { 0 };
+                (&out.arena[g.start..g.end], g.dst, segment)
+            }),
+        )?;
+        let mut failed = 0u64;
+        let mut retry: Vec<(&[u8], SocketAddrV4)> = Vec::new();
+        for &i in send.refused() {
+            let g = &groups[i];
+            if g.count > 1 {
+                if self.gso.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the kernel refused a UDP GSO send to {}; one datagram per message from now on",
+                        g.dst
+                    );
+                }
+                let bytes = &out.arena[g.start..g.end];
+                retry.extend(bytes.chunks(usize::from(g.segment)).map(|d| (d, g.dst)));
+            } else {
+                failed += 1;
+            }
+        }
+        if !retry.is_empty() {
+            send.send(&self.socket, retry.into_iter())?;
+            failed += send.refused().len() as u64;
+        }
+        let (count, bytes) = groups.iter().fold((0u64, 0u64), |(c, b), g| {
+            (c + g.count, b + (g.end - g.start) as u64)
+        });
+        self.metrics
+            .udp_packets(Direction::Out, count.saturating_sub(failed), bytes);
+        self.metrics.udp_drops_by("send_failed", failed);
+        Ok(())
     }
 
     /// Write a run: one packet as it is, several as one merged super-packet.
@@ -433,9 +595,19 @@ struct Group {
 /// Most datagrams per GSO send (the kernel allows 64; their sum must also fit 64 KiB).
 const GSO_SEGMENTS: u64 = 40;
 
-/// Group the `to-peer` packets of a batch into GSO sends.
-fn group_datagrams(out: &BatchOut, groups: &mut Vec<Group>) {
+/// Most bytes per GSO send: the UDP payload limit.
+const GSO_BYTES: usize = 65_507;
+
+/// Group the `to-peer` packets of a batch into sends (GSO sends if `gso`), leaving out
+/// those `allowed` refuses; returns how many were refused.
+fn group_datagrams(
+    out: &BatchOut,
+    groups: &mut Vec<Group>,
+    gso: bool,
+    allowed: impl Fn(&Endpoint) -> bool,
+) -> u64 {
     groups.clear();
+    let mut refused = 0;
     for p in &out.packets {
         let Action::ToPeer(ep) = p.action else {
             continue;
@@ -444,9 +616,15 @@ fn group_datagrams(out: &BatchOut, groups: &mut Vec<Group>) {
         if slice(out, p.offset, p.len).is_none() {
             continue;
         }
+        if !allowed(&ep) {
+            refused += 1;
+            continue;
+        }
         let dst = SocketAddrV4::new(Ipv4Addr::from(ep.ip), ep.port);
         if let Some(g) = groups.last_mut() {
-            let joins = !g.closed
+            let joins = gso
+                && !g.closed
+                && g.end - g.start + len <= GSO_BYTES
                 && g.dst == dst
                 && g.end == start
                 && g.count < GSO_SEGMENTS
@@ -469,6 +647,7 @@ fn group_datagrams(out: &BatchOut, groups: &mut Vec<Group>) {
             closed: len > usize::from(u16::MAX),
         });
     }
+    refused
 }
 
 /// The bytes of an output descriptor, if it lies inside the output arena (a plugin
@@ -476,4 +655,101 @@ fn group_datagrams(out: &BatchOut, groups: &mut Vec<Group>) {
 fn slice(out: &BatchOut, offset: u32, len: u32) -> Option<&[u8]> {
     let start = offset as usize;
     out.arena.get(start..start.checked_add(len as usize)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out_of(sizes: &[(usize, [u8; 4])]) -> BatchOut {
+        let mut arena = Vec::new();
+        let mut packets = Vec::new();
+        for (len, ip) in sizes {
+            packets.push(twill_plugin_host::OutPacket {
+                offset: arena.len() as u32,
+                len: *len as u32,
+                action: Action::ToPeer(Endpoint {
+                    ip: u32::from(Ipv4Addr::from(*ip)),
+                    port: 8285,
+                }),
+            });
+            arena.resize(arena.len() + len, 0);
+        }
+        BatchOut {
+            arena,
+            packets,
+            drops: Drops {
+                unknown_peer: 0,
+                spoofed_source: 0,
+                no_route: 0,
+                ttl_expired: 0,
+                malformed: 0,
+            },
+        }
+    }
+
+    fn shapes(groups: &[Group]) -> Vec<(u64, u16)> {
+        groups.iter().map(|g| (g.count, g.segment)).collect()
+    }
+
+    #[test]
+    fn datagrams_group_into_gso_sends_within_the_kernels_limits() {
+        let a = [192, 168, 0, 2];
+        let b = [192, 168, 0, 3];
+        let mut groups = Vec::new();
+        // Equal sizes to one peer join; a shorter one closes the group; another peer
+        // or a longer datagram starts a new one.
+        let out = out_of(&[
+            (1472, a),
+            (1472, a),
+            (900, a),
+            (1472, a),
+            (1472, b),
+            (100, b),
+            (200, b),
+        ]);
+        assert_eq!(group_datagrams(&out, &mut groups, true, |_| true), 0);
+        assert_eq!(shapes(&groups), [(3, 1472), (1, 1472), (2, 1472), (1, 200)]);
+        // Jumbo frames: no GSO send beyond the UDP payload limit.
+        let out = out_of(&[(8973, a); 20]);
+        group_datagrams(&out, &mut groups, true, |_| true);
+        assert!(groups.iter().all(|g| (g.end - g.start) <= GSO_BYTES));
+        assert_eq!(groups.iter().map(|g| g.count).sum::<u64>(), 20);
+        assert_eq!(groups[0].count, 7);
+        // Without GSO every datagram is its own message; refused peers are left out.
+        let out = out_of(&[(1472, a), (1472, a), (1472, b)]);
+        let refused = group_datagrams(&out, &mut groups, false, |ep| {
+            ep.ip == u32::from(Ipv4Addr::from(a))
+        });
+        assert_eq!(refused, 1);
+        assert_eq!(shapes(&groups), [(1, 1472), (1, 1472)]);
+    }
+
+    #[test]
+    fn the_host_confines_what_a_data_path_may_do() {
+        let limits = Limits {
+            plugin: "udp".into(),
+            network: "10.244.0.0/16".parse().expect("net"),
+            own: "10.244.1.0/24".parse().expect("own"),
+            port: 8285,
+        };
+        let peers: HashSet<u32> = [u32::from(Ipv4Addr::new(192, 168, 0, 2))].into();
+        let to = |ip: [u8; 4], port| Endpoint {
+            ip: u32::from(Ipv4Addr::from(ip)),
+            port,
+        };
+        assert!(limits.to_peer_allowed(&peers, &to([192, 168, 0, 2], 8285)));
+        assert!(!limits.to_peer_allowed(&peers, &to([192, 168, 0, 2], 53)));
+        assert!(!limits.to_peer_allowed(&peers, &to([8, 8, 8, 8], 8285)));
+        let packet = |src: [u8; 4], dst: [u8; 4]| {
+            let mut p = vec![0x45u8; 20];
+            p[12..16].copy_from_slice(&src);
+            p[16..20].copy_from_slice(&dst);
+            p
+        };
+        assert!(limits.to_tun_allowed(&packet([10, 244, 2, 2], [10, 244, 1, 2])));
+        assert!(!limits.to_tun_allowed(&packet([172, 16, 0, 1], [10, 244, 1, 2])));
+        assert!(!limits.to_tun_allowed(&packet([10, 244, 2, 2], [10, 244, 3, 2])));
+        assert!(!limits.to_tun_allowed(&[0x60; 40]));
+    }
 }
