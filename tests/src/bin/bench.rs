@@ -6,13 +6,14 @@
 //!
 //! - the twill backends `host-gw`, `directrouting`, `vxlan` and `udp`, each started
 //!   on a clean node (the previous run's devices and routes removed by the benchmark);
-//! - two baselines made with `ip` alone, twill stopped: `routes` (a route per peer via
-//!   its node, the baseline of host-gw and directrouting) and `kernel-vxlan` (flannel's
-//!   `flannel.1` objects, the baseline of vxlan and udp).
+//! - baselines made with `ip` alone, twill stopped: `routes` (a route per peer via its
+//!   node, the baseline of host-gw), `routes-1450` (the same with the pods at the vxlan
+//!   MTU, the baseline of directrouting, whose pods get the vxlan MTU as flannel's do)
+//!   and `kernel-vxlan` (flannel's `flannel.1` objects, the baseline of vxlan and udp).
 //!
 //! Every configuration uses the same pod subnets (the leases twill took at the start)
 //! and the same pod wiring; the pod MTU is the device MTU (subnet.env's `FLANNEL_MTU`
-//! for twill, 1500 for `routes`, eth0's MTU − 50 for `kernel-vxlan`). It prints, per
+//! for twill, 1500 for `routes`, eth0's MTU − 50 for `routes-1450` and `kernel-vxlan`). It prints, per
 //! configuration and stream count, the median and min–max in Gbit/s, the ratio to the
 //! baseline against the target, and the CPU seconds the twill processes spent per GB
 //! received. A configuration that fails (twill exits, pods never reach each other) is
@@ -50,6 +51,10 @@ const STREAMS: [u32; 2] = [1, 4];
 enum Setup {
     /// `ip route replace <peer subnet> via <peer node> dev eth0`.
     Routes,
+    /// The same routes with the pods at the vxlan MTU (eth0's − 50): directrouting's
+    /// baseline, since a directrouting node gives its pods the vxlan device's MTU (as
+    /// flannel does) even where it routes directly.
+    RoutesVxlanMtu,
     /// flannel's vxlan objects, made with `ip` and `bridge`.
     KernelVxlan,
     /// twill with this `Backend` object.
@@ -65,7 +70,7 @@ struct Config {
 }
 
 /// In the order of the table.
-const CONFIGS: [Config; 6] = [
+const CONFIGS: [Config; 7] = [
     Config {
         name: "routes",
         setup: Setup::Routes,
@@ -77,9 +82,14 @@ const CONFIGS: [Config; 6] = [
         baseline: Some(("routes", 0.95)),
     },
     Config {
+        name: "routes-1450",
+        setup: Setup::RoutesVxlanMtu,
+        baseline: None,
+    },
+    Config {
         name: "directrouting",
         setup: Setup::Twill(r#"{"Type":"directrouting"}"#),
-        baseline: Some(("routes", 0.95)),
+        baseline: Some(("routes-1450", 0.95)),
     },
     Config {
         name: "kernel-vxlan",
@@ -108,10 +118,11 @@ struct Options {
 const USAGE: &str = "usage: bench [--rounds N] [--seconds S] [--json PATH] [--only CONFIG,...]
 
 Pod-to-pod iperf3 throughput (1 and 4 streams) of twill's backends host-gw,
-directrouting, vxlan and udp against hand-made baselines (routes, kernel-vxlan), on one
+directrouting, vxlan and udp against hand-made baselines (routes, routes-1450,
+kernel-vxlan), on one
 two-node namespace cluster, interleaved over N rounds (default 3) of S seconds per run
 (default 5). --json writes the raw samples. --only runs a subset (names: routes,
-host-gw, directrouting, kernel-vxlan, vxlan, udp). Needs root. The twill binary is
+routes-1450, host-gw, directrouting, kernel-vxlan, vxlan, udp). Needs root. The twill binary is
 $TWILL_BIN, else the twill next to this program.";
 
 fn parse_args() -> Result<Options, String> {
@@ -398,6 +409,7 @@ impl Bench {
         self.teardown();
         let mtu = match cfg.setup {
             Setup::Routes => self.setup_routes(),
+            Setup::RoutesVxlanMtu => self.setup_routes() - 50,
             Setup::KernelVxlan => self.setup_kernel_vxlan(),
             Setup::Twill(_) => {
                 let nets = self.nets.clone();
