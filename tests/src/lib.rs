@@ -665,6 +665,29 @@ impl Cluster {
         }
     }
 
+    /// Start pinging node `to`'s pod from node `from`'s pod, 10 per second, `count`
+    /// times, in the background; [`PingRun::finish`] waits and reads the summary.
+    pub fn start_ping(&self, from: usize, to: usize, count: u32) -> PingRun {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.nodes[from - 1].pod_ns,
+                "ping",
+                "-i",
+                "0.1",
+                "-c",
+            ])
+            .arg(count.to_string())
+            .args(["-W", "1"])
+            .arg(self.nodes[to - 1].pod_ip())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ping");
+        PingRun { child }
+    }
+
     /// Whether a ping from node `from`'s pod to node `to`'s pod succeeds.
     pub fn pod_ping(&self, from: usize, to: usize) -> bool {
         let dst = self.nodes[to - 1].pod_ip();
@@ -830,4 +853,27 @@ pub fn test_plugin_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("plugins")
         .join(name)
+}
+
+/// A ping running in the background ([`Cluster::start_ping`]).
+pub struct PingRun {
+    child: Child,
+}
+
+impl PingRun {
+    /// Wait for the ping to end: (transmitted, received, its summary line).
+    pub fn finish(self) -> (u32, u32, String) {
+        let out = self.child.wait_with_output().expect("ping output");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let summary = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("no ping summary:\n{text}"))
+            .to_owned();
+        let numbers: Vec<u32> = summary
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        (numbers[0], numbers[1], summary)
+    }
 }

@@ -22,11 +22,7 @@ use wasm_encoder::{
 };
 
 fn builtin(dir: &str) -> &'static [u8] {
-    twill_builtin::BUILTIN
-        .iter()
-        .find(|(d, _)| *d == dir)
-        .map(|(_, bytes)| *bytes)
-        .unwrap_or_else(|| panic!("no built-in {dir}"))
+    twill_builtin::component(dir).unwrap_or_else(|| panic!("no built-in {dir}"))
 }
 
 /// The `twill:backend@0.2.0` test plugin, built once per test process.

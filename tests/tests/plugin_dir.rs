@@ -19,11 +19,7 @@ use twill_e2e::{Cluster, build_plugin_crate, run, test_plugin_dir, twill_bin, wa
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
 fn builtin(dir: &str) -> &'static [u8] {
-    twill_builtin::BUILTIN
-        .iter()
-        .find(|(d, _)| *d == dir)
-        .map(|(_, bytes)| *bytes)
-        .unwrap_or_else(|| panic!("no built-in {dir}"))
+    twill_builtin::component(dir).unwrap_or_else(|| panic!("no built-in {dir}"))
 }
 
 /// The `twill:backend@0.2.0` test plugin, built once per test process.

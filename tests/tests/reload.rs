@@ -3,7 +3,6 @@
 //! a pod on the other node ten times a second: the backend instance is swapped without
 //! restarting the daemon or touching kernel state, and at most 2 packets are lost.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use twill_e2e::{Cluster, Node, sh, wait_for};
@@ -11,11 +10,7 @@ use twill_e2e::{Cluster, Node, sh, wait_for};
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
 fn builtin_vxlan() -> &'static [u8] {
-    twill_builtin::BUILTIN
-        .iter()
-        .find(|(dir, _)| *dir == "vxlan")
-        .map(|(_, bytes)| *bytes)
-        .expect("vxlan is built in")
+    twill_builtin::component("vxlan").expect("vxlan is built in")
 }
 
 /// The same component with a custom section appended: other bytes, same behaviour.
@@ -77,24 +72,7 @@ fn reloading_the_vxlan_plugin_loses_at_most_two_packets() {
     let sha_before = plugin_sha(&c.nodes[0]);
 
     // 10 pings a second for 10 s, from pod 1 to pod 2, across both reloads.
-    let ping = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &c.nodes[0].pod_ns,
-            "ping",
-            "-i",
-            "0.1",
-            "-c",
-            "100",
-            "-W",
-            "1",
-        ])
-        .arg(c.nodes[1].pod_ip())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ping");
+    let ping = c.start_ping(1, 2, 100);
     std::thread::sleep(Duration::from_secs(2));
 
     // Node 1 (and node 2, which shares the directory): the file is replaced.
@@ -115,17 +93,7 @@ fn reloading_the_vxlan_plugin_loses_at_most_two_packets() {
         (reloads(&c.nodes[1]) >= 2).then_some(())
     });
 
-    let out = ping.wait_with_output().expect("ping ends");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let summary = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary:\n{text}"));
-    let numbers: Vec<u32> = summary
-        .split(|ch: char| !ch.is_ascii_digit())
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    let (sent, received) = (numbers[0], numbers[1]);
+    let (sent, received, summary) = ping.finish();
     eprintln!("hot reload under a 10/s ping: {summary}");
     assert!(
         sent >= 95 && sent - received <= 2,

@@ -1,7 +1,6 @@
 //! End to end: three nodes on the vxlan backend, a real etcd, the real twill binary.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
@@ -199,25 +198,7 @@ fn vxlan_cluster_end_to_end() {
 
     // Restart node 2 under a running ping: same subnet, same MAC, traffic keeps flowing.
     let (key2, before) = lease_of(&c, &format!("{UNDERLAY}.2"));
-    let pod2 = c.nodes[1].pod_ip();
-    let ping = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &c.nodes[0].pod_ns,
-            "ping",
-            "-i",
-            "0.1",
-            "-c",
-            "80",
-            "-W",
-            "1",
-            &pod2,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ping");
+    let ping = c.start_ping(1, 2, 80);
     thread::sleep(Duration::from_secs(2));
     assert_eq!(c.nodes[1].stop(), Some(0), "twill exits 0 on SIGTERM");
     let link_after_stop = c.nodes[1].exec(&["ip", "link", "show", "flannel.1"]);
@@ -228,16 +209,7 @@ fn vxlan_cluster_end_to_end() {
     thread::sleep(Duration::from_secs(1));
     std::fs::write(&c.nodes[1].log, "").expect("truncate node 2 log");
     c.start_twill(2);
-    let out = ping.wait_with_output().expect("ping output");
-    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
-    let received: u32 = summary
-        .split(", ")
-        .find_map(|p| {
-            p.strip_suffix(" received")
-                .or_else(|| p.strip_suffix(" packets received"))
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("cannot read ping summary: {summary}"));
+    let (_, received, summary) = ping.finish();
     assert!(
         received >= 78,
         "ping across the restart lost {} of 80 packets:\n{summary}",

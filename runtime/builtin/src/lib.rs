@@ -4,3 +4,11 @@
 #![forbid(unsafe_code)]
 
 include!(concat!(env!("OUT_DIR"), "/builtin.rs"));
+
+/// The component of the built-in plugin in `plugins/<dir>`, if there is one.
+pub fn component(dir: &str) -> Option<&'static [u8]> {
+    BUILTIN
+        .iter()
+        .find(|(d, _)| *d == dir)
+        .map(|(_, bytes)| *bytes)
+}

@@ -115,6 +115,33 @@ impl Netlink {
 
     /// Every permanent IPv4 neighbour (ARP) entry. Not part of [`Kernel`]; for
     /// inspection and tests.
+    /// Add a link and read it back as the kernel made it.
+    fn create_link(
+        &self,
+        op: &'static str,
+        name: String,
+        msg: LinkMessage,
+    ) -> Result<LinkInfo, NetError> {
+        self.run(|h| async move {
+            h.link()
+                .add(msg)
+                .execute()
+                .await
+                .map_err(|e| request_error(op, name.clone(), e))?;
+            let mut stream = h.link().get().match_name(name.clone()).execute();
+            match stream.try_next().await {
+                Ok(Some(msg)) => Ok(link_from_message(msg)),
+                Ok(None) => Err(NetError::Request {
+                    op,
+                    object: name,
+                    message: "link not found after creation".to_owned(),
+                    errno: None,
+                }),
+                Err(e) => Err(request_error(op, name, e)),
+            }
+        })
+    }
+
     pub fn neighbours(&self) -> Result<Vec<Neighbour>, NetError> {
         self.run(|h| async move {
             let msgs: Vec<NeighbourMessage> = h
@@ -436,49 +463,13 @@ impl Kernel for Netlink {
             .l3miss(false)
             .address(spec.mac.0.to_vec())
             .build();
-        let name = spec.name.clone();
-        self.run(|h| async move {
-            h.link()
-                .add(msg)
-                .execute()
-                .await
-                .map_err(|e| request_error("create vxlan", name.clone(), e))?;
-            let mut stream = h.link().get().match_name(name.clone()).execute();
-            match stream.try_next().await {
-                Ok(Some(msg)) => Ok(link_from_message(msg)),
-                Ok(None) => Err(NetError::Request {
-                    op: "create vxlan",
-                    object: name,
-                    message: "link not found after creation".to_owned(),
-                    errno: None,
-                }),
-                Err(e) => Err(request_error("create vxlan", name, e)),
-            }
-        })
+        self.create_link("create vxlan", spec.name.clone(), msg)
     }
 
     fn create_ipip(&self, spec: &IpipSpec) -> Result<LinkInfo, NetError> {
         debug!(?spec, "create ipip");
         let msg = ipip_message(spec);
-        let name = spec.name.clone();
-        self.run(|h| async move {
-            h.link()
-                .add(msg)
-                .execute()
-                .await
-                .map_err(|e| request_error("create ipip", name.clone(), e))?;
-            let mut stream = h.link().get().match_name(name.clone()).execute();
-            match stream.try_next().await {
-                Ok(Some(msg)) => Ok(link_from_message(msg)),
-                Ok(None) => Err(NetError::Request {
-                    op: "create ipip",
-                    object: name,
-                    message: "link not found after creation".to_owned(),
-                    errno: None,
-                }),
-                Err(e) => Err(request_error("create ipip", name, e)),
-            }
-        })
+        self.create_link("create ipip", spec.name.clone(), msg)
     }
 
     fn delete_link(&self, index: u32) -> Result<(), NetError> {

@@ -9,33 +9,14 @@ use twill_core::MacAddr;
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
 use twill_net::fake::{Call, FakeKernel};
 use twill_net::{Kernel, Route};
-use twill_plugin_host::{ExternalIface, Grant, Limits, NodeInfo, Plugin, PluginHost};
+use twill_plugin_host::{Grant, NodeInfo, Plugin, PluginHost};
 
-const ETH0_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
+mod common;
+
+use common::ETH0_IP;
 
 fn setup() -> (Arc<FakeKernel>, PluginHost, Plugin, Grant) {
-    let kernel = Arc::new(FakeKernel::new().with_link("eth0", 1500, ETH0_IP, 24));
-    let host = PluginHost::new(kernel.clone(), Limits::default()).expect("engine");
-    let (dir, bytes) = twill_builtin::BUILTIN
-        .iter()
-        .find(|(dir, _)| *dir == "vxlan")
-        .expect("vxlan is built in");
-    let plugin = host
-        .load(&format!("built-in:{dir}"), bytes)
-        .expect("vxlan loads");
-    let eth0 = kernel.link_by_name("eth0").expect("fake").expect("eth0");
-    let grant = Grant {
-        network: "10.244.0.0/16".parse().expect("subnet"),
-        own_subnet: None,
-        external: ExternalIface {
-            name: "eth0".into(),
-            index: eth0.index,
-            mtu: 1500,
-            addr: ETH0_IP,
-        },
-        public_ip: ETH0_IP,
-    };
-    (kernel, host, plugin, grant)
+    common::setup("vxlan")
 }
 
 fn peer(subnet: &str, ip: [u8; 4], mac: &str) -> Lease {
