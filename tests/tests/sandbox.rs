@@ -234,3 +234,52 @@ fn a_trapping_plugin_is_restarted_with_the_leases_replayed_and_pods_keep_reachin
         assert_eq!(c.nodes[k - 1].stop(), Some(0), "node {k} exits 0");
     }
 }
+
+#[test]
+fn a_peer_that_leaves_while_the_plugin_is_down_is_removed_after_the_restart() {
+    let mut c = Cluster::new(2);
+    c.put_config(&config("trap-on-second"));
+    start_all(&mut c, &[]);
+    c.assert_full_mesh(Duration::from_secs(30));
+    let node = &c.nodes[0];
+    let put = |subnet: &str, ip: &str| {
+        let key = format!("{}/subnets/{subnet}", c.prefix);
+        let value = format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"misbehave"}}"#);
+        c.etcdctl(&["put", &key, &value]);
+    };
+    let route = |dst: &str| node.exec(&["ip", "route", "show", dst]);
+
+    // Lease A: the second batch traps; the restart replays A, so A gets its route.
+    put("10.244.240.0-24", "192.168.77.98");
+    wait_metric(
+        node,
+        r#"twill_plugin_restarts_total{plugin="misbehave"}"#,
+        1.0,
+    );
+    wait_for("lease A's route", Duration::from_secs(20), || {
+        route("10.244.240.0/24")
+            .contains("via 192.168.77.98")
+            .then_some(())
+    });
+    // Lease B traps it again (the next restart waits 2 s); A leaves meanwhile.
+    put("10.244.241.0-24", "192.168.77.99");
+    wait_metric(node, r#"twill_plugin_traps_total{plugin="misbehave"}"#, 2.0);
+    c.etcdctl(&["del", &format!("{}/subnets/10.244.240.0-24", c.prefix)]);
+    wait_metric(
+        node,
+        r#"twill_plugin_restarts_total{plugin="misbehave"}"#,
+        2.0,
+    );
+    // The fresh instance was told A is gone, and got B.
+    wait_for(
+        "lease B's route and A's removal",
+        Duration::from_secs(20),
+        || {
+            (route("10.244.241.0/24").contains("via 192.168.77.99")
+                && route("10.244.240.0/24").trim().is_empty())
+            .then_some(())
+        },
+    );
+    c.assert_full_mesh(Duration::from_secs(10));
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}
