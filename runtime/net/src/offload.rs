@@ -67,23 +67,41 @@ impl VnetHdr {
 }
 
 /// The ones'-complement running sum of `data` (big-endian 16-bit words) added to
-/// `sum`, kept in 64 bits: RFC 1071 allows summing in wider words with end-around
-/// carry and folding at the end, so the bulk is one addition per 8 bytes.
+/// `sum`. RFC 1071 lets the bulk be summed in wider words with end-around carry and in
+/// the machine's byte order (byte-swapping commutes with the sum), so it is one
+/// native 64-bit addition per 8 bytes over two independent accumulators, folded and
+/// swapped to network order at the end.
 pub fn sum16(data: &[u8], sum: u64) -> u64 {
-    let mut acc = sum;
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+    let add = |acc: u64, w: u64| {
         let (s, carry) = acc.overflowing_add(w);
-        acc = s + u64::from(carry);
+        s + u64::from(carry)
+    };
+    let (mut a, mut b) = (0u64, 0u64);
+    let mut chunks = data.chunks_exact(16);
+    for c in &mut chunks {
+        let (x, y) = c.split_at(8);
+        a = add(a, u64::from_ne_bytes(x.try_into().expect("8 bytes")));
+        b = add(b, u64::from_ne_bytes(y.try_into().expect("8 bytes")));
     }
-    // Fold to 32 bits so the 16-bit tail cannot overflow.
-    let mut acc = (acc >> 32) + (acc & 0xffff_ffff);
-    let mut rest = chunks.remainder().chunks_exact(2);
-    for c in &mut rest {
+    let mut rest = chunks.remainder();
+    if rest.len() >= 8 {
+        a = add(
+            a,
+            u64::from_ne_bytes(rest[..8].try_into().expect("8 bytes")),
+        );
+        rest = &rest[8..];
+    }
+    let native = u64::from(fold(a)) + u64::from(fold(b));
+    let mut bulk = fold(native);
+    if cfg!(target_endian = "little") {
+        bulk = bulk.swap_bytes();
+    }
+    let mut acc = sum + u64::from(bulk);
+    let mut pairs = rest.chunks_exact(2);
+    for c in &mut pairs {
         acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
     }
-    if let [last] = rest.remainder() {
+    if let [last] = pairs.remainder() {
         acc += u64::from(*last) << 8;
     }
     acc
