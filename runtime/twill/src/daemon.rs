@@ -16,7 +16,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use futures::StreamExt;
 use tokio::signal::unix::{SignalKind, signal};
 use twill_api::{
@@ -26,7 +26,10 @@ use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet_env::SubnetEnv;
 use twill_core::{Config, PeerSet, Subnet};
 use twill_net::{Kernel, Netlink};
-use twill_plugin_host::{Backend, CallError, Grant, Limits, NodeInfo, Plugin, PluginHost};
+use twill_plugin_host::{
+    Backend, BackendError, CallError, ErrorKind, Grant, Limits, NodeInfo, Plugin, PluginHost,
+    Registration,
+};
 use twill_store::{
     AcquireError, AnyStore, EmbeddedStore, EtcdOptions, EtcdStore, LEASE_TTL, LeaseStore,
     WatchEvent, acquire,
@@ -593,13 +596,7 @@ impl<S: LeaseStore> Node<S> {
         }
         let plugin = self.backend.plugin().to_owned();
         let started = std::time::Instant::now();
-        let registration = self
-            .backend
-            .init(NodeInfo {
-                config: self.config.backend.json.clone(),
-                previous_data: self.attrs.backend_data.clone(),
-            })
-            .await;
+        let registration = self.backend.init(self.node_info()).await;
         self.metrics.plugin_call(&plugin, "init", started.elapsed());
         match registration {
             Ok(r) if r.backend_data != self.attrs.backend_data => tracing::warn!(
@@ -750,6 +747,36 @@ impl<S: LeaseStore> Node<S> {
         });
     }
 
+    /// What `init` gets: the `Backend` config and our published BackendData (so a fresh
+    /// instance keeps identifiers such as the VTEP MAC).
+    fn node_info(&self) -> NodeInfo {
+        NodeInfo {
+            config: self.config.backend.json.clone(),
+            previous_data: self.attrs.backend_data.clone(),
+        }
+    }
+
+    /// Bring a fresh instance to where the running one is: `init`, which must register
+    /// the BackendType our lease has, then `start` with our subnet.
+    async fn bring_up(&self, backend: &Backend) -> Result<Registration, CallError> {
+        let registration = backend.init(self.node_info()).await?;
+        if registration.backend_type != self.attrs.backend_type {
+            return Err(CallError::Backend {
+                plugin: backend.plugin().to_owned(),
+                function: "init",
+                error: BackendError {
+                    kind: ErrorKind::Invalid,
+                    message: format!(
+                        "registers BackendType {:?}, the lease has {:?}",
+                        registration.backend_type, self.attrs.backend_type
+                    ),
+                },
+            });
+        }
+        backend.start(self.lease.subnet).await?;
+        Ok(registration)
+    }
+
     /// Start the backend again from a fresh Store: `init` (with our published
     /// BackendData, so identifiers such as the VTEP MAC stay), `start`, then every
     /// current lease replayed.
@@ -772,28 +799,13 @@ impl<S: LeaseStore> Node<S> {
         self.denied_seen.clear();
         self.metrics.plugin_restart(&plugin);
         self.api.plugin_restart(&plugin);
-        let started = match self
-            .backend
-            .init(NodeInfo {
-                config: self.config.backend.json.clone(),
-                previous_data: self.attrs.backend_data.clone(),
-            })
-            .await
-        {
-            Ok(r) => {
-                if r.backend_data != self.attrs.backend_data {
-                    tracing::warn!(
-                        "restarted backend registers {:?} but our lease has {:?}",
-                        r.backend_data,
-                        self.attrs.backend_data
-                    );
-                }
-                self.backend.start(self.lease.subnet).await
-            }
-            Err(e) => Err(e),
-        };
-        match started {
-            Ok(()) => {}
+        match self.bring_up(&self.backend).await {
+            Ok(r) if r.backend_data != self.attrs.backend_data => tracing::warn!(
+                "restarted backend registers {:?} but our lease has {:?}",
+                r.backend_data,
+                self.attrs.backend_data
+            ),
+            Ok(_) => {}
             Err(e @ CallError::Backend { .. }) => tracing::error!("restart: {e}"),
             Err(e) => {
                 self.backend_trapped(e);
@@ -847,27 +859,10 @@ impl<S: LeaseStore> Node<S> {
                 return Ok(());
             }
         };
-        let ready = match backend
-            .init(NodeInfo {
-                config: self.config.backend.json.clone(),
-                previous_data: self.attrs.backend_data.clone(),
-            })
-            .await
-        {
-            Ok(r) if r.backend_type != self.attrs.backend_type => Err(anyhow!(
-                "the new plugin registers BackendType {:?}, the lease has {:?}",
-                r.backend_type,
-                self.attrs.backend_type
-            )),
-            Ok(_) => backend
-                .start(self.lease.subnet)
-                .await
-                .map_err(anyhow::Error::from),
-            Err(e) => Err(e.into()),
-        };
+        let ready = self.bring_up(&backend).await.map_err(anyhow::Error::from);
         // A data-path plugin must also attach, before anything is swapped: the running
         // data path stays until its successor is known to start.
-        let ready = ready.and_then(|()| {
+        let ready = ready.and_then(|_| {
             if !plugin.has_datapath() {
                 return Ok(());
             }
