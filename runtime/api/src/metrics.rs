@@ -323,11 +323,6 @@ impl Metrics {
         self.etcd_watch_connects.inc();
     }
 
-    /// Count one udp packet of `bytes` bytes moved in `direction`.
-    pub fn udp_packet(&self, direction: Direction, bytes: u64) {
-        self.udp_packets(direction, 1, bytes);
-    }
-
     /// Count `packets` udp packets of `bytes` bytes in all moved in `direction` (one
     /// batch of the data path).
     pub fn udp_packets(&self, direction: Direction, packets: u64, bytes: u64) {
@@ -336,11 +331,6 @@ impl Metrics {
         };
         self.udp_packets.get_or_create(&label).inc_by(packets);
         self.udp_bytes.get_or_create(&label).inc_by(bytes);
-    }
-
-    /// Count one udp packet dropped for `reason` (e.g. `no_route`).
-    pub fn udp_drop(&self, reason: &str) {
-        self.udp_drops_by(reason, 1);
     }
 
     /// Count `n` udp packets dropped for `reason`.

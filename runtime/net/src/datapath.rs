@@ -119,21 +119,10 @@ impl Tun {
         &self.name
     }
 
-    /// Read one packet; `WouldBlock` when none is queued.
+    /// Read one packet with its `virtio_net_hdr`; `WouldBlock` when none is queued.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buf` is valid for `buf.len()` writable bytes.
         let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    }
-
-    /// Write one packet.
-    pub fn write(&self, packet: &[u8]) -> io::Result<usize> {
-        // SAFETY: `packet` is valid for `packet.len()` readable bytes.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
         if n < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -276,7 +265,7 @@ impl RecvBatch {
         &self.arena
     }
 
-    /// The arena, mutable (for reading packets from another descriptor into slots).
+    /// The arena, mutable (to pack the received messages back to back).
     pub fn arena_mut(&mut self) -> &mut [u8] {
         &mut self.arena
     }

@@ -242,9 +242,21 @@ fn flow(p: &[u8]) -> Option<Flow> {
 /// in order with [`Coalescer::push`]; it says where each run ends.
 #[derive(Debug, Default)]
 pub struct Coalescer {
-    /// The run being built: its first packet, the next expected sequence number, its
-    /// segment size, payload bytes so far, and how many packets.
-    run: Option<(usize, u32, usize, usize, usize)>,
+    /// The run being built, if any.
+    run: Option<Run>,
+}
+
+/// A run of segments being merged.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    /// The sequence number the next segment must have.
+    next_seq: u32,
+    /// The payload size of every segment but the last.
+    mss: usize,
+    /// Payload bytes so far.
+    bytes: usize,
+    /// Segments so far.
+    count: usize,
 }
 
 /// The most payload one merged super-packet carries (its IPv4 total length must fit
@@ -265,14 +277,14 @@ pub enum Merge {
 }
 
 impl Coalescer {
-    /// Decide for `packet` (index `index` of the batch), given the previous packets.
-    /// `prev` is the packet that started the current run, if any.
-    pub fn push(&mut self, index: usize, packet: &[u8], first: Option<&[u8]>) -> Merge {
+    /// Decide for `packet`, the next packet of the batch; `first` is the packet that
+    /// started the current run (the caller keeps the run's packets).
+    pub fn push(&mut self, packet: &[u8], first: Option<&[u8]>) -> Merge {
         let Some(f) = flow(packet) else {
             self.run = None;
             return Merge::Alone;
         };
-        if let (Some((start, next_seq, mss, bytes, count)), Some(first)) = (self.run, first) {
+        if let (Some(run), Some(first)) = (self.run, first) {
             let same_flow = first.len() >= f.hdrs
                 && first[1] == packet[1] // TOS
                 && first[8] == packet[8] // TTL
@@ -281,23 +293,21 @@ impl Coalescer {
                 && first[34..36] == packet[34..36] // window
                 && first[20 + 12] == packet[20 + 12] // TCP header length
                 && first[40..f.hdrs] == packet[40..f.hdrs]; // options
-            let fits = f.seq == next_seq
-                && f.payload <= mss
-                && bytes + f.payload <= MAX_MERGED
-                && count < 64;
+            let fits = f.seq == run.next_seq
+                && f.payload <= run.mss
+                && run.bytes + f.payload <= MAX_MERGED
+                && run.count < 64;
             if same_flow && fits {
-                let last = f.flags & PSH != 0 || f.payload < mss;
-                if last {
+                if f.flags & PSH != 0 || f.payload < run.mss {
                     self.run = None;
                     return Merge::AppendLast;
                 }
-                self.run = Some((
-                    start,
-                    next_seq.wrapping_add(f.payload as u32),
-                    mss,
-                    bytes + f.payload,
-                    count + 1,
-                ));
+                self.run = Some(Run {
+                    next_seq: run.next_seq.wrapping_add(f.payload as u32),
+                    bytes: run.bytes + f.payload,
+                    count: run.count + 1,
+                    ..run
+                });
                 return Merge::Append;
             }
         }
@@ -305,13 +315,12 @@ impl Coalescer {
             self.run = None;
             return Merge::Alone;
         }
-        self.run = Some((
-            index,
-            f.seq.wrapping_add(f.payload as u32),
-            f.payload,
-            f.payload,
-            1,
-        ));
+        self.run = Some(Run {
+            next_seq: f.seq.wrapping_add(f.payload as u32),
+            mss: f.payload,
+            bytes: f.payload,
+            count: 1,
+        });
         Merge::Start
     }
 }
@@ -422,9 +431,9 @@ mod tests {
             tcp(&data[2000..], 3_000, ACK | PSH),
         ];
         let mut c = Coalescer::default();
-        assert_eq!(c.push(0, &segs[0], None), Merge::Start);
-        assert_eq!(c.push(1, &segs[1], Some(&segs[0])), Merge::Append);
-        assert_eq!(c.push(2, &segs[2], Some(&segs[0])), Merge::AppendLast);
+        assert_eq!(c.push(&segs[0], None), Merge::Start);
+        assert_eq!(c.push(&segs[1], Some(&segs[0])), Merge::Append);
+        assert_eq!(c.push(&segs[2], Some(&segs[0])), Merge::AppendLast);
         let (hdr, vnet) = merged_headers(&segs[0], data.len(), true);
         assert_eq!(vnet.gso_type, GSO_TCPV4);
         assert_eq!((vnet.gso_size, vnet.hdr_len), (1000, 40));
@@ -437,15 +446,15 @@ mod tests {
 
         // A gap in the sequence, another flow, or a SYN start over.
         let mut c = Coalescer::default();
-        c.push(0, &segs[0], None);
-        assert_eq!(c.push(1, &segs[2], Some(&segs[0])), Merge::Alone);
+        c.push(&segs[0], None);
+        assert_eq!(c.push(&segs[2], Some(&segs[0])), Merge::Alone);
         let syn = tcp(b"x", 9, 0x02);
-        assert_eq!(c.push(2, &syn, None), Merge::Alone);
+        assert_eq!(c.push(&syn, None), Merge::Alone);
         let mut other = tcp(&data[..1000], 2_000, ACK);
         other[23] ^= 1; // destination port
         let mut c = Coalescer::default();
-        c.push(0, &segs[0], None);
-        assert_eq!(c.push(1, &other, Some(&segs[0])), Merge::Start);
+        c.push(&segs[0], None);
+        assert_eq!(c.push(&other, Some(&segs[0])), Merge::Start);
     }
 
     /// The plain RFC 1071 sum, 16 bits at a time.

@@ -450,7 +450,7 @@ impl Common {
                 denied += 1;
                 continue;
             }
-            match coalescer.push(0, packet, run.first().copied()) {
+            match coalescer.push(packet, run.first().copied()) {
                 Merge::Start => {
                     self.flush(&mut run, &mut tally);
                     run.push(packet);

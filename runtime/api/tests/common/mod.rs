@@ -95,8 +95,8 @@ pub fn populated() -> (ApiState, Arc<Metrics>) {
     metrics.netlink_operation("route_replace", false);
     metrics.netlink_operation("neigh_replace", true);
     metrics.etcd_watch_connect();
-    metrics.udp_packet(Direction::In, 1400);
-    metrics.udp_drop("no_route");
+    metrics.udp_packets(Direction::In, 1, 1400);
+    metrics.udp_drops_by("no_route", 1);
     (state, metrics)
 }
 
