@@ -94,15 +94,7 @@ impl PluginState {
                 ),
             );
         }
-        if spec.underlay != self.grant.external.index {
-            return self.deny(
-                CAP,
-                format!(
-                    "vxlan underlay {} is not the external interface {}",
-                    spec.underlay, self.grant.external.name
-                ),
-            );
-        }
+        self.check_underlay("vxlan", spec.underlay)?;
         let want = VxlanSpec {
             name: name.clone(),
             vni: spec.vni,
@@ -123,6 +115,20 @@ impl PluginState {
         )
     }
 
+    /// A tunnel device's underlay must be the node's external interface.
+    fn check_underlay(&self, kind: &str, underlay: u32) -> Result<(), Error> {
+        if underlay == self.grant.external.index {
+            return Ok(());
+        }
+        self.deny(
+            CAP,
+            format!(
+                "{kind} underlay {underlay} is not the external interface {}",
+                self.grant.external.name
+            ),
+        )
+    }
+
     fn ensure_ipip_checked(&mut self, spec: WitIpipSpec) -> Result<Link, Error> {
         let name = spec.name;
         self.check_device_name(CAP, &name)?;
@@ -136,15 +142,7 @@ impl PluginState {
                 ),
             );
         }
-        if spec.underlay != self.grant.external.index {
-            return self.deny(
-                CAP,
-                format!(
-                    "ipip underlay {} is not the external interface {}",
-                    spec.underlay, self.grant.external.name
-                ),
-            );
-        }
+        self.check_underlay("ipip", spec.underlay)?;
         let want = IpipSpec {
             name: name.clone(),
             local,
