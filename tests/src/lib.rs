@@ -169,6 +169,41 @@ impl Node {
         (code.trim().parse().unwrap_or(0), body.to_owned())
     }
 
+    /// The value of one series of this node's /metrics (`name{labels}` as printed), 0
+    /// when the series is absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (code, text) = self.api_get("/metrics");
+        assert_eq!(code, 200, "GET /metrics on {}", self.ns);
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Wait up to `timeout` until [`Node::metric`]`(series)` reaches `at_least`; on
+    /// timeout, fail with the value, every series of that metric family and the log.
+    pub fn wait_metric(&self, series: &str, at_least: f64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.metric(series);
+            if v >= at_least {
+                return;
+            }
+            if Instant::now() > deadline {
+                let family = series.split('{').next().unwrap_or(series);
+                let (_, text) = self.api_get("/metrics");
+                let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(family)).collect();
+                panic!(
+                    "{series} on {} is {v}, expected ≥ {at_least}\n{}\n--- log ---\n{}",
+                    self.ns,
+                    lines.join("\n"),
+                    self.log_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// subnet.env as key → value.
     pub fn subnet_env(&self) -> Option<BTreeMap<String, String>> {
         let text = fs::read_to_string(&self.subnet_file).ok()?;

@@ -21,6 +21,9 @@ fn plugin_dir(c: &Cluster) -> String {
     dir.display().to_string()
 }
 
+/// How long a metric may take to reach its value (restarts back off up to seconds).
+const WAIT: Duration = Duration::from_secs(40);
+
 fn config(mode: &str) -> String {
     format!(r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"misbehave","Mode":"{mode}"}}}}"#)
 }
@@ -34,33 +37,6 @@ fn start_all(c: &mut Cluster, extra: &[&str]) {
         c.start_twill_with(k, &args);
     }
     c.wire_pods();
-}
-
-/// One series of a node's /metrics, 0 when absent.
-fn metric(node: &Node, series: &str) -> f64 {
-    let (code, text) = node.api_get("/metrics");
-    assert_eq!(code, 200, "GET /metrics on {}", node.ns);
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn wait_metric(node: &Node, series: &str, at_least: f64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    loop {
-        let v = metric(node, series);
-        if v >= at_least {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{series} on {} is {v}, expected ≥ {at_least}\n--- log ---\n{}",
-            node.ns,
-            node.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 /// The names of a node's network devices.
@@ -83,23 +59,17 @@ fn denied_requests_change_nothing_and_are_counted() {
     start_all(&mut c, &[]);
     c.assert_full_mesh(Duration::from_secs(30));
     let node = &c.nodes[0];
-    wait_metric(
-        node,
+    node.wait_metric(
         r#"twill_plugin_denied_host_calls_total{capability="routes"}"#,
         2.0,
+        WAIT,
     );
     assert_eq!(
-        metric(
-            node,
-            r#"twill_plugin_denied_host_calls_total{capability="addresses"}"#
-        ),
+        node.metric(r#"twill_plugin_denied_host_calls_total{capability="addresses"}"#),
         1.0
     );
     assert_eq!(
-        metric(
-            node,
-            r#"twill_plugin_denied_host_calls_total{capability="links"}"#
-        ),
+        node.metric(r#"twill_plugin_denied_host_calls_total{capability="links"}"#),
         1.0
     );
     // Nothing it asked for happened.
@@ -129,11 +99,21 @@ fn denied_requests_change_nothing_and_are_counted() {
         );
     }
     // Denials are answers, not failures: no trap, no restart.
-    assert_eq!(
-        metric(node, r#"twill_plugin_traps_total{plugin="misbehave"}"#),
-        0.0
-    );
+    assert_eq!(node.metric(TRAPS), 0.0);
     assert_eq!(c.nodes[0].stop(), Some(0));
+}
+
+/// The plugin's trap and restart counters on a node.
+const TRAPS: &str = r#"twill_plugin_traps_total{plugin="misbehave"}"#;
+const RESTARTS: &str = r#"twill_plugin_restarts_total{plugin="misbehave"}"#;
+
+/// Wait until `node` counted `traps` traps and at least one restart of the plugin, and
+/// check the daemon still serves its API.
+fn wait_trapped_and_restarted(node: &Node, traps: f64) {
+    node.wait_metric(TRAPS, traps, WAIT);
+    node.wait_metric(RESTARTS, 1.0, WAIT);
+    let (code, _) = node.api_get("/healthz");
+    assert_eq!(code, 200, "the daemon still serves its API");
 }
 
 #[test]
@@ -144,19 +124,12 @@ fn an_endless_call_is_interrupted_and_the_daemon_goes_on() {
     let node = &c.nodes[0];
     // The first on-leases never returns: the epoch deadline ends it, the plugin is
     // restarted (and loops again on the replay, so it keeps being restarted).
-    wait_metric(node, r#"twill_plugin_traps_total{plugin="misbehave"}"#, 2.0);
-    wait_metric(
-        node,
-        r#"twill_plugin_restarts_total{plugin="misbehave"}"#,
-        1.0,
-    );
+    wait_trapped_and_restarted(node, 2.0);
     let log = node.log_text();
     assert!(
         log.contains("interrupt"),
         "the trap names the interrupt:\n{log}"
     );
-    let (code, _) = node.api_get("/healthz");
-    assert_eq!(code, 200, "the daemon still serves its API");
     assert_eq!(c.nodes[0].stop(), Some(0), "and stops cleanly");
 }
 
@@ -166,24 +139,14 @@ fn unbounded_allocation_hits_the_memory_limit() {
     c.put_config(&config("alloc"));
     start_all(&mut c, &["--plugin-memory-mib", "16"]);
     let node = &c.nodes[0];
-    wait_metric(node, r#"twill_plugin_traps_total{plugin="misbehave"}"#, 1.0);
-    wait_metric(
-        node,
-        r#"twill_plugin_restarts_total{plugin="misbehave"}"#,
-        1.0,
-    );
+    wait_trapped_and_restarted(node, 1.0);
     let log = node.log_text();
     assert!(
         log.contains("trapped") && log.contains("forcing trap when growing memory"),
         "the trap names the memory limit:\n{log}"
     );
-    let (code, _) = node.api_get("/healthz");
-    assert_eq!(code, 200);
     // twill itself stayed small: the plugin's memory is capped at 16 MiB.
-    let pid = node
-        .exec(&["sh", "-c", "pgrep -f 'twill run' | head -1"])
-        .trim()
-        .to_owned();
+    let pid = node.twill_pid().expect("twill runs");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let rss_kib: u64 = status
         .lines()
@@ -209,12 +172,8 @@ fn a_trapping_plugin_is_restarted_with_the_leases_replayed_and_pods_keep_reachin
         r#"{"PublicIP":"192.168.77.99","PublicIPv6":null,"BackendType":"misbehave"}"#,
     ]);
     for node in &c.nodes {
-        wait_metric(node, r#"twill_plugin_traps_total{plugin="misbehave"}"#, 1.0);
-        wait_metric(
-            node,
-            r#"twill_plugin_restarts_total{plugin="misbehave"}"#,
-            1.0,
-        );
+        node.wait_metric(TRAPS, 1.0, WAIT);
+        node.wait_metric(RESTARTS, 1.0, WAIT);
     }
     // The fresh instance got every current lease, the new one included.
     for node in &c.nodes {
@@ -251,11 +210,7 @@ fn a_peer_that_leaves_while_the_plugin_is_down_is_removed_after_the_restart() {
 
     // Lease A: the second batch traps; the restart replays A, so A gets its route.
     put("10.244.240.0-24", "192.168.77.98");
-    wait_metric(
-        node,
-        r#"twill_plugin_restarts_total{plugin="misbehave"}"#,
-        1.0,
-    );
+    node.wait_metric(RESTARTS, 1.0, WAIT);
     wait_for("lease A's route", Duration::from_secs(20), || {
         route("10.244.240.0/24")
             .contains("via 192.168.77.98")
@@ -263,13 +218,9 @@ fn a_peer_that_leaves_while_the_plugin_is_down_is_removed_after_the_restart() {
     });
     // Lease B traps it again (the next restart waits 2 s); A leaves meanwhile.
     put("10.244.241.0-24", "192.168.77.99");
-    wait_metric(node, r#"twill_plugin_traps_total{plugin="misbehave"}"#, 2.0);
+    node.wait_metric(TRAPS, 2.0, WAIT);
     c.etcdctl(&["del", &format!("{}/subnets/10.244.240.0-24", c.prefix)]);
-    wait_metric(
-        node,
-        r#"twill_plugin_restarts_total{plugin="misbehave"}"#,
-        2.0,
-    );
+    node.wait_metric(RESTARTS, 2.0, WAIT);
     // The fresh instance was told A is gone, and got B.
     wait_for(
         "lease B's route and A's removal",

@@ -14,43 +14,12 @@ fn start_all(c: &mut Cluster) {
     c.wire_pods();
 }
 
-/// The value of one series of node `node`'s /metrics (`name{labels}` as printed).
-fn metric(node: &Node, series: &str) -> f64 {
-    let (code, text) = node.api_get("/metrics");
-    assert_eq!(code, 200, "GET /metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Wait until node's drop counter for `reason` reaches `at_least`; on timeout, fail
-/// with every udp series of its /metrics.
-fn wait_dropped(node: &Node, reason: &str, at_least: f64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while dropped(node, reason) < at_least {
-        if std::time::Instant::now() > deadline {
-            let (_, text) = node.api_get("/metrics");
-            let udp: Vec<&str> = text
-                .lines()
-                .filter(|l| l.starts_with("twill_udp"))
-                .collect();
-            panic!(
-                "{reason} not counted on {}:\n{}\n--- log ---\n{}",
-                node.ns,
-                udp.join("\n"),
-                node.log_tail()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn dropped(node: &Node, reason: &str) -> f64 {
-    metric(
-        node,
-        &format!(r#"twill_udp_dropped_packets_total{{reason="{reason}"}}"#),
-    )
+    node.metric(&drop_series(reason))
+}
+
+fn drop_series(reason: &str) -> String {
+    format!(r#"twill_udp_dropped_packets_total{{reason="{reason}"}}"#)
 }
 
 /// Send one datagram with `payload` from namespace `ns` to `dst_ip:8285`: bash's
@@ -119,8 +88,8 @@ fn udp_three_nodes_reach_each_other_and_move_data() {
     }
     let bps = c.iperf(1, 2, 2, 1);
     assert!(bps > 1e6, "iperf3 between pods over udp moved {bps} bit/s");
-    let out = metric(&c.nodes[0], r#"twill_udp_packets_total{direction="out"}"#);
-    let inbound = metric(&c.nodes[1], r#"twill_udp_packets_total{direction="in"}"#);
+    let out = c.nodes[0].metric(r#"twill_udp_packets_total{direction="out"}"#);
+    let inbound = c.nodes[1].metric(r#"twill_udp_packets_total{direction="in"}"#);
     assert!(
         out > 1000.0 && inbound > 1000.0,
         "udp counters: node 1 out {out}, node 2 in {inbound}"
@@ -135,9 +104,9 @@ fn udp_three_nodes_reach_each_other_and_move_data() {
             .contains("backend plugin reloaded")
             .then_some(())
     });
-    let before = metric(&c.nodes[0], r#"twill_udp_packets_total{direction="out"}"#);
+    let before = c.nodes[0].metric(r#"twill_udp_packets_total{direction="out"}"#);
     c.assert_full_mesh(Duration::from_secs(10));
-    assert!(metric(&c.nodes[0], r#"twill_udp_packets_total{direction="out"}"#) > before);
+    assert!(c.nodes[0].metric(r#"twill_udp_packets_total{direction="out"}"#) > before);
 }
 
 #[test]
@@ -158,7 +127,7 @@ fn udp_drops_junk_and_spoofed_datagrams_and_answers_unreachable() {
         &node1_ip,
         &inner_packet([10, 244, 77, 1], pod1),
     );
-    wait_dropped(node1, "unknown_peer", 1.0);
+    node1.wait_metric(&drop_series("unknown_peer"), 1.0, Duration::from_secs(10));
 
     // From node 2, an inner source outside node 2's subnet.
     send_datagram(
@@ -167,12 +136,16 @@ fn udp_drops_junk_and_spoofed_datagrams_and_answers_unreachable() {
         &node1_ip,
         &inner_packet([172, 16, 0, 1], pod1),
     );
-    wait_dropped(node1, "spoofed_source", 1.0);
+    node1.wait_metric(&drop_series("spoofed_source"), 1.0, Duration::from_secs(10));
 
     // From node 2, junk that is no IPv4 packet.
     let malformed = dropped(node1, "malformed");
     send_datagram(&c, &c.nodes[1].ns, &node1_ip, b"not an IP packet");
-    wait_dropped(node1, "malformed", malformed + 1.0);
+    node1.wait_metric(
+        &drop_series("malformed"),
+        malformed + 1.0,
+        Duration::from_secs(10),
+    );
     // One datagram each, counted once under its own reason. (`malformed` also counts
     // what the kernel itself sends into flannel0 that is not IPv4, e.g. IPv6
     // multicast, so it is only checked to have moved.)
@@ -285,8 +258,8 @@ fn switching_backends_removes_the_previous_backends_objects() {
         assert!(routes.contains("10.244.0.0/16 dev flannel0"), "{routes}");
     }
     // The traffic really goes through the udp data path.
-    let before = metric(&c.nodes[0], r#"twill_udp_packets_total{direction="out"}"#);
+    let before = c.nodes[0].metric(r#"twill_udp_packets_total{direction="out"}"#);
     assert!(c.pod_ping(1, 2));
-    let after = metric(&c.nodes[0], r#"twill_udp_packets_total{direction="out"}"#);
+    let after = c.nodes[0].metric(r#"twill_udp_packets_total{direction="out"}"#);
     assert!(after > before, "udp out counter {before} → {after}");
 }
