@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::Etcd;
+use common::{Etcd, attrs, next, secs_from_now, subnet};
 use etcd_client::Client;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use twill_core::acquire::Exhausted;
 use twill_core::config::Config;
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
@@ -164,36 +164,10 @@ impl Harness for EmbeddedHarness {
     }
 }
 
-fn subnet(text: &str) -> Subnet {
-    text.parse().expect("subnet")
-}
-
-fn attrs(ip: [u8; 4]) -> LeaseAttrs {
-    LeaseAttrs::new(
-        Ipv4Addr::from(ip),
-        "vxlan",
-        Some(r#"{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}"#),
-    )
-    .expect("attrs")
-}
-
-fn secs_from_now(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::now())
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 async fn list(store: &impl LeaseStore) -> Vec<Lease> {
     let (mut leases, _) = store.list_leases().await.expect("list leases");
     leases.sort_by_key(|l| l.subnet);
     leases
-}
-
-async fn next(stream: &mut (impl Stream<Item = WatchEvent> + Unpin)) -> WatchEvent {
-    tokio::time::timeout(Duration::from_secs(20), stream.next())
-        .await
-        .expect("watch delivered nothing within 20 s")
-        .expect("watch stream ended")
 }
 
 async fn snapshot(stream: &mut (impl Stream<Item = WatchEvent> + Unpin)) -> Vec<Lease> {

@@ -4,11 +4,10 @@ mod common;
 
 use std::net::Ipv4Addr;
 use std::pin::pin;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use common::Etcd;
+use common::{Etcd, attrs, next, secs_from_now, subnet};
 use etcd_client::{Client, GetOptions, PutOptions};
-use futures::{Stream, StreamExt};
 use twill_core::acquire::Exhausted;
 use twill_core::config::Config;
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
@@ -34,19 +33,6 @@ async fn raw(etcd: &Etcd) -> Client {
         .expect("raw client")
 }
 
-fn subnet(text: &str) -> Subnet {
-    text.parse().expect("subnet")
-}
-
-fn attrs(ip: [u8; 4]) -> LeaseAttrs {
-    LeaseAttrs::new(
-        Ipv4Addr::from(ip),
-        "vxlan",
-        Some(r#"{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}"#),
-    )
-    .expect("attrs")
-}
-
 fn key(s: &str) -> String {
     format!("{PREFIX}/subnets/{}", subnet(s).key())
 }
@@ -60,13 +46,6 @@ async fn read_raw(client: &mut Client, key: &str) -> Option<(String, i64)> {
             kv.lease(),
         )
     })
-}
-
-async fn next(stream: &mut (impl Stream<Item = WatchEvent> + Unpin)) -> WatchEvent {
-    tokio::time::timeout(Duration::from_secs(20), stream.next())
-        .await
-        .expect("watch delivered nothing within 20 s")
-        .expect("watch stream ended")
 }
 
 fn snapshot(event: WatchEvent) -> Vec<Lease> {
@@ -84,12 +63,6 @@ fn events(event: WatchEvent) -> Vec<LeaseEvent> {
         WatchEvent::Events(events) => events,
         other => panic!("expected events, got {other:?}"),
     }
-}
-
-fn secs_from_now(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::now())
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! A throwaway etcd server for the store tests: the real `etcd` binary on loopback,
 //! random free ports, a private data directory; killed and removed on drop (also when
-//! the test panics).
+//! the test panics). And the small helpers both test files use.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -185,4 +185,37 @@ impl Drop for Etcd {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A subnet from its text.
+pub fn subnet(text: &str) -> twill_core::Subnet {
+    text.parse().expect("subnet")
+}
+
+/// A vxlan lease's attributes for the node at `ip`.
+pub fn attrs(ip: [u8; 4]) -> twill_core::lease::LeaseAttrs {
+    twill_core::lease::LeaseAttrs::new(
+        std::net::Ipv4Addr::from(ip),
+        "vxlan",
+        Some(r#"{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}"#),
+    )
+    .expect("attrs")
+}
+
+/// Seconds from now until `t` (0 if past).
+pub fn secs_from_now(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::now())
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The next event of a watch, failing after 20 s.
+pub async fn next(
+    stream: &mut (impl futures::Stream<Item = twill_store::WatchEvent> + Unpin),
+) -> twill_store::WatchEvent {
+    use futures::StreamExt;
+    tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("watch delivered nothing within 20 s")
+        .expect("watch stream ended")
 }
