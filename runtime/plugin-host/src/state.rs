@@ -202,14 +202,24 @@ pub(crate) fn kernel_error(e: NetError) -> Error {
     }
 }
 
-/// Whether a failed delete only means "already gone".
-pub(crate) fn is_absent(e: &NetError) -> bool {
-    matches!(
-        e.errno(),
-        Some(
-            libc_errno::ENOENT | libc_errno::ESRCH | libc_errno::ENODEV | libc_errno::EADDRNOTAVAIL
-        )
-    )
+/// A delete's outcome as the guest sees it: "already gone" is success.
+pub(crate) fn deleted(result: Result<(), NetError>) -> Result<(), Error> {
+    match result {
+        Err(e)
+            if !matches!(
+                e.errno(),
+                Some(
+                    libc_errno::ENOENT
+                        | libc_errno::ESRCH
+                        | libc_errno::ENODEV
+                        | libc_errno::EADDRNOTAVAIL
+                )
+            ) =>
+        {
+            Err(kernel_error(e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The errno values this crate tests for (Linux numbering), without a libc dependency.

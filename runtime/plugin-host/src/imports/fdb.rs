@@ -3,7 +3,7 @@
 use crate::bindings::Error;
 use crate::bindings::twill::backend::fdb::Host;
 use crate::convert::{ip, mac_from_wit};
-use crate::state::{PluginState, is_absent, kernel_error};
+use crate::state::{PluginState, deleted, kernel_error};
 
 const CAP: &str = "fdb";
 
@@ -40,11 +40,8 @@ impl Host for PluginState {
         mac: (u8, u8, u8, u8, u8, u8),
         dst: u32,
     ) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self.check_fdb(dev, dst).and_then(|()| {
-            match self.kernel.del_fdb(dev, mac_from_wit(mac), ip(dst)) {
-                Err(e) if !is_absent(&e) => Err(kernel_error(e)),
-                _ => Ok(()),
-            }
-        }))
+        Ok(self
+            .check_fdb(dev, dst)
+            .and_then(|()| deleted(self.kernel.del_fdb(dev, mac_from_wit(mac), ip(dst)))))
     }
 }

@@ -3,7 +3,7 @@
 use crate::bindings::Error;
 use crate::bindings::twill::backend::neighbours::Host;
 use crate::convert::{ip, mac_from_wit};
-use crate::state::{PluginState, is_absent, kernel_error};
+use crate::state::{PluginState, deleted, kernel_error};
 
 const CAP: &str = "neighbours";
 
@@ -39,11 +39,8 @@ impl Host for PluginState {
     }
 
     fn delete(&mut self, dev: u32, addr: u32) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self.check_neighbour(dev, addr).and_then(|()| {
-            match self.kernel.del_neighbour(dev, ip(addr)) {
-                Err(e) if !is_absent(&e) => Err(kernel_error(e)),
-                _ => Ok(()),
-            }
-        }))
+        Ok(self
+            .check_neighbour(dev, addr)
+            .and_then(|()| deleted(self.kernel.del_neighbour(dev, ip(addr)))))
     }
 }

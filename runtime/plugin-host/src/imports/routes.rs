@@ -5,7 +5,7 @@ use twill_net::Route;
 use crate::bindings::Error;
 use crate::bindings::twill::backend::routes::{Host, Route as WitRoute};
 use crate::convert::{ip, subnet_from_wit};
-use crate::state::{PluginState, is_absent, kernel_error};
+use crate::state::{PluginState, deleted, kernel_error};
 
 const CAP: &str = "routes";
 
@@ -81,9 +81,6 @@ impl Host for PluginState {
     fn delete(&mut self, route: WitRoute) -> wasmtime::Result<Result<(), Error>> {
         Ok(self
             .checked_route(&route)
-            .and_then(|r| match self.kernel.del_route(&r) {
-                Err(e) if !is_absent(&e) => Err(kernel_error(e)),
-                _ => Ok(()),
-            }))
+            .and_then(|r| deleted(self.kernel.del_route(&r))))
     }
 }
