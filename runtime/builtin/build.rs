@@ -6,9 +6,8 @@
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-const TARGET: &str = "wasm32-wasip2";
+use twill_wasm_build::{TARGET, cargo_build, component_path, package_name};
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
@@ -27,10 +26,7 @@ fn main() {
     let mut table = String::from("/// Built-in plugins: (package directory, component bytes).\n");
     table.push_str("pub static BUILTIN: &[(&str, &[u8])] = &[\n");
     for (dir, package) in &plugins {
-        let wasm = target_dir
-            .join(TARGET)
-            .join("release")
-            .join(format!("{}.wasm", package.replace('-', "_")));
+        let wasm = component_path(&target_dir, package);
         assert!(wasm.exists(), "plugin build produced no {}", wasm.display());
         table.push_str(&format!(
             "    ({dir:?}, include_bytes!({:?})),\n",
@@ -51,19 +47,10 @@ fn backend_packages(plugins: &Path) -> Vec<(String, String)> {
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_owned();
-        let manifest = path.join("Cargo.toml");
-        if dir == "sdk" || !manifest.exists() {
+        if dir == "sdk" || !path.join("Cargo.toml").exists() {
             continue;
         }
-        let text = fs::read_to_string(&manifest).expect("read plugin Cargo.toml");
-        let name = text
-            .lines()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("name = ")
-                    .map(|v| v.trim_matches('"').to_owned())
-            })
-            .expect("plugin Cargo.toml has a package name");
+        let name = package_name(&path).expect("plugin Cargo.toml has a package name");
         found.push((dir, name));
     }
     found.sort();
@@ -89,23 +76,9 @@ fn build(root: &Path, target_dir: &Path, plugins: &[(String, String)]) {
 }
 
 fn build_one(root: &Path, target_dir: &Path, package: &str) {
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(root)
-        .args(["build", "--release", "--target", TARGET, "--target-dir"])
-        .arg(target_dir)
-        .args(["-p", package]);
-    // The outer build's settings are for the host, not for the plugins.
-    for (key, _) in env::vars() {
-        let outer = (key.starts_with("CARGO_") && !key.starts_with("CARGO_HOME"))
-            || key == "RUSTFLAGS"
-            || key == "RUSTC_WRAPPER"
-            || key == "RUSTC_WORKSPACE_WRAPPER";
-        if outer {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
+    let mut cmd = cargo_build(root, target_dir);
+    cmd.args(["-p", package])
+        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
         .env("CARGO_PROFILE_RELEASE_LTO", "true")
         .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
         .env("CARGO_PROFILE_RELEASE_PANIC", "abort")

@@ -1,80 +1,74 @@
-//! The end-to-end harness: a cluster of network namespaces on one machine.
+//! The end-to-end harness: a cluster of network namespaces on one machine, built with
+//! `twill-lab`, plus a real etcd and the real `twill` binary on every node.
 //!
 //! ```text
-//!   <id>-u      underlay namespace: bridge `br0` joining everyone on 192.168.77.0/24
+//!   <id>-u0     underlay namespace: bridge `br0` joining everyone on 192.168.77.0/24
 //!   <id>-etcd   a real etcd server (Debian etcd-server) at 192.168.77.250
 //!   <id>-nK     node K at 192.168.77.K, running the real `twill run`
 //!   <id>-pK     node K's pod at <node subnet>.2, behind bridge `cni0` (<node subnet>.1)
 //! ```
 //!
 //! Nothing touches the host's own namespace: every device lives in a namespace the
-//! harness made, every address is inside them. [`Cluster`]'s `Drop` kills the processes
+//! lab made, every address is inside them. [`Cluster`]'s `Drop` kills the processes
 //! and deletes the namespaces and files, also when a test fails. Missing privileges or
-//! tools make the test fail with a message saying what is missing.
+//! tools make the test fail with a message saying what is missing. The lab returns
+//! errors; this harness turns them into panics naming what failed.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
+use std::fmt::Display;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The underlay network's first three octets.
-pub const UNDERLAY: &str = "192.168.77";
+use twill_lab::etcd::EtcdServer;
+use twill_lab::pods::{self, PodNet};
+use twill_lab::traffic::{self, PingRun as LabPing};
+use twill_lab::{Interrupt, Lab, NodeNet, process};
+use twill_wasm_build::{TARGET, cargo_build, component_path, package_name};
+
+pub use twill_lab::{UNDERLAY, segment_ip};
+
 /// etcd's address on the underlay.
 pub const ETCD_IP: &str = "192.168.77.250";
 
-/// The address `.host` on underlay segment `segment` (192.168.<77+segment>.<host>).
-pub fn segment_ip(segment: usize, host: u8) -> String {
-    format!("192.168.{}.{host}", 77 + segment)
+/// The value, or a panic naming what failed.
+trait Must<T> {
+    fn must(self, what: impl Display) -> T;
+}
+
+impl<T> Must<T> for twill_lab::Result<T> {
+    fn must(self, what: impl Display) -> T {
+        self.unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
 }
 
 /// Run a command; panic with its output if it fails.
 pub fn sh(cmd: &[&str]) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "command failed: {}\nstdout: {}\nstderr: {}",
-        cmd.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    twill_lab::output(cmd).must("command failed")
 }
 
 /// Run a command and return its output, whatever its status.
 pub fn run(cmd: &[&str]) -> Output {
-    Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cmd[0]))
+    twill_lab::run(cmd).must("command failed to start")
 }
+
+/// The tools the tests run, with the Debian package of each.
+const TOOLS: [(&str, &str); 7] = [
+    ("ip", "iproute2"),
+    ("bridge", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
+    ("iperf3", "iperf3"),
+    ("curl", "curl"),
+];
 
 /// Fail unless the test can build a namespace cluster here.
 pub fn require_privileges_and_tools() {
-    let uid = sh(&["id", "-u"]);
-    assert_eq!(
-        uid.trim(),
-        "0",
-        "the end-to-end tests need root (network namespaces, vxlan); run them as root"
-    );
-    for (tool, package) in [
-        ("ip", "iproute2"),
-        ("bridge", "iproute2"),
-        ("ping", "iputils-ping"),
-        ("etcd", "etcd-server"),
-        ("etcdctl", "etcd-client"),
-        ("iperf3", "iperf3"),
-        ("curl", "curl"),
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        assert!(found, "{tool} not found: apt-get install {package}");
-    }
+    twill_lab::require("the end-to-end tests", &TOOLS).must("cannot run the end-to-end tests");
 }
 
 /// The twill binary the workspace built next to this test.
@@ -132,11 +126,16 @@ pub struct Node {
     pub subnet_file: PathBuf,
     /// twill's log.
     pub log: PathBuf,
+    net: NodeNet,
     twill: Option<Child>,
-    restarts: u32,
 }
 
 impl Node {
+    /// The node's namespaces and directory, as the lab made them.
+    pub fn net(&self) -> &NodeNet {
+        &self.net
+    }
+
     /// The node's underlay address.
     pub fn ip(&self) -> String {
         self.underlay_ip.clone()
@@ -206,32 +205,23 @@ impl Node {
 
     /// subnet.env as key → value.
     pub fn subnet_env(&self) -> Option<BTreeMap<String, String>> {
-        let text = fs::read_to_string(&self.subnet_file).ok()?;
-        Some(
-            text.lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-        )
+        pods::read_subnet_env(&self.subnet_file)
+    }
+
+    /// The node's pod subnet, from subnet.env.
+    fn pod_net(&self) -> PodNet {
+        let env = self.subnet_env().expect("subnet.env written");
+        PodNet::parse(&env["FLANNEL_SUBNET"]).expect("FLANNEL_SUBNET is a/len")
     }
 
     /// `FLANNEL_SUBNET`'s network as `a.b.c.0/len`.
     pub fn subnet(&self) -> String {
-        let env = self.subnet_env().expect("subnet.env written");
-        let first = &env["FLANNEL_SUBNET"];
-        let (ip, len) = first.split_once('/').expect("a/len");
-        let mut octets: Vec<&str> = ip.split('.').collect();
-        octets[3] = "0";
-        format!("{}/{len}", octets.join("."))
+        self.pod_net().cidr
     }
 
     /// The pod's address: `<subnet>.2`.
     pub fn pod_ip(&self) -> String {
-        let subnet = self.subnet();
-        let net = subnet.split('/').next().expect("addr");
-        let mut octets: Vec<&str> = net.split('.').collect();
-        octets[3] = "2";
-        octets.join(".")
+        self.pod_net().pod()
     }
 
     /// Whether twill was started on this node and not yet stopped or seen exiting.
@@ -247,18 +237,9 @@ impl Node {
     /// Send SIGTERM to twill and wait; returns its exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.twill.take()?;
-        sh(&["kill", "-TERM", &child.id().to_string()]);
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            if start.elapsed() > Duration::from_secs(15) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("twill on {} did not stop within 15 s of SIGTERM", self.ns);
-            }
-            thread::sleep(Duration::from_millis(50));
+        match process::stop(&mut child, Duration::from_secs(15)) {
+            Some(status) => status.code(),
+            None => panic!("twill on {} did not stop within 15 s of SIGTERM", self.ns),
         }
     }
 
@@ -289,9 +270,7 @@ impl Node {
 
     /// The tail of twill's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        process::log_tail(&self.log, 40)
     }
 }
 
@@ -303,9 +282,9 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// The etcd prefix.
     pub prefix: String,
-    dir: PathBuf,
-    etcd: Option<Child>,
-    namespaces: Vec<String>,
+    etcd: EtcdServer,
+    // Dropped last: the namespaces go once the processes in them are stopped.
+    lab: Lab,
 }
 
 impl Cluster {
@@ -336,139 +315,44 @@ impl Cluster {
             !segments.is_empty() && segments.len() <= 8,
             "1 to 8 segments"
         );
-        let id = id.to_owned();
-        let dir = Self::dir_for(&id);
-        fs::create_dir_all(&dir).expect("create test directory");
-        let mut c = Cluster {
-            id: id.clone(),
-            nodes: Vec::new(),
-            prefix: "/coreos.com/network".into(),
-            dir,
-            etcd: None,
-            namespaces: Vec::new(),
-        };
-        for s in 0..segments.len() {
-            let underlay = c.add_ns(&format!("u{s}"));
-            sh(&[
-                "ip", "-n", &underlay, "link", "add", "br0", "type", "bridge",
-            ]);
-            sh(&["ip", "-n", &underlay, "link", "set", "br0", "up"]);
-        }
-        if segments.len() > 1 {
-            let router = c.add_ns("r");
-            for s in 0..segments.len() {
-                c.plug(
-                    &router,
-                    s,
-                    &format!("eth{s}"),
-                    &format!("r{s}"),
-                    &segment_ip(s, 254),
-                );
-            }
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &router,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ]);
-        }
-        let etcd_ns = c.add_ns("etcd");
-        c.plug(&etcd_ns, 0, "eth0", "etcd", ETCD_IP);
-        sh(&[
-            "ip",
-            "-n",
+        let mut lab =
+            Lab::create(id, &Self::dir_for(id), Interrupt::new()).must("create the test lab");
+        lab.keep_dir(std::env::var_os("TWILL_E2E_KEEP").is_some());
+        lab.add_segments(segments.len()).must("build the underlay");
+        let etcd_ns = lab.add_ns("etcd").must("etcd namespace");
+        lab.plug(&etcd_ns, 0, "eth0", "etcd", ETCD_IP)
+            .must("plug etcd");
+        twill_lab::ip(
             &etcd_ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &segment_ip(0, 254),
-        ]);
+            &format!("route add default via {}", segment_ip(0, 254)),
+        )
+        .must("etcd's default route");
+        let mut nodes = Vec::new();
         let mut k = 0u8;
         for (s, count) in segments.iter().enumerate() {
             for _ in 0..*count {
                 k += 1;
-                c.add_node(k, s);
+                let net = lab.add_node(k, s).must(format_args!("node {k}"));
+                nodes.push(Node {
+                    n: k,
+                    underlay_ip: net.underlay_ip.clone(),
+                    ns: net.ns.clone(),
+                    pod_ns: net.pod_ns.clone(),
+                    subnet_file: net.dir.join("subnet.env"),
+                    log: net.dir.join("twill.log"),
+                    net,
+                    twill: None,
+                });
             }
         }
-        c.start_etcd(&etcd_ns);
-        c
-    }
-
-    fn add_node(&mut self, k: u8, segment: usize) {
-        let ns = self.add_ns(&format!("n{k}"));
-        let ip = segment_ip(segment, k);
-        self.plug(&ns, segment, "eth0", &format!("n{k}"), &ip);
-        let gateway = segment_ip(segment, 254);
-        sh(&[
-            "ip", "-n", &ns, "route", "add", "default", "via", &gateway, "dev", "eth0", "onlink",
-        ]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        let pod_ns = self.add_ns(&format!("p{k}"));
-        sh(&["ip", "-n", &ns, "link", "add", "cni0", "type", "bridge"]);
-        sh(&[
-            "ip", "-n", &ns, "link", "add", "vpod", "type", "veth", "peer", "name", "eth0",
-            "netns", &pod_ns,
-        ]);
-        sh(&[
-            "ip", "-n", &ns, "link", "set", "vpod", "master", "cni0", "up",
-        ]);
-        sh(&["ip", "-n", &pod_ns, "link", "set", "lo", "up"]);
-        let node_dir = self.dir.join(format!("n{k}"));
-        fs::create_dir_all(&node_dir).expect("node directory");
-        self.nodes.push(Node {
-            n: k,
-            underlay_ip: ip,
-            ns,
-            pod_ns,
-            subnet_file: node_dir.join("subnet.env"),
-            log: node_dir.join("twill.log"),
-            twill: None,
-            restarts: 0,
-        });
-    }
-
-    fn add_ns(&mut self, suffix: &str) -> String {
-        let ns = format!("{}-{suffix}", self.id);
-        sh(&["ip", "netns", "add", &ns]);
-        self.namespaces.push(ns.clone());
-        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// Join `ns` to segment `segment`'s bridge with device `dev` at `ip`/24.
-    fn plug(&self, ns: &str, segment: usize, dev: &str, tag: &str, ip: &str) {
-        let underlay = format!("{}-u{segment}", self.id);
-        let peer = format!("u-{tag}");
-        sh(&[
-            "ip", "-n", ns, "link", "add", dev, "type", "veth", "peer", "name", &peer, "netns",
-            &underlay,
-        ]);
-        sh(&[
-            "ip", "-n", &underlay, "link", "set", &peer, "master", "br0", "up",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{ip}/24"),
-            "dev",
-            dev,
-        ]);
-        sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        let etcd = EtcdServer::new(&etcd_ns, ETCD_IP, lab.dir()).must("start etcd");
+        Cluster {
+            id: id.to_owned(),
+            nodes,
+            prefix: "/coreos.com/network".into(),
+            etcd,
+            lab,
+        }
     }
 
     /// The scratch directory of the cluster with id `id`.
@@ -490,77 +374,17 @@ impl Cluster {
 
     /// Stop the etcd server (its data stays).
     pub fn stop_etcd(&mut self) {
-        if let Some(mut etcd) = self.etcd.take() {
-            let _ = etcd.kill();
-            let _ = etcd.wait();
-        }
+        self.etcd.stop();
     }
 
     /// Start the etcd server again on its data.
     pub fn restart_etcd(&mut self) {
-        let ns = format!("{}-etcd", self.id);
-        self.start_etcd(&ns);
-    }
-
-    fn start_etcd(&mut self, ns: &str) {
-        let data = self.dir.join("etcd-data");
-        let client = format!("http://{ETCD_IP}:2379");
-        let log = fs::File::create(self.dir.join("etcd.log")).expect("etcd log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "etcd", "--name", "e0", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--listen-client-urls",
-                &format!("{client},http://127.0.0.1:2379"),
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-cluster",
-                "e0=http://127.0.0.1:2380",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start etcd");
-        self.etcd = Some(child);
-        wait_for("etcd to answer", Duration::from_secs(20), || {
-            let out = self.etcdctl_out(&["endpoint", "health"]);
-            out.status.success().then_some(())
-        });
-    }
-
-    fn etcdctl_out(&self, args: &[&str]) -> Output {
-        let ns = format!("{}-etcd", self.id);
-        let mut cmd = vec![
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "etcdctl",
-            "--endpoints",
-            "http://127.0.0.1:2379",
-        ];
-        cmd.extend_from_slice(args);
-        Command::new(cmd[0])
-            .args(&cmd[1..])
-            .env("ETCDCTL_API", "3")
-            .output()
-            .expect("run etcdctl")
+        self.etcd.start().must("restart etcd");
     }
 
     /// Run etcdctl against the cluster's etcd; panic if it fails.
     pub fn etcdctl(&self, args: &[&str]) -> String {
-        let out = self.etcdctl_out(args);
-        assert!(
-            out.status.success(),
-            "etcdctl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.etcd.etcdctl(args).must("etcdctl")
     }
 
     /// Put the network config.
@@ -636,125 +460,71 @@ impl Cluster {
             .args(args)
             .env("TWILL_LOG", "info,twill=debug")
             // The compiled-plugin cache of this cluster, not the host's /var/cache/twill.
-            .env("TWILL_PLUGIN_CACHE_DIR", self.dir.join("plugin-cache"))
+            .env(
+                "TWILL_PLUGIN_CACHE_DIR",
+                self.lab.dir().join("plugin-cache"),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start twill");
         node.twill = Some(child);
-        node.restarts += 1;
     }
 
     /// Wait until every running node wrote subnet.env, then wire its pod: `cni0` gets
     /// the first address of the node's subnet, the pod `.2` with a default route.
     pub fn wire_pods(&mut self) {
-        for node in &mut self.nodes {
+        for node in &self.nodes {
             let subnet_file = node.subnet_file.clone();
             wait_for(
                 &format!("{} to write subnet.env", node.ns),
                 Duration::from_secs(60),
                 || subnet_file.exists().then_some(()),
             );
-            let env = node.subnet_env().expect("subnet.env");
-            let first = env["FLANNEL_SUBNET"].clone();
-            let mtu = env["FLANNEL_MTU"].clone();
-            let pod_ip = node.pod_ip();
-            let prefix = first.split('/').nth(1).expect("len").to_owned();
-            let gw = first.split('/').next().expect("gw").to_owned();
-            let has = run(&["ip", "-n", &node.ns, "-4", "addr", "show", "dev", "cni0"]);
-            if !String::from_utf8_lossy(&has.stdout).contains(&first) {
-                sh(&["ip", "-n", &node.ns, "addr", "add", &first, "dev", "cni0"]);
-            }
-            sh(&["ip", "-n", &node.ns, "link", "set", "cni0", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &node.pod_ns,
-                "addr",
-                "replace",
-                &format!("{pod_ip}/{prefix}"),
-                "dev",
-                "eth0",
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &node.pod_ns,
-                "link",
-                "set",
-                "eth0",
-                "mtu",
-                &mtu,
-                "up",
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &node.pod_ns,
-                "route",
-                "replace",
-                "default",
-                "via",
-                &gw,
-            ]);
+            let (net, mtu) = PodNet::from_subnet_env(&node.subnet_file).must("subnet.env");
+            pods::wire(&node.net, &net, mtu).must(format_args!("wire {}'s pod", node.ns));
         }
     }
 
     /// Start pinging node `to`'s pod from node `from`'s pod, 10 per second, `count`
     /// times, in the background; [`PingRun::finish`] waits and reads the summary.
     pub fn start_ping(&self, from: usize, to: usize, count: u32) -> PingRun {
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.nodes[from - 1].pod_ns,
-                "ping",
-                "-i",
-                "0.1",
-                "-c",
-            ])
-            .arg(count.to_string())
-            .args(["-W", "1"])
-            .arg(self.nodes[to - 1].pod_ip())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ping");
-        PingRun { child }
+        let run = LabPing::start(
+            &self.nodes[from - 1].pod_ns,
+            &self.nodes[to - 1].pod_ip(),
+            count,
+        );
+        PingRun(run.must("start ping"))
     }
 
     /// Whether a ping from node `from`'s pod to node `to`'s pod succeeds.
     pub fn pod_ping(&self, from: usize, to: usize) -> bool {
-        let dst = self.nodes[to - 1].pod_ip();
-        let ns = &self.nodes[from - 1].pod_ns;
-        run(&[
-            "ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", &dst,
-        ])
-        .status
-        .success()
+        traffic::ping(&self.nodes[from - 1].pod_ns, &self.nodes[to - 1].pod_ip())
     }
 
     /// Assert that every pod reaches every other pod (waiting up to `timeout` for the
     /// overlay to converge).
     pub fn assert_full_mesh(&self, timeout: Duration) {
-        let n = self.nodes.len();
-        let start = Instant::now();
-        for from in 1..=n {
-            for to in (1..=n).filter(|t| *t != from) {
-                loop {
-                    if self.pod_ping(from, to) {
-                        break;
-                    }
-                    if start.elapsed() > timeout {
-                        panic!(
-                            "pod {from} cannot reach pod {to} ({}) after {timeout:?}\n--- node {from} log ---\n{}\n--- node {to} log ---\n{}",
-                            self.nodes[to - 1].pod_ip(),
-                            self.nodes[from - 1].log_tail(),
-                            self.nodes[to - 1].log_tail()
-                        );
-                    }
-                    thread::sleep(Duration::from_millis(300));
-                }
+        let pods: Vec<(String, String)> = self
+            .nodes
+            .iter()
+            .map(|n| (n.pod_ns.clone(), n.pod_ip()))
+            .collect();
+        let no_check = || Ok::<(), twill_lab::Error>(());
+        let reach = traffic::converge(&pods, timeout, &Interrupt::new(), |_, _| {}, no_check)
+            .must("ping the pods");
+        for (from, row) in reach.iter().enumerate() {
+            if let Some(to) = row.iter().position(|r| *r == Some(false)) {
+                panic!(
+                    "pod {} cannot reach pod {} ({}) after {timeout:?}\n--- node {} log ---\n{}\n--- node {} log ---\n{}",
+                    from + 1,
+                    to + 1,
+                    pods[to].1,
+                    from + 1,
+                    self.nodes[from].log_tail(),
+                    to + 1,
+                    self.nodes[to].log_tail()
+                );
             }
         }
     }
@@ -762,27 +532,21 @@ impl Cluster {
     /// Run iperf3 for `seconds` from node `from`'s pod to node `to`'s pod with
     /// `streams` parallel streams; bits per second received.
     pub fn iperf(&self, from: usize, to: usize, seconds: u32, streams: u32) -> f64 {
-        let server_ns = &self.nodes[to - 1].pod_ns;
-        let dst = self.nodes[to - 1].pod_ip();
-        sh(&["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-D"]);
-        let client_ns = &self.nodes[from - 1].pod_ns;
-        let (secs, par) = (seconds.to_string(), streams.to_string());
-        let out = wait_for("iperf3 to connect", Duration::from_secs(10), || {
-            let o = run(&[
-                "ip", "netns", "exec", client_ns, "iperf3", "-c", &dst, "-t", &secs, "-P", &par,
-                "-J",
-            ]);
-            o.status.success().then_some(o)
-        });
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
-        v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .expect("bits_per_second")
+        let (server, client) = (&self.nodes[to - 1], &self.nodes[from - 1]);
+        traffic::iperf3(
+            &server.pod_ns,
+            &client.pod_ns,
+            &server.pod_ip(),
+            seconds,
+            streams,
+        )
+        .must("iperf3")
+        .bits_per_second
     }
 
     /// The test's scratch directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.lab.dir()
     }
 }
 
@@ -794,25 +558,9 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
-        if let Some(mut etcd) = self.etcd.take() {
-            let _ = etcd.kill();
-            let _ = etcd.wait();
-        }
-        for ns in self.namespaces.iter().rev() {
-            // Anything still running inside (a ping a test left) dies with the namespace's pids.
-            let _ = Command::new("ip")
-                .args(["netns", "pids", ns])
-                .output()
-                .map(|o| {
-                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                        let _ = Command::new("kill").args(["-KILL", pid]).output();
-                    }
-                });
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-        if std::env::var_os("TWILL_E2E_KEEP").is_none() {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
+        self.etcd.stop();
+        // The lab then deletes the namespaces (with anything a test left running in
+        // them) and the directory.
     }
 }
 
@@ -833,35 +581,17 @@ pub fn workspace_target_dir() -> PathBuf {
 /// its own, so the build neither waits for nor disturbs the workspace's). Returns the
 /// component's path. Panics saying what is missing if cargo or the target is not there.
 pub fn build_plugin_crate(crate_dir: &Path) -> PathBuf {
-    const TARGET: &str = "wasm32-wasip2";
-    let manifest = fs::read_to_string(crate_dir.join("Cargo.toml"))
+    let package = package_name(crate_dir)
         .unwrap_or_else(|e| panic!("read {}/Cargo.toml: {e}", crate_dir.display()));
-    let package = manifest
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("name = "))
-        .map(|v| v.trim_matches('"').replace('-', "_"))
-        .unwrap_or_else(|| panic!("{}/Cargo.toml names no package", crate_dir.display()));
     let target_dir = workspace_target_dir().join("test-plugins");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(crate_dir)
-        .args(["build", "--release", "--target", TARGET, "--target-dir"])
-        .arg(&target_dir);
-    for (key, _) in std::env::vars() {
-        let outer = (key.starts_with("CARGO_") && !key.starts_with("CARGO_HOME"))
-            || key == "RUSTFLAGS"
-            || key == "RUSTC_WRAPPER"
-            || key == "RUSTC_WORKSPACE_WRAPPER";
-        if outer {
-            cmd.env_remove(&key);
-        }
-    }
-    let out = cmd.output().unwrap_or_else(|e| {
-        panic!(
-            "cannot run {cargo} to build the plugin crate {}: {e}; cargo must be on PATH",
-            crate_dir.display()
-        )
-    });
+    let out = cargo_build(crate_dir, &target_dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run cargo to build the plugin crate {}: {e}; cargo must be on PATH",
+                crate_dir.display()
+            )
+        });
     assert!(
         out.status.success(),
         "`cargo build --release --target {TARGET}` in {} failed ({}). Is the target \
@@ -870,10 +600,7 @@ pub fn build_plugin_crate(crate_dir: &Path) -> PathBuf {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let wasm = target_dir
-        .join(TARGET)
-        .join("release")
-        .join(format!("{package}.wasm"));
+    let wasm = component_path(&target_dir, &package);
     assert!(
         wasm.is_file(),
         "cargo built {} but {} is missing",
@@ -891,24 +618,12 @@ pub fn test_plugin_dir(name: &str) -> PathBuf {
 }
 
 /// A ping running in the background ([`Cluster::start_ping`]).
-pub struct PingRun {
-    child: Child,
-}
+pub struct PingRun(LabPing);
 
 impl PingRun {
     /// Wait for the ping to end: (transmitted, received, its summary line).
     pub fn finish(self) -> (u32, u32, String) {
-        let out = self.child.wait_with_output().expect("ping output");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let summary = text
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .unwrap_or_else(|| panic!("no ping summary:\n{text}"))
-            .to_owned();
-        let numbers: Vec<u32> = summary
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|t| t.parse().ok())
-            .collect();
-        (numbers[0], numbers[1], summary)
+        let summary = self.0.finish().must("ping");
+        (summary.transmitted, summary.received, summary.line)
     }
 }

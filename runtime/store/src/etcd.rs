@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
-    TxnOp, WatchOptions, WatchResponse, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
+    PutOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
 use tracing::{debug, warn};
@@ -166,9 +166,27 @@ impl EtcdStore {
         })
     }
 
-    /// The underlying etcd client (shares this store's connection).
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// Write the network config to `<prefix>/config`, as `etcdctl put` does (the text
+    /// is the caller's to validate).
+    pub async fn put_config(&self, json: &str) -> Result<(), StoreError> {
+        self.client
+            .clone()
+            .put(self.keys.config(), json, None)
+            .await
+            .map(drop)
+            .map_err(etcd_err("put config"))
+    }
+
+    /// Delete every key under the prefix (the config and all leases): for a prefix
+    /// that a tool made for itself, such as `twill demo`'s.
+    pub async fn delete_prefix(&self) -> Result<(), StoreError> {
+        let key = format!("{}/", self.keys.prefix.trim_end_matches('/'));
+        self.client
+            .clone()
+            .delete(key, Some(DeleteOptions::new().with_prefix()))
+            .await
+            .map(drop)
+            .map_err(etcd_err("delete prefix"))
     }
 
     /// The etcd key holding the lease on `subnet`: `<prefix>/subnets/10.244.1.0-24`.

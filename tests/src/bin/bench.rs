@@ -30,9 +30,8 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
 use std::panic::{self, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -40,6 +39,9 @@ use std::time::{Duration, Instant};
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 use twill_e2e::{Cluster, run, sh, twill_bin};
+use twill_lab::pods::{self, PodNet};
+use twill_lab::process::error_line;
+use twill_lab::{Error as LabError, ip, netns, traffic};
 
 /// The cluster network of every configuration.
 const NETWORK: &str = "10.244.0.0/16";
@@ -168,29 +170,6 @@ fn parse_args() -> Result<Options, String> {
         return Err("--rounds and --seconds must be at least 1".into());
     }
     Ok(o)
-}
-
-/// A node's pod subnet: `10.244.5.0/24` → base `10.244.5`, len 24.
-#[derive(Clone, PartialEq, Eq, Debug)]
-struct PodNet {
-    cidr: String,
-    base: String,
-    len: String,
-}
-
-impl PodNet {
-    fn parse(cidr: &str) -> Option<PodNet> {
-        let (net, len) = cidr.split_once('/')?;
-        let (base, last) = net.rsplit_once('.')?;
-        (last == "0").then(|| PodNet {
-            cidr: cidr.to_owned(),
-            base: base.to_owned(),
-            len: len.to_owned(),
-        })
-    }
-    fn addr(&self, last: u8) -> String {
-        format!("{}.{last}", self.base)
-    }
 }
 
 /// One iperf3 run.
@@ -408,15 +387,15 @@ impl Bench {
     fn measure(&mut self, cfg: &Config, round: u32) -> Result<String, String> {
         self.teardown();
         let mtu = match cfg.setup {
-            Setup::Routes => self.setup_routes(),
-            Setup::RoutesVxlanMtu => self.setup_routes() - 50,
-            Setup::KernelVxlan => self.setup_kernel_vxlan(),
+            Setup::Routes => self.setup_routes().map_err(|e| e.to_string())?,
+            Setup::RoutesVxlanMtu => self.setup_routes().map_err(|e| e.to_string())? - 50,
+            Setup::KernelVxlan => self.setup_kernel_vxlan().map_err(|e| e.to_string())?,
             Setup::Twill(_) => {
                 let nets = self.nets.clone();
                 self.start_twill(cfg, Some(&nets))?
             }
         };
-        self.wire_pods(mtu);
+        self.wire_pods(mtu)?;
         let twill = matches!(cfg.setup, Setup::Twill(_));
         let timeout = Duration::from_secs(if twill { 60 } else { 15 });
         self.wait_reachable(timeout, twill)?;
@@ -529,19 +508,19 @@ impl Bench {
     }
 
     /// Baseline (a): a route per peer via its node on eth0. Pod MTU: eth0's.
-    fn setup_routes(&self) -> u32 {
+    fn setup_routes(&self) -> Result<u32, LabError> {
         for (i, node) in self.c.nodes.iter().enumerate() {
             for (j, peer) in self.c.nodes.iter().enumerate().filter(|(j, _)| *j != i) {
                 let (net, via) = (&self.nets[j].cidr, peer.ip());
-                ip(&node.ns, &format!("route replace {net} via {via} dev eth0"));
+                ip(&node.ns, &format!("route replace {net} via {via} dev eth0"))?;
             }
         }
-        self.eth0_mtu
+        Ok(self.eth0_mtu)
     }
 
     /// Baseline (b): flannel's vxlan objects, made with `ip` and `bridge` as flannel
     /// makes them. Pod MTU: the device's (eth0's − 50).
-    fn setup_kernel_vxlan(&self) -> u32 {
+    fn setup_kernel_vxlan(&self) -> Result<u32, LabError> {
         let mtu = self.eth0_mtu - 50;
         let mut macs = Vec::new();
         for (node, net) in self.c.nodes.iter().zip(&self.nets) {
@@ -551,16 +530,20 @@ impl Bench {
                 &format!(
                     "link add flannel.1 type vxlan id 1 local {local} dev eth0 dstport 8472 nolearning"
                 ),
-            );
-            ip(ns, &format!("link set flannel.1 mtu {mtu}"));
-            ip(ns, &format!("addr add {vtep}/32 dev flannel.1"));
-            ip(ns, "link set flannel.1 up");
-            let link = ip(ns, "-o link show dev flannel.1");
+            )?;
+            ip(ns, &format!("link set flannel.1 mtu {mtu}"))?;
+            ip(ns, &format!("addr add {vtep}/32 dev flannel.1"))?;
+            ip(ns, "link set flannel.1 up")?;
+            let link = ip(ns, "-o link show dev flannel.1")?;
             let mac = link
                 .split("link/ether ")
                 .nth(1)
                 .and_then(|r| r.split_whitespace().next())
-                .unwrap_or_else(|| panic!("no MAC on flannel.1: {link}"))
+                .ok_or_else(|| LabError::Command {
+                    command: format!("ip -n {ns} link show dev flannel.1"),
+                    status: "no MAC".into(),
+                    stderr: link.clone(),
+                })?
                 .to_owned();
             macs.push(mac);
         }
@@ -571,43 +554,33 @@ impl Bench {
                 ip(
                     ns,
                     &format!("neigh replace {vtep} lladdr {mac} dev flannel.1 nud permanent"),
-                );
+                )?;
                 let fdb = format!("fdb replace {mac} dev flannel.1 dst {dst} self permanent");
                 let mut cmd = vec!["ip", "netns", "exec", ns, "bridge"];
                 cmd.extend(fdb.split_whitespace());
-                sh(&cmd);
+                twill_lab::sh(&cmd)?;
                 ip(
                     ns,
                     &format!("route replace {net} via {vtep} dev flannel.1 onlink"),
-                );
+                )?;
             }
         }
-        mtu
+        Ok(mtu)
     }
 
     /// Wire every pod as a CNI bridge plugin would, the same for every configuration:
     /// `cni0` at `<subnet>.1`, the pod at `<subnet>.2` with a default route via it, both
     /// ends of the pod's veth at `mtu`.
-    fn wire_pods(&self, mtu: u32) {
+    fn wire_pods(&self, mtu: u32) -> Result<(), String> {
         for (node, net) in self.c.nodes.iter().zip(&self.nets) {
-            let (gw, pod, len) = (net.addr(1), net.addr(2), &net.len);
-            ip(&node.ns, "addr flush dev cni0");
-            ip(&node.ns, &format!("addr add {gw}/{len} dev cni0"));
-            ip(&node.ns, &format!("link set vpod mtu {mtu}"));
-            ip(&node.ns, "link set cni0 up");
-            ip(&node.pod_ns, "addr flush dev eth0");
-            ip(&node.pod_ns, &format!("addr add {pod}/{len} dev eth0"));
-            ip(&node.pod_ns, &format!("link set eth0 mtu {mtu} up"));
-            ip(&node.pod_ns, &format!("route replace default via {gw}"));
+            pods::wire(node.net(), net, mtu).map_err(|e| e.to_string())?;
         }
+        Ok(())
     }
 
     /// Whether a ping from pod `from` to pod `to` (0-based) is answered.
     fn ping(&self, from: usize, to: usize) -> bool {
-        let (ns, dst) = (&self.c.nodes[from].pod_ns, self.nets[to].addr(2));
-        run(&["ip", "netns", "exec", ns, "ping", "-c1", "-W1", &dst])
-            .status
-            .success()
+        traffic::ping(&self.c.nodes[from].pod_ns, &self.nets[to].pod())
     }
 
     /// Wait until pod 1 and pod 2 ping each other (and twill, if it runs, stays up).
@@ -635,95 +608,17 @@ impl Bench {
 
     /// iperf3 from pod 1 to pod 2: (bit/s, bytes, seconds) received.
     fn iperf(&self, streams: u32) -> Result<(f64, f64, f64), String> {
-        let result = self.iperf_once(streams);
-        // Whatever happened, no iperf3 stays behind.
-        for node in &self.c.nodes {
-            kill_in_ns(&node.pod_ns, Some("iperf3"));
-        }
-        result
-    }
-
-    fn iperf_once(&self, streams: u32) -> Result<(f64, f64, f64), String> {
-        let server = &self.c.nodes[1];
-        let client = &self.c.nodes[0];
-        let dst = self.nets[1].addr(2);
-        let mut srv = Command::new("ip")
-            .args(["netns", "exec", &server.pod_ns, "iperf3", "-s", "-1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start iperf3: {e}"))?;
-        let secs = self.opts.seconds.to_string();
-        let par = streams.to_string();
-        let start = Instant::now();
-        let result = loop {
-            let mut cl = Command::new("ip")
-                .args(["netns", "exec", &client.pod_ns, "iperf3", "-c", &dst])
-                .args(["-t", &secs, "-P", &par, "-J", "--connect-timeout", "2000"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot start iperf3: {e}"))?;
-            // Read its JSON on a thread, so a full pipe never stalls it.
-            let reader = cl.stdout.take().map(|mut out| {
-                thread::spawn(move || {
-                    let mut text = String::new();
-                    let _ = out.read_to_string(&mut text);
-                    text
-                })
-            });
-            let deadline = Duration::from_secs(u64::from(self.opts.seconds) + 30);
-            let run_start = Instant::now();
-            let status = loop {
-                if let Ok(Some(s)) = cl.try_wait() {
-                    break Some(s);
-                }
-                if run_start.elapsed() > deadline {
-                    let _ = cl.kill();
-                    let _ = cl.wait();
-                    break None;
-                }
-                thread::sleep(Duration::from_millis(50));
-            };
-            let Some(status) = status else {
-                break Err(format!("iperf3 client did not end within {deadline:?}"));
-            };
-            let text = reader.and_then(|r| r.join().ok()).unwrap_or_default();
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            if let Some(err) = v["error"].as_str() {
-                let retry = err.contains("unable to connect") || err.contains("refused");
-                if retry && start.elapsed() < Duration::from_secs(10) {
-                    thread::sleep(Duration::from_millis(200));
-                    continue;
-                }
-                break Err(format!("iperf3: {err}"));
-            }
-            if !status.success() {
-                break Err(format!("iperf3 client failed ({status})"));
-            }
-            let sum = &v["end"]["sum_received"];
-            match (
-                sum["bits_per_second"].as_f64(),
-                sum["bytes"].as_f64(),
-                sum["seconds"].as_f64(),
-            ) {
-                (Some(bps), Some(bytes), Some(s)) => break Ok((bps, bytes, s)),
-                _ => break Err("iperf3 JSON without end.sum_received".into()),
-            }
-        };
-        // The one-off server ends after its test; give it a moment, then kill it.
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(2) {
-            if let Ok(Some(_)) = srv.try_wait() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = srv.kill();
-        let _ = srv.wait();
-        result
+        let (server, client) = (&self.c.nodes[1], &self.c.nodes[0]);
+        let dst = self.nets[1].pod();
+        traffic::iperf3(
+            &server.pod_ns,
+            &client.pod_ns,
+            &dst,
+            self.opts.seconds,
+            streams,
+        )
+        .map(|r| (r.bits_per_second, r.bytes, r.seconds))
+        .map_err(|e| e.to_string())
     }
 
     /// Let twill's start-up work end before measuring: wait (10 s at most) until its
@@ -747,7 +642,7 @@ impl Bench {
         self.c
             .nodes
             .iter()
-            .flat_map(|n| ns_pids(&n.ns))
+            .flat_map(|n| netns::pids(&n.ns))
             .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
             .filter_map(|stat| {
                 // Fields after "(comm)": state is field 3, utime 14, stime 15.
@@ -769,8 +664,8 @@ impl Bench {
         });
         for node in &mut self.c.nodes {
             // Whatever still runs in a node or pod (a twill that a failed stop left) dies.
-            kill_in_ns(&node.ns, None);
-            kill_in_ns(&node.pod_ns, None);
+            netns::kill_all(&node.ns, None);
+            netns::kill_all(&node.pod_ns, None);
             if node.twill_running() {
                 let _ = node.wait_exit(Duration::from_secs(2));
             }
@@ -1051,47 +946,6 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// `ip -n <ns> <args>` (split at whitespace); its output. Panics if it fails.
-fn ip(ns: &str, args: &str) -> String {
-    let mut cmd = vec!["ip", "-n", ns];
-    cmd.extend(args.split_whitespace());
-    sh(&cmd)
-}
-
-/// The pids in namespace `ns`.
-fn ns_pids(ns: &str) -> Vec<String> {
-    String::from_utf8_lossy(&run(&["ip", "netns", "pids", ns]).stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// SIGKILL every process in `ns` (only those named `comm`, if given) and wait until
-/// they are gone (at most 5 s).
-fn kill_in_ns(ns: &str, comm: Option<&str>) {
-    let matching = || -> Vec<String> {
-        ns_pids(ns)
-            .into_iter()
-            .filter(|pid| {
-                comm.is_none_or(|want| {
-                    fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == want)
-                })
-            })
-            .collect()
-    };
-    let start = Instant::now();
-    loop {
-        let pids = matching();
-        if pids.is_empty() || start.elapsed() > Duration::from_secs(5) {
-            return;
-        }
-        for pid in &pids {
-            let _ = run(&["kill", "-KILL", pid]);
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The names of the `flannel*` devices in `ns`.
 fn flannel_links(ns: &str) -> Vec<String> {
     String::from_utf8_lossy(&run(&["ip", "-n", ns, "-o", "link", "show"]).stdout)
@@ -1119,60 +973,4 @@ fn foreign_routes(ns: &str) -> Vec<(String, String)> {
         (*dev != "cni0").then(|| ((*dst).to_owned(), (*dev).to_owned()))
     })
     .collect()
-}
-
-/// The line of twill's log (from byte `offset`) that says what went wrong: a panic's
-/// location and message, else the last line starting with "error" or at level ERROR,
-/// else the last line with "error" in it, else the last line.
-fn error_line(log: &Path, offset: u64) -> String {
-    let text = fs::read(log).unwrap_or_default();
-    let from = usize::try_from(offset).unwrap_or(0).min(text.len());
-    let text = strip_ansi(&String::from_utf8_lossy(&text[from..]));
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let last = |f: &dyn Fn(&str) -> bool| lines.iter().rposition(|l| f(l));
-    let line = if let Some(i) = last(&|l| l.contains("panicked at")) {
-        // "thread 'main' panicked at src/x.rs:1:2:" then the message on the next line.
-        let msg = lines.get(i + 1).copied().unwrap_or("");
-        format!("{} {msg}", lines[i])
-    } else if let Some(i) = last(&|l| l.starts_with("error") || l.contains(" ERROR ")) {
-        // An error ending in ':' goes on below (e.g. a wasm backtrace) and ends the log
-        // with its cause.
-        match lines.last() {
-            Some(cause) if lines[i].ends_with(':') && i + 1 < lines.len() => {
-                format!("{} … {cause}", lines[i])
-            }
-            _ => lines[i].to_owned(),
-        }
-    } else if let Some(i) = last(&|l| l.to_lowercase().contains("error")) {
-        lines[i].to_owned()
-    } else {
-        lines
-            .last()
-            .copied()
-            .unwrap_or("(no log output)")
-            .to_owned()
-    };
-    line.chars().take(400).collect()
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // ESC [ … final byte in @..~
-            for d in chars.by_ref() {
-                if ('@'..='~').contains(&d) && d != '[' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
