@@ -40,7 +40,7 @@ const TUN_F_TSO4: libc::c_uint = 0x02;
 impl Tun {
     /// Create (or attach to) the TUN device `name` in the calling thread's network
     /// namespace, non-blocking, with a `virtio_net_hdr` before every packet
-    /// ([`crate::offload::VnetHdr`]) and, where the kernel allows, TCP segmentation
+    /// (`twill_datapath::offload::VnetHdr`) and, where the kernel allows, TCP segmentation
     /// offload: reads may then be TCP super-packets of up to 64 KiB.
     pub fn open(name: &str) -> io::Result<Tun> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {

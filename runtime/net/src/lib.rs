@@ -14,7 +14,6 @@ pub mod datapath;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 mod netlink;
-pub mod offload;
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;

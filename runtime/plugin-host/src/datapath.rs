@@ -13,6 +13,7 @@ pub use crate::bindings::exports::twill::backend::datapath::{
     Action, BatchOut, Drops, Endpoint, OutPacket, Packet,
 };
 use crate::bindings::{self as wit, DatapathGuest};
+use crate::confine::Confinement;
 use crate::convert::{event_to_wit, node_to_wit, subnet_to_wit};
 use crate::instance::{BackendError, CallError, Guarded};
 use crate::state::PluginStats;
@@ -22,6 +23,7 @@ use crate::{Grant, Plugin, PluginHost};
 pub struct Datapath {
     plugin: String,
     guest: Guarded<DatapathGuest>,
+    confinement: Confinement,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -60,6 +62,13 @@ impl PluginHost {
         };
         grant.own_subnet = Some(own);
         let node = node_to_wit(&grant);
+        // The port the plugin bound (through datapath-host) in its `init`; none, and
+        // no datagram may leave.
+        let port = self
+            .datapath_resources(&plugin.name)
+            .and_then(|r| r.udp)
+            .map_or(0, |(addr, _)| addr.port());
+        let confinement = Confinement::new(grant.network, own, port);
         let mut store = self.store(&plugin.name, grant, stats);
         let instance = plugin
             .pre
@@ -71,6 +80,7 @@ impl PluginHost {
         let mut datapath = Datapath {
             plugin: plugin.name.clone(),
             guest: Guarded::new(&plugin.name, store, guest, self.deadline_ticks()),
+            confinement,
         };
         datapath.guest.call("attach", |g, s| {
             g.call_attach(s, config, &node, subnet_to_wit(own))
@@ -85,11 +95,18 @@ impl Datapath {
         &self.plugin
     }
 
-    /// Peer lease changes, in order.
+    /// What the host lets this instance's answers do; its peers are those
+    /// [`Datapath::update`] was given.
+    pub fn confinement(&self) -> &Confinement {
+        &self.confinement
+    }
+
+    /// Peer lease changes, in order: to the plugin and to the host's confinement.
     pub fn update(&mut self, events: &[LeaseEvent]) -> Result<(), CallError> {
         if events.is_empty() {
             return Ok(());
         }
+        self.confinement.apply(events);
         let events: Vec<wit::LeaseEvent> = events.iter().map(event_to_wit).collect();
         self.guest
             .call("update", |g, s| g.call_update(s, &events).map(Ok))

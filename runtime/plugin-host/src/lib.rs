@@ -11,6 +11,7 @@
 
 mod bindings;
 pub mod catalog;
+mod confine;
 mod convert;
 mod datapath;
 mod imports;
@@ -31,6 +32,7 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder};
 use crate::bindings::{BackendIndices, DatapathIndices};
 use crate::state::PluginState;
 
+pub use crate::confine::Confinement;
 pub use crate::datapath::{Action, BatchOut, Datapath, Drops, Endpoint, OutPacket, Packet};
 pub use crate::instance::{
     Backend, BackendError, CallError, ErrorKind, NodeInfo, PeerOutcome, Registration,

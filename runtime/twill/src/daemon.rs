@@ -25,6 +25,7 @@ use twill_api::{
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet_env::SubnetEnv;
 use twill_core::{Config, PeerSet, Subnet};
+use twill_datapath::Pump;
 use twill_net::{Kernel, Netlink};
 use twill_plugin_host::{
     Backend, BackendError, CallError, ErrorKind, Grant, Limits, NodeInfo, Plugin, PluginHost,
@@ -37,7 +38,8 @@ use twill_store::{
 
 use crate::cli::{PluginDirArg, RunArgs, StoreKind};
 use crate::metered::Metered;
-use crate::{iface, plugins, subnet_file, switch, udp};
+use crate::report::UdpCounters;
+use crate::{iface, plugins, subnet_file, switch};
 
 /// How often every known peer is re-applied, repairing kernel state that went missing.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
@@ -210,15 +212,14 @@ async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow
     backend.start(lease.subnet).await?;
     let grant_for_restart = grant.clone();
     let datapath = if plugin.has_datapath() {
-        let resources = host.datapath_resources(&plugin.name).unwrap_or_default();
-        let setup = udp::Setup {
+        let setup = twill_datapath::Setup {
             host: &host,
             plugin: &plugin,
             grant,
             stats: backend.stats().clone(),
             config: &config.backend.json,
             own: lease.subnet,
-            metrics: metrics.clone(),
+            counters: Arc::new(UdpCounters(metrics.clone())),
         };
         // Seeded with the peers known now, so the first packets find their peer.
         let peers: Vec<LeaseEvent> = leases
@@ -231,7 +232,7 @@ async fn run_node(args: RunArgs, api: ApiState, metrics: Arc<Metrics>) -> anyhow
             .cloned()
             .map(LeaseEvent::Added)
             .collect();
-        Some(udp::DataPath::start(setup, resources, &peers)?)
+        Some(Pump::start(setup, &peers)?)
     } else {
         None
     };
@@ -433,7 +434,7 @@ struct Node<S> {
     peer_states: BTreeMap<Subnet, PeerState>,
     backend: Backend,
     /// The udp-style data path, for a backend that exports one.
-    datapath: Option<udp::DataPath>,
+    datapath: Option<Pump>,
     /// When the backend trapped: when to restart it and the backoff used.
     restart: Option<Restart>,
     /// The last restart made, to grow the backoff while the plugin keeps trapping.
@@ -949,18 +950,14 @@ impl<S: LeaseStore> Node<S> {
         if !self.plugin.has_datapath() {
             return Ok(());
         }
-        let resources = self
-            .host
-            .datapath_resources(&self.plugin.name)
-            .unwrap_or_default();
-        let setup = udp::Setup {
+        let setup = twill_datapath::Setup {
             host: &self.host,
             plugin: &self.plugin,
             grant: self.grant.clone(),
             stats: self.backend.stats().clone(),
             config: &self.config.backend.json,
             own: self.lease.subnet,
-            metrics: self.metrics.clone(),
+            counters: Arc::new(UdpCounters(self.metrics.clone())),
         };
         let peers: Vec<LeaseEvent> = self
             .peers
@@ -968,7 +965,7 @@ impl<S: LeaseStore> Node<S> {
             .cloned()
             .map(LeaseEvent::Added)
             .collect();
-        self.datapath = Some(udp::DataPath::start(setup, resources, &peers)?);
+        self.datapath = Some(Pump::start(setup, &peers)?);
         Ok(())
     }
 

@@ -10,10 +10,10 @@ mod demo;
 mod iface;
 mod metered;
 mod plugins;
+mod report;
 mod status;
 mod subnet_file;
 mod switch;
-mod udp;
 
 use std::process::ExitCode;
 

@@ -8,7 +8,7 @@
 //! - in: consecutive segments of one TCP flow are merged back by [`Coalescer`] into one
 //!   super-packet written with a GSO header, so the kernel's TCP stack handles it once.
 //!
-//! Pure functions over byte slices; the descriptors live in [`crate::datapath`].
+//! Pure functions over byte slices; the TUN device and sockets live in `twill_net::datapath`.
 
 /// `struct virtio_net_hdr`: what precedes every packet on a TUN device opened with
 /// `IFF_VNET_HDR` (native byte order, 10 bytes).

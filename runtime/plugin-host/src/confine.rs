@@ -1,0 +1,109 @@
+//! What a data path's answers may make the host do, whatever the plugin says: send
+//! only to a current peer's public IP on the port the plugin bound, and pass into the
+//! TUN device only IPv4 packets from inside the cluster network to the node's own
+//! subnet. The peer set follows the lease events the instance is given
+//! ([`crate::Datapath::update`]), so the check cannot drift from what the plugin knows.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use twill_core::Subnet;
+use twill_core::lease::LeaseEvent;
+
+use crate::datapath::Endpoint;
+
+/// The host's limits on one data-path instance's answers.
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    network: Subnet,
+    own: Subnet,
+    port: u16,
+    peers: HashSet<u32>,
+}
+
+impl Confinement {
+    /// For a node in `network` owning `own`, whose plugin bound `port`; no peers yet.
+    pub fn new(network: Subnet, own: Subnet, port: u16) -> Confinement {
+        Confinement {
+            network,
+            own,
+            port,
+            peers: HashSet::new(),
+        }
+    }
+
+    /// Follow lease events: an added lease's public IP becomes a destination, a removed
+    /// one's stops being one.
+    pub fn apply(&mut self, events: &[LeaseEvent]) {
+        for e in events {
+            match e {
+                LeaseEvent::Added(l) => {
+                    self.peers.insert(u32::from(l.attrs.public_ip));
+                }
+                LeaseEvent::Removed(l) => {
+                    self.peers.remove(&u32::from(l.attrs.public_ip));
+                }
+            }
+        }
+    }
+
+    /// Whether a datagram may go to `ep`.
+    pub fn to_peer_allowed(&self, ep: &Endpoint) -> bool {
+        ep.port == self.port && self.peers.contains(&ep.ip)
+    }
+
+    /// Whether `packet` may be written into the TUN device.
+    pub fn to_tun_allowed(&self, packet: &[u8]) -> bool {
+        if packet.len() < 20 || packet[0] >> 4 != 4 {
+            return false;
+        }
+        let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+        self.network.contains(src) && self.own.contains(dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use twill_core::lease::{Lease, LeaseAttrs};
+
+    use super::*;
+
+    fn lease(public_ip: [u8; 4]) -> Lease {
+        Lease {
+            subnet: "10.244.2.0/24".parse().expect("subnet"),
+            attrs: LeaseAttrs::new(Ipv4Addr::from(public_ip), "", None).expect("attrs"),
+            expires: None,
+        }
+    }
+
+    #[test]
+    fn the_host_confines_what_a_data_path_may_do() {
+        let mut limits = Confinement::new(
+            "10.244.0.0/16".parse().expect("net"),
+            "10.244.1.0/24".parse().expect("own"),
+            8285,
+        );
+        limits.apply(&[LeaseEvent::Added(lease([192, 168, 0, 2]))]);
+        let to = |ip: [u8; 4], port| Endpoint {
+            ip: u32::from(Ipv4Addr::from(ip)),
+            port,
+        };
+        assert!(limits.to_peer_allowed(&to([192, 168, 0, 2], 8285)));
+        assert!(!limits.to_peer_allowed(&to([192, 168, 0, 2], 53)));
+        assert!(!limits.to_peer_allowed(&to([8, 8, 8, 8], 8285)));
+        let packet = |src: [u8; 4], dst: [u8; 4]| {
+            let mut p = vec![0x45u8; 20];
+            p[12..16].copy_from_slice(&src);
+            p[16..20].copy_from_slice(&dst);
+            p
+        };
+        assert!(limits.to_tun_allowed(&packet([10, 244, 2, 2], [10, 244, 1, 2])));
+        assert!(!limits.to_tun_allowed(&packet([172, 16, 0, 1], [10, 244, 1, 2])));
+        assert!(!limits.to_tun_allowed(&packet([10, 244, 2, 2], [10, 244, 3, 2])));
+        assert!(!limits.to_tun_allowed(&[0x60; 40]));
+        // A removed lease is no destination any more.
+        limits.apply(&[LeaseEvent::Removed(lease([192, 168, 0, 2]))]);
+        assert!(!limits.to_peer_allowed(&to([192, 168, 0, 2], 8285)));
+    }
+}
