@@ -16,5 +16,5 @@ pub mod subnet_env;
 pub use config::{BackendConfig, Config, ConfigError};
 pub use lease::{Lease, LeaseAttrs, LeaseError, LeaseEvent};
 pub use mac::MacAddr;
-pub use peers::PeerSet;
+pub use peers::{Changes, PeerSet};
 pub use subnet::{Subnet, SubnetError};

@@ -2,6 +2,11 @@
 //! `lease.LeaseWatcher`: it filters out the node's own subnet, answers a removal with the
 //! stored lease (a delete from etcd carries no attributes, but a backend needs them to
 //! tear down), and turns a fresh snapshot into the adds and removes it implies.
+//!
+//! It also owns the admission rule: a peer lease must be a `SubnetLen` subnet inside
+//! the network that does not overlap ours. Anything else (a hand-written key, a
+//! leftover of another config) never reaches a backend; it is returned as skipped so
+//! the caller can say so.
 
 use std::collections::BTreeMap;
 
@@ -9,19 +14,41 @@ use crate::lease::{Lease, LeaseEvent};
 use crate::subnet::Subnet;
 
 /// Remote leases keyed by subnet.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct PeerSet {
-    own: Option<Subnet>,
+    own: Subnet,
+    network: Subnet,
+    subnet_len: u8,
     leases: BTreeMap<Subnet, Lease>,
 }
 
+/// What applying store events (or a snapshot) did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// The events a backend must act on, in order.
+    pub events: Vec<LeaseEvent>,
+    /// Added leases that are no peer this network can have (see [`PeerSet::admits`]).
+    pub skipped: Vec<Lease>,
+}
+
 impl PeerSet {
-    /// An empty set that ignores `own` (the node's own subnet).
-    pub fn new(own: Subnet) -> Self {
+    /// An empty set for the node owning `own` in `network`, whose leases are
+    /// `/subnet_len`. Events for `own` itself are ignored.
+    pub fn new(own: Subnet, network: Subnet, subnet_len: u8) -> Self {
         Self {
-            own: Some(own),
+            own,
+            network,
+            subnet_len,
             leases: BTreeMap::new(),
         }
+    }
+
+    /// Whether `lease` is a peer this network can have: a `SubnetLen` subnet inside the
+    /// network that does not overlap ours.
+    pub fn admits(&self, lease: &Lease) -> bool {
+        lease.subnet.prefix() == self.subnet_len
+            && self.network.contains_subnet(&lease.subnet)
+            && !lease.subnet.overlaps(&self.own)
     }
 
     /// The remote leases, ordered by subnet.
@@ -42,18 +69,20 @@ impl PeerSet {
     /// Apply store events; returns the events a backend must act on. A lease whose
     /// attributes changed becomes a removal of the old one and an addition of the new; a
     /// renewal (same attributes) produces nothing.
-    pub fn apply(&mut self, events: impl IntoIterator<Item = LeaseEvent>) -> Vec<LeaseEvent> {
-        let mut out = Vec::new();
+    /// An added lease that is not admitted is skipped (and reported).
+    pub fn apply(&mut self, events: impl IntoIterator<Item = LeaseEvent>) -> Changes {
+        let mut out = Changes::default();
         for event in events {
             let subnet = event.lease().subnet;
-            if Some(subnet) == self.own {
+            if subnet == self.own {
                 continue;
             }
             match event {
-                LeaseEvent::Added(lease) => self.add(lease, &mut out),
+                LeaseEvent::Added(lease) if !self.admits(&lease) => out.skipped.push(lease),
+                LeaseEvent::Added(lease) => self.add(lease, &mut out.events),
                 LeaseEvent::Removed(_) => {
                     if let Some(old) = self.leases.remove(&subnet) {
-                        out.push(LeaseEvent::Removed(old));
+                        out.events.push(LeaseEvent::Removed(old));
                     }
                 }
             }
@@ -78,12 +107,20 @@ impl PeerSet {
 
     /// Replace the set with a full listing; returns the removals and additions that
     /// take the old set to the new one.
-    pub fn reset(&mut self, snapshot: impl IntoIterator<Item = Lease>) -> Vec<LeaseEvent> {
-        let fresh: BTreeMap<Subnet, Lease> = snapshot
-            .into_iter()
-            .filter(|l| Some(l.subnet) != self.own)
-            .map(|l| (l.subnet, l))
-            .collect();
+    /// Leases the set does not admit are skipped (and reported).
+    pub fn reset(&mut self, snapshot: impl IntoIterator<Item = Lease>) -> Changes {
+        let mut skipped = Vec::new();
+        let mut fresh = BTreeMap::new();
+        for l in snapshot {
+            if l.subnet == self.own {
+                continue;
+            }
+            if self.admits(&l) {
+                fresh.insert(l.subnet, l);
+            } else {
+                skipped.push(l);
+            }
+        }
         let gone: Vec<Subnet> = self
             .leases
             .keys()
@@ -95,7 +132,11 @@ impl PeerSet {
                 .filter_map(|s| self.leases.get(&s).cloned().map(LeaseEvent::Removed))
                 .collect::<Vec<_>>(),
         );
-        out.extend(self.apply(fresh.into_values().map(LeaseEvent::Added)));
+        out.events.extend(
+            self.apply(fresh.into_values().map(LeaseEvent::Added))
+                .events,
+        );
+        out.skipped = skipped;
         out
     }
 }
@@ -106,6 +147,15 @@ mod tests {
 
     use super::*;
     use crate::lease::LeaseAttrs;
+
+    /// The set of the node owning `own` in 10.244.0.0/16 with /24 leases.
+    fn set_for(own: &str) -> PeerSet {
+        PeerSet::new(
+            own.parse().expect("subnet"),
+            "10.244.0.0/16".parse().expect("network"),
+            24,
+        )
+    }
 
     fn lease(subnet: &str, ip: u8, mac: &str) -> Lease {
         Lease {
@@ -122,46 +172,72 @@ mod tests {
 
     #[test]
     fn filters_own_subnet_and_returns_stored_attrs_on_remove() {
-        let mut set = PeerSet::new("10.244.1.0/24".parse().expect("subnet"));
+        let mut set = set_for("10.244.1.0/24");
         let own = lease("10.244.1.0/24", 1, "02:00:00:00:00:01");
         let peer = lease("10.244.2.0/24", 2, "02:00:00:00:00:02");
         let out = set.apply([LeaseEvent::Added(own), LeaseEvent::Added(peer.clone())]);
-        assert_eq!(out, vec![LeaseEvent::Added(peer.clone())]);
+        assert_eq!(out.events, vec![LeaseEvent::Added(peer.clone())]);
         // A delete from etcd knows only the subnet.
         let mut bare = peer.clone();
         bare.attrs = LeaseAttrs::new(Ipv4Addr::UNSPECIFIED, "", None).expect("attrs");
         assert_eq!(
-            set.apply([LeaseEvent::Removed(bare.clone())]),
+            set.apply([LeaseEvent::Removed(bare.clone())]).events,
             vec![LeaseEvent::Removed(peer)]
         );
         assert!(
-            set.apply([LeaseEvent::Removed(bare)]).is_empty(),
+            set.apply([LeaseEvent::Removed(bare)]).events.is_empty(),
             "unknown removal is dropped"
         );
     }
 
     #[test]
     fn renewal_is_silent_and_change_is_remove_then_add() {
-        let mut set = PeerSet::new("10.244.1.0/24".parse().expect("subnet"));
+        let mut set = set_for("10.244.1.0/24");
         let peer = lease("10.244.2.0/24", 2, "02:00:00:00:00:02");
         set.apply([LeaseEvent::Added(peer.clone())]);
-        assert!(set.apply([LeaseEvent::Added(peer.clone())]).is_empty());
+        assert!(
+            set.apply([LeaseEvent::Added(peer.clone())])
+                .events
+                .is_empty()
+        );
         let moved = lease("10.244.2.0/24", 2, "02:00:00:00:00:99");
         assert_eq!(
-            set.apply([LeaseEvent::Added(moved.clone())]),
+            set.apply([LeaseEvent::Added(moved.clone())]).events,
             vec![LeaseEvent::Removed(peer), LeaseEvent::Added(moved)]
         );
     }
 
     #[test]
     fn reset_diffs_against_snapshot() {
-        let mut set = PeerSet::new("10.244.1.0/24".parse().expect("subnet"));
+        let mut set = set_for("10.244.1.0/24");
         let a = lease("10.244.2.0/24", 2, "02:00:00:00:00:02");
         let b = lease("10.244.3.0/24", 3, "02:00:00:00:00:03");
         let c = lease("10.244.4.0/24", 4, "02:00:00:00:00:04");
         set.apply([LeaseEvent::Added(a.clone()), LeaseEvent::Added(b.clone())]);
         let out = set.reset([b, c.clone()]);
-        assert_eq!(out, vec![LeaseEvent::Removed(a), LeaseEvent::Added(c)]);
+        assert_eq!(
+            out.events,
+            vec![LeaseEvent::Removed(a), LeaseEvent::Added(c)]
+        );
         assert_eq!(set.len(), 2);
+    }
+
+    #[test]
+    fn only_subnetlen_subnets_inside_the_network_apart_from_ours_are_admitted() {
+        let mut set = set_for("10.244.1.0/24");
+        let peer = lease("10.244.2.0/24", 2, "02:00:00:00:00:02");
+        let whole = lease("10.244.0.0/16", 3, "02:00:00:00:00:03");
+        let outside = lease("10.9.2.0/24", 4, "02:00:00:00:00:04");
+        let other_len = lease("10.244.4.0/25", 5, "02:00:00:00:00:05");
+        let out =
+            set.apply([&peer, &whole, &outside, &other_len].map(|l| LeaseEvent::Added(l.clone())));
+        assert_eq!(out.events, vec![LeaseEvent::Added(peer.clone())]);
+        assert_eq!(out.skipped, vec![whole.clone(), outside.clone(), other_len]);
+        // The same rule for a snapshot; the peer stays, nothing else gets in.
+        let out = set.reset([peer, whole.clone(), outside]);
+        assert!(out.events.is_empty());
+        assert_eq!(out.skipped.len(), 2);
+        assert_eq!(set.len(), 1);
+        assert!(!set.admits(&whole));
     }
 }

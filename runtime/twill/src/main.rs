@@ -10,7 +10,6 @@ mod demo;
 mod iface;
 mod metered;
 mod plugins;
-mod report;
 mod status;
 mod subnet_file;
 mod switch;

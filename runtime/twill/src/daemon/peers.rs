@@ -1,0 +1,204 @@
+//! The store's view of the other nodes → the peers the backend is told about.
+//!
+//! [`Peers`] is the daemon's one record of peer state: the admitted set
+//! ([`PeerSet`], which owns the admission rule), what the backend was handed (so a
+//! fresh instance can be told what left while it was down), and what the backend last
+//! answered per peer (so a log line says when that changes). The API's peer list is
+//! written from here as a view of it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use anyhow::bail;
+use twill_api::ApiState;
+use twill_core::lease::{Lease, LeaseEvent};
+use twill_core::{Changes, Config, PeerSet, Subnet};
+use twill_plugin_host::PeerOutcome;
+use twill_store::{LeaseStore, WatchEvent};
+
+use super::Node;
+
+/// What the backend last reported for a peer.
+#[derive(Debug, Default)]
+struct PeerState {
+    /// What is programmed for it, when it is.
+    programmed: Option<String>,
+    /// Its error and since when, when it is in error.
+    error: Option<(String, SystemTime)>,
+}
+
+pub(super) struct Peers {
+    set: PeerSet,
+    /// The peer leases handed to the backend (added and not removed since).
+    handed: BTreeMap<Subnet, Lease>,
+    states: BTreeMap<Subnet, PeerState>,
+}
+
+impl Peers {
+    /// No peers yet, for the node owning `own` under `config`.
+    pub(super) fn new(own: Subnet, config: &Config) -> Self {
+        Self {
+            set: PeerSet::new(own, config.network, config.subnet_len),
+            handed: BTreeMap::new(),
+            states: BTreeMap::new(),
+        }
+    }
+
+    /// The admitted leases among `leases` (a listing taken before the watch starts),
+    /// as additions: what a data path must know before its first packet.
+    pub(super) fn admitted(&self, leases: &[Lease]) -> Vec<LeaseEvent> {
+        leases
+            .iter()
+            .filter(|l| self.set.admits(l))
+            .cloned()
+            .map(LeaseEvent::Added)
+            .collect()
+    }
+
+    /// The current peers.
+    pub(super) fn current(&self) -> impl Iterator<Item = Lease> + '_ {
+        self.set.leases().cloned()
+    }
+
+    /// A batch is about to be handed to the backend.
+    pub(super) fn handing(&mut self, events: &[LeaseEvent]) {
+        for e in events {
+            match e {
+                LeaseEvent::Added(l) => {
+                    self.handed.insert(l.subnet, l.clone());
+                }
+                LeaseEvent::Removed(l) => {
+                    self.handed.remove(&l.subnet);
+                }
+            }
+        }
+    }
+
+    /// What a fresh instance must be told: a removal for every peer the backend was
+    /// given that is gone now (it may have left while the backend was down), then every
+    /// current peer.
+    pub(super) fn replay_events(&self) -> Vec<LeaseEvent> {
+        let current: BTreeSet<Subnet> = self.set.leases().map(|l| l.subnet).collect();
+        let gone = self
+            .handed
+            .values()
+            .filter(|l| !current.contains(&l.subnet))
+            .cloned()
+            .map(LeaseEvent::Removed);
+        gone.chain(self.current().map(LeaseEvent::Added)).collect()
+    }
+
+    /// Record the backend's answer to `sent`, one outcome per event, in the API and in
+    /// the log when a peer's state changes.
+    pub(super) fn record(
+        &mut self,
+        sent: &[LeaseEvent],
+        outcomes: Vec<PeerOutcome>,
+        api: &ApiState,
+    ) {
+        if outcomes.len() != sent.len() {
+            tracing::warn!(
+                "backend answered {} outcomes for {} lease events",
+                outcomes.len(),
+                sent.len()
+            );
+        }
+        for (event, outcome) in sent.iter().zip(outcomes) {
+            let (subnet, public_ip) = (event.lease().subnet, event.lease().attrs.public_ip);
+            if let LeaseEvent::Removed(_) = event {
+                if let Err(e) = &outcome.result {
+                    tracing::warn!(%subnet, %public_ip, "removing peer: {e}");
+                }
+                self.states.remove(&subnet);
+                api.peer_removed(subnet);
+                continue;
+            }
+            let state = self.states.entry(subnet).or_default();
+            match outcome.result {
+                Ok(programmed) => {
+                    if state.error.is_some() || state.programmed.as_deref() != Some(&programmed) {
+                        tracing::info!(%subnet, %public_ip, "peer programmed: {programmed}");
+                    }
+                    api.peer_programmed(subnet, programmed.clone());
+                    state.error = None;
+                    state.programmed = Some(programmed);
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    api.peer_error(subnet, message.clone());
+                    if state.error.as_ref().map(|(m, _)| m) != Some(&message) {
+                        tracing::warn!(%subnet, %public_ip, "peer not programmed: {message}");
+                        state.error = Some((message, SystemTime::now()));
+                    }
+                    state.programmed = None;
+                }
+            }
+        }
+    }
+}
+
+impl<S: LeaseStore> Node<S> {
+    /// A store event: our own lease checked, the peer set updated, the changes handed
+    /// to the backend.
+    pub(super) async fn on_watch(&mut self, event: WatchEvent) -> anyhow::Result<()> {
+        let own = self.own.lease.subnet;
+        let changes = match event {
+            WatchEvent::Snapshot(leases) => {
+                self.report.api.set_leases(&leases);
+                match leases.iter().find(|l| l.subnet == own) {
+                    Some(l) => self.check_own(l)?,
+                    None => bail!(
+                        "our lease {own} is gone from the store; shutting down (as flanneld does)"
+                    ),
+                }
+                self.peers.set.reset(leases)
+            }
+            WatchEvent::Events(events) => {
+                for e in &events {
+                    self.report.lease_event(e);
+                    match e {
+                        LeaseEvent::Removed(l) if l.subnet == own => bail!(
+                            "our lease {own} has been revoked; shutting down (as flanneld does)"
+                        ),
+                        LeaseEvent::Added(l) if l.subnet == own => self.check_own(l)?,
+                        _ => {}
+                    }
+                }
+                self.peers.set.apply(events)
+            }
+        };
+        let Changes { events, skipped } = changes;
+        for l in &skipped {
+            tracing::warn!(
+                key = %l.subnet.key(), public_ip = %l.attrs.public_ip,
+                "skipping lease: not a /{} subnet of {} apart from ours {own}",
+                self.own.config.subnet_len, self.own.config.network
+            );
+        }
+        for e in &events {
+            match e {
+                LeaseEvent::Added(l) => {
+                    tracing::info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "peer added")
+                }
+                LeaseEvent::Removed(l) => {
+                    tracing::info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "peer removed")
+                }
+            }
+        }
+        self.apply(events).await
+    }
+
+    /// Our own lease as the store reports it: still ours, or we stop.
+    fn check_own(&mut self, lease: &Lease) -> anyhow::Result<()> {
+        if lease.attrs.public_ip != self.own.attrs.public_ip {
+            bail!(
+                "our lease {} now belongs to {}; shutting down (as flanneld does)",
+                lease.subnet,
+                lease.attrs.public_ip
+            );
+        }
+        self.own.lease.expires = lease.expires;
+        self.report.api.set_own_lease_expiry(lease.expires);
+        Ok(())
+    }
+}

@@ -1,0 +1,67 @@
+//! Waiting out a store that is away: backoff with a log line per failure, a retried
+//! request, a sleep to an optional deadline.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How often to look for the network config while it is missing (flannel: 1 s), and
+/// the first wait after a failed store request.
+pub(super) const CONFIG_POLL: Duration = Duration::from_secs(1);
+/// The longest wait between retries while etcd is unreachable.
+const MAX_RETRY: Duration = Duration::from_secs(10);
+
+/// Exponential backoff for store requests while etcd is away: 1 s doubling to 10 s,
+/// with a log line saying what failed and when the next try is.
+pub(super) struct Backoff(Duration);
+
+impl Backoff {
+    pub(super) fn new() -> Self {
+        Self(CONFIG_POLL)
+    }
+
+    pub(super) async fn wait(&mut self, what: &str, error: &dyn std::error::Error) {
+        tracing::warn!(
+            "{what}: {}; retrying in {}s",
+            error_chain(error),
+            self.0.as_secs()
+        );
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(MAX_RETRY);
+    }
+}
+
+/// Retry a store request with backoff until it succeeds (etcd may be briefly away).
+pub(super) async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, twill_store::StoreError>>,
+{
+    let mut backoff = Backoff::new();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => backoff.wait(what, &e).await,
+        }
+    }
+}
+
+/// Sleep until `at`; forever if there is none (a `select!` arm that never fires).
+pub(super) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An error and its sources, as one line.
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,333 @@
+//! From `twill run` to a running node, as named steps: the interface, the store and
+//! its config, the plugin, the backend's `init`, the lease, the previous backend's
+//! objects, `start` (and the data path), subnet.env.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use twill_api::{NodeInfo as ApiNode, Plugin as ApiPlugin, StoreState};
+use twill_core::Config;
+use twill_core::lease::{Lease, LeaseAttrs};
+use twill_core::subnet_env::SubnetEnv;
+use twill_datapath::Pump;
+use twill_net::{Kernel, Netlink};
+use twill_plugin_host::{
+    Backend, ExternalIface, Grant, Limits, NodeInfo, Plugin, PluginHost, Registration,
+};
+use twill_store::{
+    AcquireError, AnyStore, EmbeddedStore, EtcdOptions, EtcdStore, LeaseStore, acquire,
+};
+
+use super::peers::Peers;
+use super::report::Report;
+use super::retry::{Backoff, CONFIG_POLL, retry};
+use super::supervisor::Supervised;
+use super::{Node, OwnLease};
+use crate::cli::{RunArgs, StoreKind};
+use crate::metered::Metered;
+use crate::{iface, plugins, subnet_file, switch};
+
+/// Steps 1-3 of the daemon: everything up to a node that holds its lease, has its
+/// backend started and subnet.env written.
+pub(super) async fn run_node(args: RunArgs, report: Report) -> anyhow::Result<Node<AnyStore>> {
+    let kernel = open_kernel(&report).await?;
+    let (external, public_ip) = resolve_iface(&args, &kernel).await?;
+    report.api.set_store_state(StoreState::Connecting);
+    let store = connect(&args).await?;
+    let config = wait_for_config(&store, &args.etcd_prefix).await?;
+    report.api.set_store_state(StoreState::Connected);
+    tracing::info!(
+        network = %config.network, subnet_len = config.subnet_len,
+        subnet_min = %config.subnet_min, subnet_max = %config.subnet_max,
+        backend = %config.backend.kind, "network config"
+    );
+    let (host, plugin) = load_plugin(&args, kernel.clone(), &config)?;
+    describe_node(&args, &report, &external, public_ip, &config, &plugin);
+
+    let (leases, _) = retry("list leases", || store.list_leases()).await;
+    // Our previous lease's BackendData, whatever its type: the backend keeps what it
+    // recognises (the directrouting backend publishes `vxlan`, so matching on the
+    // configured type would lose its VTEP MAC on every restart).
+    let previous = leases.iter().find(|l| l.attrs.public_ip == public_ip);
+    let previous_data = previous.and_then(|l| l.attrs.backend_data.clone());
+    let previous_type = previous.map(|l| l.attrs.backend_type.clone());
+    let grant = Grant {
+        network: config.network,
+        own_subnet: None,
+        external: external.clone(),
+        public_ip,
+    };
+    let backend = host.spawn(&plugin, grant.clone())?;
+    let registration = init_backend(&backend, &config, previous_data, &report).await?;
+    let attrs = LeaseAttrs::new(
+        public_ip,
+        &registration.backend_type,
+        registration.backend_data.as_deref(),
+    )
+    .context("backend registered invalid BackendData")?;
+    let previous_subnet = subnet_file::read_previous(&args.subnet_file);
+    let lease = acquire_with_retry(&store, &config, &attrs, previous_subnet).await?;
+    tracing::info!(subnet = %lease.subnet, expires = ?lease.expires, "holding lease");
+    report.api.set_subnet(lease.subnet);
+    report.api.set_lease_held(true);
+    report.api.set_own_lease_expiry(lease.expires);
+
+    if let Some(previous) = previous_type.filter(|t| *t != registration.backend_type) {
+        purge_previous(&kernel, previous, &registration, &config, &lease, &external).await?;
+    }
+    backend.start(lease.subnet).await?;
+    let peers = Peers::new(lease.subnet, &config);
+    let datapath = if plugin.has_datapath() {
+        let setup = twill_datapath::Setup {
+            host: &host,
+            plugin: &plugin,
+            grant: grant.clone(),
+            stats: backend.stats().clone(),
+            config: &config.backend.json,
+            own: lease.subnet,
+            counters: report.udp_counters(),
+        };
+        // Seeded with the peers known now, so the first packets find their peer.
+        Some(Pump::start(setup, &peers.admitted(&leases))?)
+    } else {
+        None
+    };
+    write_env(&args, &config, &lease, &registration, &report)?;
+    Ok(Node {
+        own: OwnLease {
+            store,
+            config,
+            attrs,
+            lease,
+            renew_margin: Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60),
+        },
+        backend: Supervised::new(host, plugin, grant, backend, datapath, args.plugin_dir),
+        peers,
+        report,
+    })
+}
+
+/// Netlink in this namespace, every request counted into the metrics.
+async fn open_kernel(report: &Report) -> anyhow::Result<Arc<dyn Kernel>> {
+    let netlink: Arc<dyn Kernel> = Arc::new(
+        tokio::task::spawn_blocking(Netlink::new)
+            .await?
+            .context("open netlink")?,
+    );
+    Ok(Arc::new(Metered::new(netlink, report.metrics.clone())))
+}
+
+/// The external interface (`--iface`, else the default route's) and the public IP
+/// (`--public-ip`, else the interface's address).
+async fn resolve_iface(
+    args: &RunArgs,
+    kernel: &Arc<dyn Kernel>,
+) -> anyhow::Result<(ExternalIface, std::net::Ipv4Addr)> {
+    let external = {
+        let (k, wanted) = (kernel.clone(), args.iface.clone());
+        tokio::task::spawn_blocking(move || iface::resolve(k.as_ref(), &wanted)).await??
+    };
+    let public_ip = args.public_ip.unwrap_or(external.addr);
+    tracing::info!(
+        iface = %external.name, index = external.index, mtu = external.mtu,
+        iface_addr = %external.addr, %public_ip, "using interface"
+    );
+    Ok((external, public_ip))
+}
+
+/// The plugin host and the configured backend's plugin.
+fn load_plugin(
+    args: &RunArgs,
+    kernel: Arc<dyn Kernel>,
+    config: &Config,
+) -> anyhow::Result<(PluginHost, Plugin)> {
+    let host = PluginHost::with_cache(
+        kernel,
+        Limits {
+            memory_bytes: usize::try_from(args.plugin_memory_mib << 20).unwrap_or(usize::MAX),
+            call_timeout: Duration::from_secs(args.plugin_call_timeout),
+        },
+        args.plugin_cache.dir(),
+    )
+    .context("start the plugin host")?;
+    let plugin = plugins::resolve(&host, &args.plugin_dir, &config.backend.kind)?;
+    tracing::info!(plugin = %plugin.name, version = %plugin.version, source = %plugin.source,
+        capabilities = ?plugin.capabilities, wit_version = %plugin.wit_version,
+        load_ms = plugin.load_time.as_millis(), from_cache = plugin.from_cache,
+        "loaded backend plugin");
+    Ok((host, plugin))
+}
+
+/// What the API says about this node and its plugin.
+fn describe_node(
+    args: &RunArgs,
+    report: &Report,
+    external: &ExternalIface,
+    public_ip: std::net::Ipv4Addr,
+    config: &Config,
+    plugin: &Plugin,
+) {
+    report.api.set_node(ApiNode {
+        node_name: hostname(),
+        public_ip: Some(public_ip),
+        interface: external.name.clone(),
+        backend_type: config.backend.kind.clone(),
+        plugin: plugin.name.clone(),
+        store_endpoints: match args.store {
+            StoreKind::Etcd => args.etcd_endpoints.clone(),
+            StoreKind::Embedded => vec![format!("file://{}", args.store_path.display())],
+        },
+    });
+    report.api.set_plugin(ApiPlugin {
+        name: plugin.name.clone(),
+        version: plugin.version.clone(),
+        wit_version: plugin.wit_version.clone(),
+        sha256: plugin.sha256.clone(),
+        source: plugin.source.clone(),
+        capabilities: plugin.capabilities.clone(),
+        ..Default::default()
+    });
+}
+
+/// `init` with the `Backend` config and our previous BackendData.
+async fn init_backend(
+    backend: &Backend,
+    config: &Config,
+    previous_data: Option<String>,
+    report: &Report,
+) -> anyhow::Result<Registration> {
+    let registration = backend
+        .init(NodeInfo {
+            config: config.backend.json.clone(),
+            previous_data,
+        })
+        .await?;
+    report.api.set_backend_initialised(true);
+    report.api.set_mtu(registration.mtu);
+    Ok(registration)
+}
+
+/// Our previous lease had another BackendType: remove what that backend leaves behind.
+async fn purge_previous(
+    kernel: &Arc<dyn Kernel>,
+    previous: String,
+    registration: &Registration,
+    config: &Config,
+    lease: &Lease,
+    external: &ExternalIface,
+) -> anyhow::Result<()> {
+    let purge = switch::Purge {
+        previous: previous.clone(),
+        network: config.network,
+        subnet_len: config.subnet_len,
+        own: lease.subnet,
+        external_index: external.index,
+    };
+    let k = kernel.clone();
+    let removed = tokio::task::spawn_blocking(move || switch::purge(k.as_ref(), &purge))
+        .await?
+        .with_context(|| format!("remove the objects of the previous backend ({previous:?})"))?;
+    tracing::info!(
+        previous = %previous, now = %registration.backend_type, removed = removed.len(),
+        "backend type changed; removed the previous backend's objects: {}", removed.join(", ")
+    );
+    Ok(())
+}
+
+/// subnet.env, atomically.
+fn write_env(
+    args: &RunArgs,
+    config: &Config,
+    lease: &Lease,
+    registration: &Registration,
+    report: &Report,
+) -> anyhow::Result<()> {
+    subnet_file::write(
+        &args.subnet_file,
+        &SubnetEnv {
+            network: config.network,
+            subnet: lease.subnet,
+            mtu: registration.mtu,
+            ip_masq: false,
+        },
+    )?;
+    tracing::info!(path = %args.subnet_file.display(), mtu = registration.mtu, "wrote subnet file");
+    report.api.set_subnet_env_written(true);
+    Ok(())
+}
+
+/// The store `--store` names. etcd: connect, retrying with a log line while it is
+/// unreachable. Embedded: open (creating) the SQLite file at `--store-path`.
+async fn connect(args: &RunArgs) -> anyhow::Result<AnyStore> {
+    if args.store == StoreKind::Embedded {
+        let (path, prefix) = (args.store_path.clone(), args.etcd_prefix.clone());
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("create the store directory {}", dir.display()))?;
+        }
+        let store =
+            tokio::task::spawn_blocking(move || EmbeddedStore::open(&path, &prefix)).await??;
+        tracing::info!(path = %args.store_path.display(), "using the embedded store");
+        return Ok(store.into());
+    }
+    let opts = EtcdOptions {
+        endpoints: args.etcd_endpoints.clone(),
+        prefix: args.etcd_prefix.clone(),
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        match EtcdStore::connect(opts.clone()).await {
+            Ok(store) => return Ok(store.into()),
+            Err(e) => backoff.wait("connect to etcd", &e).await,
+        }
+    }
+}
+
+/// Wait until `<prefix>/config` exists (as flanneld does), then validate it.
+async fn wait_for_config(store: &impl LeaseStore, prefix: &str) -> anyhow::Result<Config> {
+    let mut logged = false;
+    let mut backoff = Backoff::new();
+    loop {
+        match store.get_config().await {
+            Ok(Some(text)) => return Ok(Config::parse(&text)?),
+            Ok(None) => {
+                if !logged {
+                    tracing::info!("waiting for the network config at {prefix}/config");
+                    logged = true;
+                }
+                backoff = Backoff::new();
+                tokio::time::sleep(CONFIG_POLL).await;
+            }
+            Err(e) => {
+                backoff
+                    .wait("cannot read the network config from the store", &e)
+                    .await
+            }
+        }
+    }
+}
+
+/// `acquire`, retried while the store is unreachable; a full network is fatal.
+async fn acquire_with_retry(
+    store: &impl LeaseStore,
+    config: &Config,
+    attrs: &LeaseAttrs,
+    previous: Option<twill_core::Subnet>,
+) -> anyhow::Result<Lease> {
+    let mut backoff = Backoff::new();
+    loop {
+        match acquire(store, config, attrs, previous).await {
+            Ok(acquired) => return Ok(acquired.lease),
+            Err(AcquireError::Store(e)) => backoff.wait("acquire a lease", &e).await,
+            Err(e) => return Err(e).context("acquire a subnet lease"),
+        }
+    }
+}
+
+/// The node's name: the kernel's hostname (of this UTS namespace).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
