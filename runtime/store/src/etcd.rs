@@ -12,21 +12,16 @@ use etcd_client::{
     PutOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
-use tracing::{debug, warn};
+use tracing::debug;
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet::Subnet;
 
-use crate::keys::{
-    DEFAULT_PREFIX, Keys, error_chain, parse_key, parse_lease, placeholder_attrs, removed_attrs,
-};
+use crate::keys::{DEFAULT_PREFIX, Keys, parse_key, parse_lease, placeholder_attrs, removed_attrs};
+use crate::watch::{Polled, WatchSource, watch};
 use crate::{Created, LeaseStore, Revision, StoreError, WatchEvent};
 
 /// How many `TimeToLive` requests a listing keeps in flight.
 const TTL_CONCURRENCY: usize = 16;
-
-/// Watch reconnect backoff: doubles from the first to the last.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The longest a single store request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -356,42 +351,22 @@ impl LeaseStore for EtcdStore {
     }
 
     fn watch_leases(&self) -> impl Stream<Item = WatchEvent> + Send + 'static {
-        let state = Watcher {
+        watch(EtcdSource {
             connects: self.watch_connects.clone(),
             client: self.client.clone(),
             keys: self.keys.clone(),
-            since: 0,
-            resync: true,
             stream: None,
-            backoff: BACKOFF_MIN,
-        };
-        futures::stream::unfold(state, |mut w| async move {
-            let event = w.next().await;
-            Some((event, w))
         })
     }
 }
 
-/// The state of one lease watch. It does nothing until polled: the listing is taken
-/// on the first poll and the etcd watch is opened on the poll after the snapshot.
-struct Watcher {
+/// etcd as the watch loop sees it: a listing, then an etcd watch opened at the
+/// revision after it (and opened again after a failure).
+struct EtcdSource {
     connects: Arc<AtomicU64>,
     client: Client,
     keys: Keys,
-    /// The first revision not yet delivered.
-    since: Revision,
-    /// A fresh listing is due (first poll, or history was compacted away).
-    resync: bool,
     stream: Option<WatchStream>,
-    backoff: Duration,
-}
-
-/// What one watch response amounts to.
-enum Outcome {
-    Deliver(Vec<LeaseEvent>),
-    Nothing,
-    Compacted(Revision),
-    Failed(String),
 }
 
 fn is_compacted(e: &etcd_client::Error) -> bool {
@@ -399,98 +374,73 @@ fn is_compacted(e: &etcd_client::Error) -> bool {
         .contains("required revision has been compacted")
 }
 
-impl Watcher {
-    /// The next delivery; retries store failures forever with backoff.
-    async fn next(&mut self) -> WatchEvent {
-        loop {
-            if self.resync {
-                match list(&self.client, &self.keys).await {
-                    Ok((leases, revision)) => {
-                        self.resync = false;
-                        self.stream = None;
-                        self.since = revision + 1;
-                        self.backoff = BACKOFF_MIN;
-                        return WatchEvent::Snapshot(leases);
+/// What etcd says when the history is gone.
+const COMPACTED: &str = "lease watch history was compacted";
+
+impl WatchSource for EtcdSource {
+    async fn list(&mut self) -> Result<(Vec<Lease>, Revision), StoreError> {
+        // The watch reopens at the revision after this listing.
+        self.stream = None;
+        list(&self.client, &self.keys).await
+    }
+
+    async fn poll(&mut self, since: Revision) -> Polled {
+        let stream = match &mut self.stream {
+            Some(stream) => stream,
+            None => {
+                let options = WatchOptions::new()
+                    .with_prefix()
+                    .with_prev_key()
+                    .with_progress_notify()
+                    .with_start_revision(since);
+                let opened = self
+                    .client
+                    .clone()
+                    .watch(self.keys.subnets.as_str(), Some(options))
+                    .await;
+                match opened {
+                    Ok(stream) => {
+                        self.connects.fetch_add(1, Ordering::Relaxed);
+                        self.stream.insert(stream)
+                    }
+                    Err(e) if is_compacted(&e) => {
+                        return Polled::Compacted {
+                            what: COMPACTED,
+                            revision: 0,
+                        };
                     }
                     Err(e) => {
-                        self.fail(&format!("listing leases failed: {}", error_chain(&e)))
-                            .await;
-                        continue;
+                        return Polled::Failed(format!("opening the lease watch failed: {e}"));
                     }
                 }
             }
-            let stream = match &mut self.stream {
-                Some(stream) => stream,
-                None => {
-                    let options = WatchOptions::new()
-                        .with_prefix()
-                        .with_prev_key()
-                        .with_progress_notify()
-                        .with_start_revision(self.since);
-                    match self
-                        .client
-                        .clone()
-                        .watch(self.keys.subnets.as_str(), Some(options))
-                        .await
-                    {
-                        Ok(stream) => {
-                            self.connects.fetch_add(1, Ordering::Relaxed);
-                            self.stream.insert(stream)
-                        }
-                        Err(e) if is_compacted(&e) => {
-                            self.compacted(0);
-                            continue;
-                        }
-                        Err(e) => {
-                            self.fail(&format!("opening the lease watch failed: {e}"))
-                                .await;
-                            continue;
-                        }
-                    }
-                }
-            };
-            let outcome = match stream.message().await {
-                Ok(Some(resp)) => self.handle(resp).await,
-                Ok(None) => Outcome::Failed("the lease watch was closed".to_owned()),
-                Err(e) if is_compacted(&e) => Outcome::Compacted(0),
-                Err(e) => Outcome::Failed(format!("the lease watch failed: {e}")),
-            };
-            match outcome {
-                Outcome::Deliver(events) => {
-                    self.backoff = BACKOFF_MIN;
-                    return WatchEvent::Events(events);
-                }
-                Outcome::Nothing => self.backoff = BACKOFF_MIN,
-                Outcome::Compacted(rev) => self.compacted(rev),
-                Outcome::Failed(why) => {
-                    self.stream = None;
-                    self.fail(&why).await;
-                }
-            }
+        };
+        let polled = match stream.message().await {
+            Ok(Some(resp)) => self.handle(resp, since).await,
+            Ok(None) => Polled::Failed("the lease watch was closed".to_owned()),
+            Err(e) if is_compacted(&e) => Polled::Compacted {
+                what: COMPACTED,
+                revision: 0,
+            },
+            Err(e) => Polled::Failed(format!("the lease watch failed: {e}")),
+        };
+        if !matches!(polled, Polled::Changes { .. }) {
+            self.stream = None;
         }
+        polled
     }
+}
 
-    fn compacted(&mut self, compact_revision: Revision) {
-        warn!(
-            since = self.since,
-            compact_revision, "lease watch history was compacted; listing leases again"
-        );
-        self.stream = None;
-        self.resync = true;
-    }
-
-    async fn fail(&mut self, why: &str) {
-        warn!(retry_in = ?self.backoff, since = self.since, "{why}");
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-    }
-
-    async fn handle(&mut self, resp: WatchResponse) -> Outcome {
+impl EtcdSource {
+    async fn handle(&self, resp: WatchResponse, since: Revision) -> Polled {
         if resp.compact_revision() != 0 {
-            return Outcome::Compacted(resp.compact_revision());
+            return Polled::Compacted {
+                what: COMPACTED,
+                revision: resp.compact_revision(),
+            };
         }
         if resp.canceled() {
-            return Outcome::Failed(format!(
+            return Polled::Failed(format!(
                 "the lease watch was canceled: {}",
                 resp.cancel_reason()
             ));
@@ -499,15 +449,17 @@ impl Watcher {
             // A progress notification promises every event up to its revision was
             // sent. The creation response does not: its revision is the store's, and
             // older events may still be on their way.
-            if !resp.created()
-                && let Some(h) = resp.header()
-            {
-                self.since = self.since.max(h.revision() + 1);
-            }
-            return Outcome::Nothing;
+            let next = match resp.header() {
+                Some(h) if !resp.created() => since.max(h.revision() + 1),
+                _ => since,
+            };
+            return Polled::Changes {
+                events: Vec::new(),
+                next,
+            };
         }
         let mut events = Vec::with_capacity(resp.events().len());
-        let mut last = self.since;
+        let mut last = since;
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
             last = last.max(kv.mod_revision() + 1);
@@ -529,7 +481,7 @@ impl Watcher {
                         Ok(expires) => expires,
                         // Not delivered yet: the watch reopens at this response.
                         Err(e) => {
-                            return Outcome::Failed(format!("lease time-to-live failed: {e}"));
+                            return Polled::Failed(format!("lease time-to-live failed: {e}"));
                         }
                     };
                     events.push(LeaseEvent::Added(Lease {
@@ -554,12 +506,7 @@ impl Watcher {
                 }
             }
         }
-        self.since = last;
-        if events.is_empty() {
-            Outcome::Nothing
-        } else {
-            Outcome::Deliver(events)
-        }
+        Polled::Changes { events, next: last }
     }
 }
 

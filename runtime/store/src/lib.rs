@@ -13,6 +13,7 @@ mod embedded;
 mod etcd;
 mod keys;
 mod manager;
+mod watch;
 
 use std::time::{Duration, SystemTime};
 
