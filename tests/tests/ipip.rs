@@ -15,7 +15,8 @@ use std::time::SystemTime;
 use twill_core::Subnet;
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
 use twill_e2e::build_plugin_crate;
-use twill_net::fake::{Call, FakeKernel, Op};
+use twill_net::KernelOp as Op;
+use twill_net::fake::{Call, FakeKernel};
 use twill_net::{IpipInfo, IpipSpec, Kernel, Route};
 use twill_plugin_host::{
     Backend, ErrorKind, ExternalIface, Grant, Limits, NodeInfo, Plugin, PluginHost,

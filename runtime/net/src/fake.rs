@@ -31,7 +31,7 @@ use crate::{
     RouteLookup, VxlanInfo, VxlanSpec,
 };
 
-use crate::TunDevice;
+use crate::{KernelOp, TunDevice};
 
 /// The headroom the kernel subtracts from the underlay MTU for a VXLAN link over IPv4.
 const VXLAN_HEADROOM: u32 = 50;
@@ -105,87 +105,46 @@ pub enum Call {
     BindUdp(SocketAddrV4),
 }
 
-/// Which [`Kernel`] method a [`Call`] is, for [`FakeKernel::fail_next`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Op {
-    /// [`Kernel::create_vxlan`].
-    CreateVxlan,
-    /// [`Kernel::create_ipip`].
-    CreateIpip,
-    /// [`Kernel::delete_link`].
-    DeleteLink,
-    /// [`Kernel::set_link_up`].
-    SetLinkUp,
-    /// [`Kernel::set_mtu`].
-    SetMtu,
-    /// [`Kernel::add_addr`].
-    AddAddr,
-    /// [`Kernel::del_addr`].
-    DelAddr,
-    /// [`Kernel::replace_route`].
-    ReplaceRoute,
-    /// [`Kernel::del_route`].
-    DelRoute,
-    /// [`Kernel::replace_neighbour`].
-    ReplaceNeighbour,
-    /// [`Kernel::del_neighbour`].
-    DelNeighbour,
-    /// [`Kernel::replace_fdb`].
-    ReplaceFdb,
-    /// [`Kernel::del_fdb`].
-    DelFdb,
-    /// [`Kernel::open_tun`].
-    OpenTun,
-    /// [`Kernel::bind_udp`].
-    BindUdp,
-}
-
 impl Call {
     /// Which method this call is.
-    pub fn op(&self) -> Op {
+    pub fn op(&self) -> KernelOp {
         match self {
-            Call::CreateVxlan(_) => Op::CreateVxlan,
-            Call::CreateIpip(_) => Op::CreateIpip,
-            Call::DeleteLink(_) => Op::DeleteLink,
-            Call::SetLinkUp(_) => Op::SetLinkUp,
-            Call::SetMtu { .. } => Op::SetMtu,
-            Call::AddAddr(_) => Op::AddAddr,
-            Call::DelAddr(_) => Op::DelAddr,
-            Call::ReplaceRoute(_) => Op::ReplaceRoute,
-            Call::DelRoute(_) => Op::DelRoute,
-            Call::ReplaceNeighbour { .. } => Op::ReplaceNeighbour,
-            Call::DelNeighbour { .. } => Op::DelNeighbour,
-            Call::ReplaceFdb { .. } => Op::ReplaceFdb,
-            Call::DelFdb { .. } => Op::DelFdb,
-            Call::OpenTun(_) => Op::OpenTun,
-            Call::BindUdp(_) => Op::BindUdp,
+            Call::CreateVxlan(_) => KernelOp::CreateVxlan,
+            Call::CreateIpip(_) => KernelOp::CreateIpip,
+            Call::DeleteLink(_) => KernelOp::DeleteLink,
+            Call::SetLinkUp(_) => KernelOp::SetLinkUp,
+            Call::SetMtu { .. } => KernelOp::SetMtu,
+            Call::AddAddr(_) => KernelOp::AddAddr,
+            Call::DelAddr(_) => KernelOp::DelAddr,
+            Call::ReplaceRoute(_) => KernelOp::ReplaceRoute,
+            Call::DelRoute(_) => KernelOp::DelRoute,
+            Call::ReplaceNeighbour { .. } => KernelOp::ReplaceNeighbour,
+            Call::DelNeighbour { .. } => KernelOp::DelNeighbour,
+            Call::ReplaceFdb { .. } => KernelOp::ReplaceFdb,
+            Call::DelFdb { .. } => KernelOp::DelFdb,
+            Call::OpenTun(_) => KernelOp::OpenTun,
+            Call::BindUdp(_) => KernelOp::BindUdp,
         }
     }
 
-    fn describe(&self) -> (&'static str, String) {
+    /// What the call is about, for its error message (its operation is [`Call::op`]).
+    fn object(&self) -> String {
         match self {
-            Call::CreateVxlan(spec) => ("create vxlan", spec.name.clone()),
-            Call::CreateIpip(spec) => ("create ipip", spec.name.clone()),
-            Call::DeleteLink(index) => ("delete link", format!("#{index}")),
-            Call::SetLinkUp(index) => ("set link up", format!("#{index}")),
-            Call::SetMtu { index, mtu } => ("set mtu", format!("#{index} mtu {mtu}")),
-            Call::AddAddr(a) => ("add address", describe_addr(a)),
-            Call::DelAddr(a) => ("delete address", describe_addr(a)),
-            Call::ReplaceRoute(r) => ("replace route", r.dst.to_string()),
-            Call::DelRoute(r) => ("delete route", r.dst.to_string()),
-            Call::ReplaceNeighbour { index, ip, mac } => (
-                "replace neighbour",
-                format!("{ip} lladdr {mac} dev #{index}"),
-            ),
-            Call::DelNeighbour { index, ip } => ("delete neighbour", format!("{ip} dev #{index}")),
-            Call::OpenTun(name) => ("open tun", name.clone()),
-            Call::BindUdp(addr) => ("bind udp", addr.to_string()),
-            Call::ReplaceFdb { index, mac, dst } => {
-                ("replace fdb", format!("{mac} dst {dst} dev #{index}"))
-            }
-            Call::DelFdb { index, mac, dst } => {
-                ("delete fdb", format!("{mac} dst {dst} dev #{index}"))
-            }
+            Call::CreateVxlan(spec) => spec.name.clone(),
+            Call::CreateIpip(spec) => spec.name.clone(),
+            Call::DeleteLink(index) => format!("#{index}"),
+            Call::SetLinkUp(index) => format!("#{index}"),
+            Call::SetMtu { index, mtu } => format!("#{index} mtu {mtu}"),
+            Call::AddAddr(a) => describe_addr(a),
+            Call::DelAddr(a) => describe_addr(a),
+            Call::ReplaceRoute(r) => r.dst.to_string(),
+            Call::DelRoute(r) => r.dst.to_string(),
+            Call::ReplaceNeighbour { index, ip, mac } => format!("{ip} lladdr {mac} dev #{index}"),
+            Call::DelNeighbour { index, ip } => format!("{ip} dev #{index}"),
+            Call::OpenTun(name) => name.clone(),
+            Call::BindUdp(addr) => addr.to_string(),
+            Call::ReplaceFdb { index, mac, dst } => format!("{mac} dst {dst} dev #{index}"),
+            Call::DelFdb { index, mac, dst } => format!("{mac} dst {dst} dev #{index}"),
         }
     }
 }
@@ -204,7 +163,7 @@ struct State {
     neighbours: Vec<Neighbour>,
     fdb: Vec<FdbEntry>,
     calls: Vec<Call>,
-    failures: Vec<(Op, i32)>,
+    failures: Vec<(KernelOp, i32)>,
 }
 
 impl State {
@@ -340,7 +299,7 @@ impl FakeKernel {
 
     /// Make the next call of `op` fail with `errno` (before changing anything; the
     /// call is still recorded). Several may be queued.
-    pub fn fail_next(&self, op: Op, errno: i32) {
+    pub fn fail_next(&self, op: KernelOp, errno: i32) {
         self.lock().failures.push((op, errno));
     }
 
@@ -392,10 +351,7 @@ impl FakeKernel {
             Some(pos) => Err(st.failures.remove(pos).1),
             None => apply(&mut st),
         };
-        result.map_err(|errno| {
-            let (op, object) = call.describe();
-            kernel_error(op, object, errno)
-        })
+        result.map_err(|errno| kernel_error(call.op().name(), call.object(), errno))
     }
 }
 
@@ -774,7 +730,7 @@ mod tests {
             k.create_ipip(&spec).expect_err("taken").errno(),
             Some(libc::EEXIST)
         );
-        k.fail_next(Op::CreateIpip, libc::EOPNOTSUPP);
+        k.fail_next(KernelOp::CreateIpip, libc::EOPNOTSUPP);
         let other = IpipSpec {
             name: "flannel.ip2".to_owned(),
             ..spec.clone()
@@ -950,7 +906,7 @@ mod tests {
         assert!(link.up);
         assert_eq!(link.mtu, 1400);
 
-        k.fail_next(Op::SetMtu, libc::EPERM);
+        k.fail_next(KernelOp::SetMtu, libc::EPERM);
         assert_eq!(
             k.set_mtu(vx, 1300).expect_err("injected").errno(),
             Some(libc::EPERM)

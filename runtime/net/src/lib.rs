@@ -9,11 +9,18 @@
 //!
 //! This crate does not decide what may be touched; the plugin host checks every
 //! request against the plugin's grant before it gets here.
+//!
+//! It holds the host's unsafe code, all of it in [`datapath`]: the TUN ioctls
+//! (`TUNSETIFF`, `TUNSETOFFLOAD`), `read`/`writev` on the device, `recvmmsg`/`sendmmsg`
+//! with their control messages (UDP GRO and GSO) and `poll`. Everywhere else unsafe
+//! is denied; every block carries a `// SAFETY:` comment (a workspace lint).
+#![deny(unsafe_code)]
 
 pub mod datapath;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 mod netlink;
+mod observe;
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
@@ -21,6 +28,7 @@ use std::sync::Arc;
 use twill_core::{MacAddr, Subnet};
 
 pub use netlink::Netlink;
+pub use observe::{KernelOp, Observed, Refusing};
 
 /// A kernel network interface.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,6 @@ mod config;
 mod daemon;
 mod demo;
 mod iface;
-mod metered;
 mod plugins;
 mod status;
 mod subnet_file;

@@ -4,16 +4,12 @@
 //!
 //! The rules themselves are `twill_plugin_host::catalog`'s.
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use twill_core::MacAddr;
-use twill_net::{
-    AddrInfo, IpipSpec, Kernel, LinkInfo, NetError, Route, RouteLookup, TunDevice, VxlanSpec,
-};
+use twill_net::Refusing;
 use twill_plugin_host::catalog::{Catalog, DirState, FileOutcome, builtin_source};
 use twill_plugin_host::{Limits, Plugin, PluginHost};
 
@@ -112,7 +108,7 @@ pub fn command(command: PluginCommand) -> ExitCode {
 /// A plugin host for looking only: its kernel refuses every call (`describe` must
 /// not call the host anyway).
 fn offline_host(cache: &PluginCacheArg) -> anyhow::Result<PluginHost> {
-    PluginHost::with_cache(Arc::new(NoKernel), Limits::default(), cache.dir())
+    PluginHost::with_cache(Arc::new(Refusing), Limits::default(), cache.dir())
         .context("start the plugin host")
 }
 
@@ -326,84 +322,6 @@ fn inspect(args: &PluginInspectArgs) -> anyhow::Result<bool> {
         println!("{:<width$} {value}", format!("{key}:"), width = width);
     }
     Ok(inspection.result.is_ok())
-}
-
-/// A kernel that refuses every request: `twill plugin` only compiles and describes.
-struct NoKernel;
-
-fn refused(op: &'static str) -> NetError {
-    NetError::Request {
-        op,
-        object: String::new(),
-        message: "`twill plugin` has no kernel access".to_owned(),
-        errno: None,
-    }
-}
-
-impl Kernel for NoKernel {
-    fn links(&self) -> Result<Vec<LinkInfo>, NetError> {
-        Err(refused("list links"))
-    }
-    fn link_by_name(&self, _: &str) -> Result<Option<LinkInfo>, NetError> {
-        Err(refused("get link"))
-    }
-    fn link_by_index(&self, _: u32) -> Result<Option<LinkInfo>, NetError> {
-        Err(refused("get link"))
-    }
-    fn create_vxlan(&self, _: &VxlanSpec) -> Result<LinkInfo, NetError> {
-        Err(refused("create vxlan"))
-    }
-    fn create_ipip(&self, _: &IpipSpec) -> Result<LinkInfo, NetError> {
-        Err(refused("create ipip"))
-    }
-    fn delete_link(&self, _: u32) -> Result<(), NetError> {
-        Err(refused("delete link"))
-    }
-    fn set_link_up(&self, _: u32) -> Result<(), NetError> {
-        Err(refused("set link up"))
-    }
-    fn set_mtu(&self, _: u32, _: u32) -> Result<(), NetError> {
-        Err(refused("set mtu"))
-    }
-    fn addrs(&self) -> Result<Vec<AddrInfo>, NetError> {
-        Err(refused("list addresses"))
-    }
-    fn add_addr(&self, _: AddrInfo) -> Result<(), NetError> {
-        Err(refused("add address"))
-    }
-    fn del_addr(&self, _: AddrInfo) -> Result<(), NetError> {
-        Err(refused("delete address"))
-    }
-    fn routes(&self) -> Result<Vec<Route>, NetError> {
-        Err(refused("list routes"))
-    }
-    fn replace_route(&self, _: &Route) -> Result<(), NetError> {
-        Err(refused("replace route"))
-    }
-    fn del_route(&self, _: &Route) -> Result<(), NetError> {
-        Err(refused("delete route"))
-    }
-    fn route_get(&self, _: Ipv4Addr) -> Result<RouteLookup, NetError> {
-        Err(refused("route get"))
-    }
-    fn replace_neighbour(&self, _: u32, _: Ipv4Addr, _: MacAddr) -> Result<(), NetError> {
-        Err(refused("replace neighbour"))
-    }
-    fn del_neighbour(&self, _: u32, _: Ipv4Addr) -> Result<(), NetError> {
-        Err(refused("delete neighbour"))
-    }
-    fn replace_fdb(&self, _: u32, _: MacAddr, _: Ipv4Addr) -> Result<(), NetError> {
-        Err(refused("replace fdb"))
-    }
-    fn del_fdb(&self, _: u32, _: MacAddr, _: Ipv4Addr) -> Result<(), NetError> {
-        Err(refused("delete fdb"))
-    }
-    fn open_tun(&self, _: &str) -> Result<TunDevice, NetError> {
-        Err(refused("open tun"))
-    }
-    fn bind_udp(&self, _: SocketAddrV4) -> Result<Option<Arc<UdpSocket>>, NetError> {
-        Err(refused("bind udp"))
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use twill_core::Config;
 use twill_core::lease::{Lease, LeaseAttrs};
 use twill_core::subnet_env::SubnetEnv;
 use twill_datapath::Pump;
-use twill_net::{Kernel, Netlink};
+use twill_net::{Kernel, KernelOp, Netlink, Observed};
 use twill_plugin_host::{
     Backend, ExternalIface, Grant, Limits, NodeInfo, Plugin, PluginHost, Registration,
 };
@@ -25,7 +25,6 @@ use super::retry::{Backoff, CONFIG_POLL, retry};
 use super::supervisor::Supervised;
 use super::{Node, OwnLease};
 use crate::cli::{RunArgs, StoreKind};
-use crate::metered::Metered;
 use crate::{iface, plugins, subnet_file, switch};
 
 /// Steps 1-3 of the daemon: everything up to a node that holds its lease, has its
@@ -115,7 +114,11 @@ async fn open_kernel(report: &Report) -> anyhow::Result<Arc<dyn Kernel>> {
             .await?
             .context("open netlink")?,
     );
-    Ok(Arc::new(Metered::new(netlink, report.metrics.clone())))
+    let metrics = report.metrics.clone();
+    Ok(Arc::new(Observed::new(
+        netlink,
+        move |op: KernelOp, failed| metrics.netlink_operation(op.metric_kind(), failed),
+    )))
 }
 
 /// The external interface (`--iface`, else the default route's) and the public IP
