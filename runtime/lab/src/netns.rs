@@ -56,6 +56,10 @@ pub fn in_netns<T: Send + 'static>(
     thread::spawn(move || {
         if let Some(path) = path {
             let file = fs::File::open(&path)?;
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "the workspace's one setns: on this fresh thread, which ends with f"
+            )]
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(io::Error::from)?;
         }

@@ -5,6 +5,12 @@
 //!
 //! Buffers are owned by the caller and reused: a [`RecvBatch`] is allocated once per
 //! thread and nothing here allocates per packet.
+//!
+//! The crate's unsafe code lives here, wrapped once in these small safe types.
+#![allow(
+    unsafe_code,
+    reason = "raw ioctls and mmsg system calls, each block with its SAFETY comment"
+)]
 
 use std::ffi::CString;
 use std::io;
@@ -253,9 +259,11 @@ impl RecvBatch {
             slot,
             arena: vec![0; capacity * slot],
             iovecs: Vec::with_capacity(capacity),
-            // SAFETY: sockaddr_in and mmsghdr are plain C structs; all-zero is valid.
+            // SAFETY: sockaddr_in is a plain C struct; all-zero is a valid value.
             addrs: vec![unsafe { mem::zeroed() }; capacity],
             controls: vec![[0; 4]; capacity],
+            // SAFETY: mmsghdr is a plain C struct (null pointers, zero lengths); all-zero
+            // is a valid value, and recv() points it at the buffers before each use.
             headers: vec![unsafe { mem::zeroed() }; capacity],
         }
     }

@@ -4,7 +4,10 @@
 //! namespace with `unshare(CLONE_NEWNET)` and checks that it did, so nothing here can
 //! touch the host's interfaces; the namespace disappears with the thread. They need
 //! root (CAP_SYS_ADMIN) and fail — never skip — without it.
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a failed setup step in a test is the failure"
+)]
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;

@@ -122,12 +122,20 @@ impl fmt::Display for ResolveError {
                 "unknown backend type {kind:?} in Backend.Type (available: {})",
                 available.join(", ")
             ),
-            ResolveError::Builtin(e) => write!(f, "load built-in plugin: {e}"),
+            // A built-in's error names its source; it is chained, not repeated.
+            ResolveError::Builtin(_) => f.write_str("load a built-in plugin"),
         }
     }
 }
 
-impl std::error::Error for ResolveError {}
+impl std::error::Error for ResolveError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ResolveError::Builtin(e) => Some(e),
+            ResolveError::Unknown { .. } => None,
+        }
+    }
+}
 
 /// The built-ins and what the plugin directory holds.
 #[derive(Debug)]

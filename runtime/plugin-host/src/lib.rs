@@ -8,6 +8,7 @@
 //!
 //! Plugin calls never run on a tokio worker: [`Backend`]'s async methods send the call
 //! to the instance's thread and await the answer.
+#![forbid(unsafe_code)]
 
 mod bindings;
 pub mod catalog;
@@ -123,11 +124,23 @@ pub enum LoadError {
         /// What went wrong.
         message: String,
     },
-    /// The engine could not be set up.
-    Engine(String),
+    /// The engine (or the linker) could not be set up.
+    Engine {
+        /// What was being set up.
+        what: &'static str,
+        /// Why not.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl LoadError {
+    fn engine(what: &'static str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        LoadError::Engine {
+            what,
+            source: e.into(),
+        }
+    }
+
     /// Where the plugin came from (empty for [`LoadError::Engine`]).
     pub fn source_name(&self) -> &str {
         match self {
@@ -138,7 +151,7 @@ impl LoadError {
             | LoadError::NoBackend { source_name, .. }
             | LoadError::Incompatible { source_name, .. }
             | LoadError::Describe { source_name, .. } => source_name,
-            LoadError::Engine(_) => "",
+            LoadError::Engine { .. } => "",
         }
     }
 
@@ -180,8 +193,8 @@ impl LoadError {
                 format!("does not implement {WIT_PACKAGE}: {message}")
             }
             LoadError::Describe { message, .. } => format!("describe() failed: {message}"),
-            LoadError::Engine(message) => {
-                format!("cannot set up the WebAssembly engine: {message}")
+            LoadError::Engine { what, .. } => {
+                format!("cannot set up the WebAssembly engine ({what})")
             }
         }
     }
@@ -190,13 +203,20 @@ impl LoadError {
 impl std::fmt::Display for LoadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LoadError::Engine(_) => f.write_str(&self.reason()),
+            LoadError::Engine { .. } => f.write_str(&self.reason()),
             _ => write!(f, "{}: {}", self.source_name(), self.reason()),
         }
     }
 }
 
-impl std::error::Error for LoadError {}
+impl std::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LoadError::Engine { source, .. } => Some(source.as_ref()),
+            _ => None,
+        }
+    }
+}
 
 /// A compiled, type-checked backend component, ready to instantiate.
 #[derive(Clone)]
@@ -302,7 +322,7 @@ impl PluginHost {
             }
         });
         config.cache(cache.clone());
-        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let engine = Engine::new(&config).map_err(|e| LoadError::engine("create the engine", e))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (weak_engine, stop) = (engine.weak(), ticker_stop.clone());
         thread::Builder::new()
@@ -316,7 +336,7 @@ impl PluginHost {
                     }
                 }
             })
-            .map_err(|e| LoadError::Engine(format!("spawn epoch ticker: {e}")))?;
+            .map_err(|e| LoadError::engine("spawn the epoch ticker", e))?;
         Ok(Self {
             engine,
             kernel,

@@ -120,32 +120,28 @@ impl PluginHost {
     /// learned on the way.
     pub fn inspect(&self, source: &str, bytes: &[u8]) -> Inspection {
         let started = Instant::now();
-        let mut inspection = Inspection {
+        let sha256 = hex_sha256(bytes);
+        let not_compiled = |message: String| Inspection {
             source: source.to_owned(),
-            sha256: hex_sha256(bytes),
+            sha256: sha256.clone(),
             size: bytes.len(),
             facts: None,
-            result: Err(LoadError::Engine(String::new())),
-        };
-        let compile_error = |message: String| LoadError::Compile {
-            source_name: source.to_owned(),
-            message,
+            result: Err(LoadError::Compile {
+                source_name: source.to_owned(),
+                message,
+            }),
         };
         if let Some(problem) = preamble_problem(bytes) {
-            inspection.result = Err(compile_error(problem.to_owned()));
-            return inspection;
+            return not_compiled(problem.to_owned());
         }
         let hits_before = self.cache_hits();
         let component = match Component::new(&self.engine, bytes) {
             Ok(c) => c,
-            Err(e) => {
-                inspection.result = Err(compile_error(format!("{e:#}")));
-                return inspection;
-            }
+            Err(e) => return not_compiled(format!("{e:#}")),
         };
         let from_cache = self.cache_hits() > hits_before;
         let facts = self.facts(&component);
-        inspection.result = self
+        let result = self
             .check(source, &facts)
             .and_then(|()| self.finish(source, &component, &facts))
             .map(|(info, pre, backend, datapath)| Plugin {
@@ -154,15 +150,20 @@ impl PluginHost {
                 source: source.to_owned(),
                 capabilities: facts.capabilities.clone(),
                 wit_version: facts.wit_version.clone().unwrap_or_default(),
-                sha256: inspection.sha256.clone(),
+                sha256: sha256.clone(),
                 load_time: started.elapsed(),
                 from_cache,
                 pre,
                 backend,
                 datapath,
             });
-        inspection.facts = Some(facts);
-        inspection
+        Inspection {
+            source: source.to_owned(),
+            sha256,
+            size: bytes.len(),
+            facts: Some(facts),
+            result,
+        }
     }
 
     /// What the component imports and exports.
@@ -235,7 +236,10 @@ impl PluginHost {
     }
 
     /// Link, type-check and ask the component who it is.
-    #[allow(clippy::type_complexity)]
+    #[allow(
+        clippy::type_complexity,
+        reason = "what linking yields, used once by the caller: info, pre-instance, export indices"
+    )]
     fn finish(
         &self,
         source: &str,
@@ -255,12 +259,12 @@ impl PluginHost {
             &mut linker,
             |s| s,
         )
-        .map_err(|e| LoadError::Engine(format!("link {PACKAGE}: {e:#}")))?;
+        .map_err(|e| LoadError::engine("link the host interfaces", e))?;
         // Rust's std on wasm32-wasip2 imports WASI interfaces it never calls in a
         // backend; none is granted: each traps if called.
         linker
             .define_unknown_imports_as_traps(component)
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+            .map_err(|e| LoadError::engine("define the unknown imports as traps", e))?;
         let incompatible = |e: wasmtime::Error| LoadError::Incompatible {
             source_name: source.to_owned(),
             message: format!("{e:#}"),

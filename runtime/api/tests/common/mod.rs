@@ -1,6 +1,6 @@
 //! Shared by the integration tests: a node state with something in every field, and
 //! one request through the router without a socket.
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code, reason = "each test binary uses a different part")]
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
