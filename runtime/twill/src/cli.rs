@@ -306,6 +306,35 @@ pub struct RunArgs {
     pub plugin_cache: PluginCacheArg,
 }
 
+impl RunArgs {
+    /// What the node daemon takes from these flags.
+    pub fn options(self) -> twill_node::Options {
+        twill_node::Options {
+            store: match self.store {
+                StoreKind::Etcd => twill_node::StoreKind::Etcd,
+                StoreKind::Embedded => twill_node::StoreKind::Embedded,
+            },
+            store_path: self.store_path,
+            etcd_endpoints: self.etcd_endpoints,
+            etcd_prefix: self.etcd_prefix,
+            iface: self.iface,
+            public_ip: self.public_ip,
+            subnet_file: self.subnet_file,
+            plugin_call_timeout: std::time::Duration::from_secs(self.plugin_call_timeout),
+            plugin_memory_bytes: usize::try_from(self.plugin_memory_mib << 20)
+                .unwrap_or(usize::MAX),
+            renew_margin: std::time::Duration::from_secs(
+                u64::from(self.subnet_lease_renew_margin) * 60,
+            ),
+            api_addr: self.api_addr,
+            healthz_addr: (self.healthz_port != 0)
+                .then(|| SocketAddr::new(self.healthz_ip, self.healthz_port)),
+            plugin_dir: self.plugin_dir.dir().map(Into::into),
+            plugin_cache_dir: self.plugin_cache.dir().map(Into::into),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// How many nodes (2..=20).

@@ -5,13 +5,9 @@
 
 mod cli;
 mod config;
-mod daemon;
 mod demo;
-mod iface;
 mod plugins;
 mod status;
-mod subnet_file;
-mod switch;
 
 use std::process::ExitCode;
 
@@ -31,7 +27,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        cli::Command::Run(args) => runtime.block_on(daemon::run(args)),
+        cli::Command::Run(args) => runtime.block_on(twill_node::run(args.options())),
         cli::Command::Demo(args) => runtime.block_on(demo::run(args)),
         cli::Command::Config(cli::ConfigCommand::Set(args)) => runtime.block_on(config::set(args)),
         cli::Command::Status(args) => runtime.block_on(status::run(args.api_addr)),

@@ -1,8 +1,6 @@
-//! Backend plugins on twill's side: the plugin host with its compilation cache
-//! (`--plugin-cache-dir`), the catalog `Backend.Type` is resolved in (the built-ins and
-//! `--plugin-dir`, with a log line per file), and `twill plugin list|inspect`.
-//!
-//! The rules themselves are `twill_plugin_host::catalog`'s.
+//! `twill plugin list|inspect`: what `twill run` would load from the built-ins and
+//! `--plugin-dir`, and why a file would be skipped, from a plugin host that has no
+//! kernel access. The rules themselves are `twill_plugin_host::catalog`'s.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,82 +9,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use twill_net::Refusing;
 use twill_plugin_host::catalog::{Catalog, DirState, FileOutcome, builtin_source};
-use twill_plugin_host::{Limits, Plugin, PluginHost};
+use twill_plugin_host::{Limits, PluginHost};
 
-use crate::cli::{PluginCacheArg, PluginCommand, PluginDirArg, PluginInspectArgs, PluginListArgs};
-
-/// The plugin implementing `kind`: read the plugin directory (logging what became of
-/// it and of each file), then take the directory's plugin of that name, else the
-/// built-in.
-pub fn resolve(host: &PluginHost, dir: &PluginDirArg, kind: &str) -> anyhow::Result<Plugin> {
-    let catalog = Catalog::scan(host, twill_builtin::BUILTIN, dir.dir());
-    log_catalog(&catalog);
-    Ok(catalog.resolve(host, kind)?)
-}
-
-/// What a plugin file looked like: path, size, modification time.
-pub type FileStamp = (std::path::PathBuf, u64, Option<std::time::SystemTime>);
-
-/// The `*.wasm` files of the plugin directory as they are now, sorted; empty without
-/// a directory. A change (a file replaced, added or removed) triggers a reload.
-pub fn dir_fingerprint(dir: &PluginDirArg) -> Vec<FileStamp> {
-    let Some(dir) = dir.dir() else {
-        return Vec::new();
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut stamps: Vec<FileStamp> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-        .map(|p| {
-            let meta = std::fs::metadata(&p).ok();
-            let len = meta.as_ref().map_or(0, |m| m.len());
-            let modified = meta.and_then(|m| m.modified().ok());
-            (p, len, modified)
-        })
-        .collect();
-    stamps.sort();
-    stamps
-}
-
-/// One log line for the directory and one per file.
-fn log_catalog(catalog: &Catalog) {
-    match &catalog.dir {
-        DirState::None => tracing::info!("no plugin directory; using the built-in plugins only"),
-        DirState::Missing(dir) => tracing::info!(
-            "plugin directory {} does not exist; using the built-in plugins only",
-            dir.display()
-        ),
-        DirState::Unreadable { dir, reason } => tracing::warn!(
-            "cannot read plugin directory {}: {reason}; using the built-in plugins only",
-            dir.display()
-        ),
-        DirState::Read(dir) => tracing::info!(
-            files = catalog.files.len(),
-            "read plugin directory {}",
-            dir.display()
-        ),
-    }
-    for file in &catalog.files {
-        match &file.outcome {
-            FileOutcome::Loaded {
-                plugin,
-                overrides: Some(builtin),
-            } => tracing::info!(
-                file = %file.path.display(), name = %plugin.name,
-                replaces = %builtin_source(builtin), "{}", file.describe()
-            ),
-            FileOutcome::Loaded { plugin, .. } => tracing::info!(
-                file = %file.path.display(), name = %plugin.name, "{}", file.describe()
-            ),
-            FileOutcome::Skipped(_) | FileOutcome::Duplicate { .. } => {
-                tracing::warn!("{}", file.describe())
-            }
-        }
-    }
-}
+use crate::cli::{PluginCacheArg, PluginCommand, PluginInspectArgs, PluginListArgs};
 
 /// `twill plugin …`: exit 0, or 1 with the error on stderr (or, for `inspect`, when
 /// the component cannot be loaded).

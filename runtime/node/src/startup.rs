@@ -3,7 +3,6 @@
 //! objects, `start` (and the data path), subnet.env.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use twill_api::{NodeInfo as ApiNode, Plugin as ApiPlugin, StoreState};
@@ -19,17 +18,16 @@ use twill_store::{
     AcquireError, AnyStore, EmbeddedStore, EtcdOptions, EtcdStore, LeaseStore, acquire,
 };
 
-use super::peers::Peers;
-use super::report::Report;
-use super::retry::{Backoff, CONFIG_POLL, retry};
-use super::supervisor::Supervised;
-use super::{Node, OwnLease};
-use crate::cli::{RunArgs, StoreKind};
-use crate::{iface, plugins, subnet_file, switch};
+use crate::peers::Peers;
+use crate::report::Report;
+use crate::retry::{Backoff, CONFIG_POLL, retry};
+use crate::supervisor::Supervised;
+use crate::{Node, OwnLease};
+use crate::{Options, StoreKind, iface, plugins, subnet_file, switch};
 
 /// Steps 1-3 of the daemon: everything up to a node that holds its lease, has its
 /// backend started and subnet.env written.
-pub(super) async fn run_node(args: RunArgs, report: Report) -> anyhow::Result<Node<AnyStore>> {
+pub(super) async fn run_node(args: Options, report: Report) -> anyhow::Result<Node<AnyStore>> {
     let kernel = open_kernel(&report).await?;
     let (external, public_ip) = resolve_iface(&args, &kernel).await?;
     report.api.set_store_state(StoreState::Connecting);
@@ -99,7 +97,7 @@ pub(super) async fn run_node(args: RunArgs, report: Report) -> anyhow::Result<No
             config,
             attrs,
             lease,
-            renew_margin: Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60),
+            renew_margin: args.renew_margin,
         },
         backend: Supervised::new(host, plugin, grant, backend, datapath, args.plugin_dir),
         peers,
@@ -124,7 +122,7 @@ async fn open_kernel(report: &Report) -> anyhow::Result<Arc<dyn Kernel>> {
 /// The external interface (`--iface`, else the default route's) and the public IP
 /// (`--public-ip`, else the interface's address).
 async fn resolve_iface(
-    args: &RunArgs,
+    args: &Options,
     kernel: &Arc<dyn Kernel>,
 ) -> anyhow::Result<(ExternalIface, std::net::Ipv4Addr)> {
     let external = {
@@ -141,20 +139,20 @@ async fn resolve_iface(
 
 /// The plugin host and the configured backend's plugin.
 fn load_plugin(
-    args: &RunArgs,
+    args: &Options,
     kernel: Arc<dyn Kernel>,
     config: &Config,
 ) -> anyhow::Result<(PluginHost, Plugin)> {
     let host = PluginHost::with_cache(
         kernel,
         Limits {
-            memory_bytes: usize::try_from(args.plugin_memory_mib << 20).unwrap_or(usize::MAX),
-            call_timeout: Duration::from_secs(args.plugin_call_timeout),
+            memory_bytes: args.plugin_memory_bytes,
+            call_timeout: args.plugin_call_timeout,
         },
-        args.plugin_cache.dir(),
+        args.plugin_cache_dir.as_deref(),
     )
     .context("start the plugin host")?;
-    let plugin = plugins::resolve(&host, &args.plugin_dir, &config.backend.kind)?;
+    let plugin = plugins::resolve(&host, args.plugin_dir.as_deref(), &config.backend.kind)?;
     tracing::info!(plugin = %plugin.name, version = %plugin.version, source = %plugin.source,
         capabilities = ?plugin.capabilities, wit_version = %plugin.wit_version,
         load_ms = plugin.load_time.as_millis(), from_cache = plugin.from_cache,
@@ -164,7 +162,7 @@ fn load_plugin(
 
 /// What the API says about this node and its plugin.
 fn describe_node(
-    args: &RunArgs,
+    args: &Options,
     report: &Report,
     external: &ExternalIface,
     public_ip: std::net::Ipv4Addr,
@@ -240,7 +238,7 @@ async fn purge_previous(
 
 /// subnet.env, atomically.
 fn write_env(
-    args: &RunArgs,
+    args: &Options,
     config: &Config,
     lease: &Lease,
     registration: &Registration,
@@ -262,7 +260,7 @@ fn write_env(
 
 /// The store `--store` names. etcd: connect, retrying with a log line while it is
 /// unreachable. Embedded: open (creating) the SQLite file at `--store-path`.
-async fn connect(args: &RunArgs) -> anyhow::Result<AnyStore> {
+async fn connect(args: &Options) -> anyhow::Result<AnyStore> {
     if args.store == StoreKind::Embedded {
         let (path, prefix) = (args.store_path.clone(), args.etcd_prefix.clone());
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -16,7 +16,7 @@ use twill_core::{Changes, Config, PeerSet, Subnet};
 use twill_plugin_host::PeerOutcome;
 use twill_store::{LeaseStore, WatchEvent};
 
-use super::Node;
+use crate::Node;
 
 /// What the backend last reported for a peer.
 #[derive(Debug, Default)]

@@ -1,4 +1,5 @@
-//! `twill run`: the node daemon.
+//! twill-node: the node daemon that `twill run` starts, as a library the binary wires
+//! from its command line ([`Options`]).
 //!
 //! 1. Resolve the external interface and public IP; wait for the network config.
 //! 2. Load the backend plugin and `init` it, with our previous BackendData so the
@@ -12,14 +13,25 @@
 //! The parts: [`startup`] (steps 1-3), [`peers`] (the store's events → the peer set),
 //! [`supervisor`] (the backend: batches, traps, restarts, reloads, resync, the data
 //! path), [`report`] (the one writer of API state and metrics), [`retry`] (waiting out
-//! the store).
+//! the store), [`iface`], [`plugins`], [`switch`] (the previous backend's objects),
+//! [`subnet_file`].
+//!
+//! It is application code split from the binary, so it keeps `anyhow`: its errors end
+//! in one log line and the exit code, and no caller matches on them.
+#![forbid(unsafe_code)]
 
+mod iface;
 mod peers;
+mod plugins;
 mod report;
 mod retry;
 mod startup;
+mod subnet_file;
 mod supervisor;
+mod switch;
 
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -32,7 +44,6 @@ use twill_core::Config;
 use twill_core::lease::{Lease, LeaseAttrs};
 use twill_store::{LEASE_TTL, LeaseStore};
 
-use crate::cli::RunArgs;
 use peers::Peers;
 use report::Report;
 use retry::{error_chain, sleep_until};
@@ -47,7 +58,41 @@ const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// How often the plugin directory is looked at for changed files (hot reload).
 const PLUGIN_DIR_POLL: Duration = Duration::from_secs(1);
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// Which lease store the node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// etcd at [`Options::etcd_endpoints`].
+    Etcd,
+    /// The SQLite file at [`Options::store_path`].
+    Embedded,
+}
+
+/// What `twill run` was told (its flags, documented there).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub store: StoreKind,
+    pub store_path: PathBuf,
+    pub etcd_endpoints: Vec<String>,
+    /// The key prefix (etcd's, and the embedded store's keys).
+    pub etcd_prefix: String,
+    /// Interfaces by name or IPv4 address; the first that exists wins; none: the
+    /// default route's.
+    pub iface: Vec<String>,
+    pub public_ip: Option<Ipv4Addr>,
+    pub subnet_file: PathBuf,
+    pub plugin_call_timeout: Duration,
+    pub plugin_memory_bytes: usize,
+    /// How long before the lease expires it is renewed.
+    pub renew_margin: Duration,
+    pub api_addr: SocketAddr,
+    /// The separate health-check listener, if any.
+    pub healthz_addr: Option<SocketAddr>,
+    pub plugin_dir: Option<PathBuf>,
+    pub plugin_cache_dir: Option<PathBuf>,
+}
+
+/// Run the node until SIGTERM/SIGINT (`Ok`) or a fatal error.
+pub async fn run(args: Options) -> anyhow::Result<()> {
     let api = ApiState::new();
     let metrics = Arc::new(Metrics::new());
     let stop_api = Arc::new(tokio::sync::Notify::new());
@@ -63,7 +108,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Bind the API (and the separate health listener, when asked for) before anything
 /// else, so a busy address is a clear error at once; serve until `stop`.
 async fn start_api(
-    args: &RunArgs,
+    args: &Options,
     api: &ApiState,
     metrics: &Arc<Metrics>,
     stop: &Arc<tokio::sync::Notify>,
@@ -72,8 +117,7 @@ async fn start_api(
         args.api_addr,
         twill_api::router(api.clone(), metrics.clone()),
     )];
-    if args.healthz_port != 0 {
-        let addr = std::net::SocketAddr::new(args.healthz_ip, args.healthz_port);
+    if let Some(addr) = args.healthz_addr {
         servers.push((addr, twill_api::health_router(api.clone())));
     }
     for (addr, router) in servers {

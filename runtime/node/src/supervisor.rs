@@ -5,6 +5,7 @@
 //! A trap never stops the daemon: the kernel state the plugin made stays (traffic keeps
 //! flowing), and a fresh instance is started with backoff and told every current lease.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use twill_core::lease::LeaseEvent;
@@ -14,9 +15,7 @@ use twill_plugin_host::{
 };
 use twill_store::LeaseStore;
 
-use super::Node;
-use crate::cli::PluginDirArg;
-use crate::plugins;
+use crate::{Node, plugins};
 
 /// First wait before restarting a trapped plugin; doubled per trap in a row.
 const RESTART_FIRST: Duration = Duration::from_secs(1);
@@ -55,7 +54,7 @@ pub(super) struct Supervised {
     /// The udp-style data path, for a backend that exports one.
     pub(super) datapath: Option<Pump>,
     /// Where directory plugins come from, and what its files looked like last time.
-    pub(super) plugin_dir: PluginDirArg,
+    pub(super) plugin_dir: Option<PathBuf>,
     plugin_files: Vec<plugins::FileStamp>,
     /// When the backend trapped: when to restart it and the backoff used.
     restart: Option<Restart>,
@@ -70,9 +69,9 @@ impl Supervised {
         grant: Grant,
         instance: Backend,
         datapath: Option<Pump>,
-        plugin_dir: PluginDirArg,
+        plugin_dir: Option<PathBuf>,
     ) -> Self {
-        let plugin_files = plugins::dir_fingerprint(&plugin_dir);
+        let plugin_files = plugins::dir_fingerprint(plugin_dir.as_deref());
         Self {
             host,
             plugin,
@@ -93,7 +92,7 @@ impl Supervised {
 
     /// Whether the plugin directory's files changed since the last look.
     pub(super) fn plugin_dir_changed(&mut self) -> bool {
-        let now = plugins::dir_fingerprint(&self.plugin_dir);
+        let now = plugins::dir_fingerprint(self.plugin_dir.as_deref());
         if now == self.plugin_files {
             return false;
         }
@@ -306,7 +305,11 @@ impl<S: LeaseStore> Node<S> {
     pub(super) async fn reload(&mut self, why: &str, force: bool) -> anyhow::Result<()> {
         let kind = self.own.config.backend.kind.clone();
         let resolved = tokio::task::block_in_place(|| {
-            plugins::resolve(&self.backend.host, &self.backend.plugin_dir, &kind)
+            plugins::resolve(
+                &self.backend.host,
+                self.backend.plugin_dir.as_deref(),
+                &kind,
+            )
         });
         let plugin = match resolved {
             Ok(p) => p,
