@@ -15,7 +15,6 @@
 
 pub mod packet;
 
-#[cfg(target_arch = "wasm32")]
 mod component;
 
 /// flannel's default UDP port for this backend.
