@@ -77,10 +77,8 @@ fn setup(mtu: u32) -> (Arc<FakeKernel>, PluginHost, Plugin, Grant) {
         network: subnet("10.244.0.0/16"),
         own_subnet: None,
         external: ExternalIface {
-            name: "eth0".into(),
-            index: eth0.index,
             mtu,
-            addr: ETH0_IP,
+            ..ExternalIface::of(&eth0, ETH0_IP)
         },
         public_ip: ETH0_IP,
     };
@@ -100,13 +98,7 @@ fn lease(subnet_text: &str, public_ip: [u8; 4], backend_type: &str) -> Lease {
 }
 
 async fn init_and_start(backend: &Backend, config: &str) -> twill_plugin_host::Registration {
-    let reg = backend
-        .init(NodeInfo {
-            config: config.into(),
-            previous_data: None,
-        })
-        .await
-        .expect("init");
+    let reg = backend.init(NodeInfo::fresh(config)).await.expect("init");
     backend.start(subnet("10.244.1.0/24")).await.expect("start");
     reg
 }
@@ -147,10 +139,7 @@ async fn the_out_of_tree_ipip_plugin_programs_flannels_objects() {
 
     // init: the device, and what the lease publishes.
     let reg = backend
-        .init(NodeInfo {
-            config: r#"{"Type":"ipip"}"#.into(),
-            previous_data: None,
-        })
+        .init(NodeInfo::fresh(r#"{"Type":"ipip"}"#))
         .await
         .expect("init");
     assert_eq!(reg.backend_type, "ipip");
@@ -360,10 +349,7 @@ async fn bad_config_is_the_backends_error() {
     let (_kernel, host, plugin, grant) = setup(1500);
     let backend = host.spawn(&plugin, grant).expect("spawn");
     let err = backend
-        .init(NodeInfo {
-            config: r#"{"Type":"ipip","DirectRouting":"yes"}"#.into(),
-            previous_data: None,
-        })
+        .init(NodeInfo::fresh(r#"{"Type":"ipip","DirectRouting":"yes"}"#))
         .await
         .expect_err("invalid");
     assert!(err.to_string().contains("Backend.DirectRouting"), "{err}");

@@ -18,3 +18,16 @@ pub use lease::{Lease, LeaseAttrs, LeaseError, LeaseEvent};
 pub use mac::MacAddr;
 pub use peers::{Changes, PeerSet};
 pub use subnet::{Subnet, SubnetError};
+
+/// An error and its sources, `outer: inner: …`, for one log line (every crate that
+/// logs an error it will not return uses this).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

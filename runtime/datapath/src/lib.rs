@@ -38,8 +38,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
-use twill_core::Subnet;
 use twill_core::lease::LeaseEvent;
+use twill_core::{Subnet, error_chain};
 use twill_net::datapath::Tun;
 use twill_plugin_host::{CallError, Datapath, Grant, Plugin, PluginHost, PluginStats};
 
@@ -223,18 +223,6 @@ struct Shared {
     gso: Arc<AtomicBool>,
 }
 
-/// An error with its sources, as one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 impl Shared {
     /// A thread named `name` running `body`; an error or panic is logged and recorded
     /// as the pump's failure.
@@ -262,7 +250,7 @@ impl Shared {
     }
 
     fn fail(&self, direction: &str, e: &PumpError) {
-        let message = format!("udp data path ({direction}) stopped: {}", chain(e));
+        let message = format!("udp data path ({direction}) stopped: {}", error_chain(e));
         tracing::error!("{message}");
         self.failed
             .lock()

@@ -1,9 +1,18 @@
 //! Running the tools the lab drives (`ip`, `bridge`, `ping`, `iperf3`, `etcd`): each
 //! failure names the command and carries its stderr.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use crate::{Error, Result};
+
+/// Start `cmd`, which runs `program` (perhaps through `ip netns exec`); an error
+/// names `program`.
+pub fn spawn(cmd: &mut Command, program: &str) -> Result<Child> {
+    cmd.spawn().map_err(|source| Error::Spawn {
+        program: program.to_owned(),
+        source,
+    })
+}
 
 /// Run a command and return its output, whatever its exit status.
 pub fn run(cmd: &[&str]) -> Result<Output> {

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::cmd::spawn;
 use crate::{Error, Result};
 
 /// One etcd member, listening on `<ip>:2379` and on loopback in its namespace; its
@@ -50,37 +51,35 @@ impl EtcdServer {
             .append(true)
             .open(&self.log)
             .map_err(|e| Error::io(format!("open {}", self.log.display()), e))?;
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns,
-                "etcd",
-                "--name",
-                "e0",
-                "--data-dir",
-            ])
-            .arg(&self.data)
-            .args([
-                "--listen-client-urls",
-                &format!("{client},http://127.0.0.1:2379"),
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-cluster",
-                "e0=http://127.0.0.1:2380",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                program: "etcd".into(),
-                source,
-            })?;
+        let child = spawn(
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.ns,
+                    "etcd",
+                    "--name",
+                    "e0",
+                    "--data-dir",
+                ])
+                .arg(&self.data)
+                .args([
+                    "--listen-client-urls",
+                    &format!("{client},http://127.0.0.1:2379"),
+                    "--advertise-client-urls",
+                    &client,
+                    "--listen-peer-urls",
+                    "http://127.0.0.1:2380",
+                    "--initial-advertise-peer-urls",
+                    "http://127.0.0.1:2380",
+                    "--initial-cluster",
+                    "e0=http://127.0.0.1:2380",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log),
+            "etcd",
+        )?;
         self.child = Some(child);
         let start = Instant::now();
         let after = Duration::from_secs(20);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cmd::succeeds;
+use crate::cmd::{spawn, succeeds};
 use crate::interrupt::Interrupt;
 use crate::netns;
 use crate::process::wait_or_kill;
@@ -81,18 +81,16 @@ pub struct PingSummary {
 impl PingRun {
     /// Start `count` pings from namespace `ns` to `dst`, one every 0.1 s.
     pub fn start(ns: &str, dst: &str, count: u32) -> Result<PingRun> {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "ping", "-i", "0.1", "-c"])
-            .arg(count.to_string())
-            .args(["-W", "1", dst])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                program: "ping".into(),
-                source,
-            })?;
+        let child = spawn(
+            Command::new("ip")
+                .args(["netns", "exec", ns, "ping", "-i", "0.1", "-c"])
+                .arg(count.to_string())
+                .args(["-W", "1", dst])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+            "ping",
+        )?;
         Ok(PingRun { child })
     }
 
@@ -141,36 +139,8 @@ pub fn iperf3(
     seconds: u32,
     streams: u32,
 ) -> Result<Iperf> {
-    let result = iperf3_once(server_ns, client_ns, dst, seconds, streams);
-    netns::kill_all(server_ns, Some("iperf3"));
-    netns::kill_all(client_ns, Some("iperf3"));
-    result
-}
-
-fn spawn_iperf(ns: &str, args: &[&str], stdout: Stdio) -> Result<Child> {
-    Command::new("ip")
-        .args(["netns", "exec", ns, "iperf3"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|source| Error::Spawn {
-            program: "iperf3".into(),
-            source,
-        })
-}
-
-fn iperf3_once(
-    server_ns: &str,
-    client_ns: &str,
-    dst: &str,
-    seconds: u32,
-    streams: u32,
-) -> Result<Iperf> {
-    let mut srv = spawn_iperf(server_ns, &["-s", "-1"], Stdio::null())?;
     let (secs, par) = (seconds.to_string(), streams.to_string());
-    let client_args = [
+    let client = [
         "-c",
         dst,
         "-t",
@@ -181,9 +151,36 @@ fn iperf3_once(
         "--connect-timeout",
         "2000",
     ];
+    let result = iperf3_run(server_ns, client_ns, &client, seconds);
+    netns::kill_all(server_ns, Some("iperf3"));
+    netns::kill_all(client_ns, Some("iperf3"));
+    result
+}
+
+fn spawn_iperf(ns: &str, args: &[&str], stdout: Stdio) -> Result<Child> {
+    spawn(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "iperf3"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::null()),
+        "iperf3",
+    )
+}
+
+/// A one-off server in `server_ns`, then the client with `client_args` until it gets
+/// through (10 s) or fails.
+fn iperf3_run(
+    server_ns: &str,
+    client_ns: &str,
+    client_args: &[&str],
+    seconds: u32,
+) -> Result<Iperf> {
+    let mut srv = spawn_iperf(server_ns, &["-s", "-1"], Stdio::null())?;
     let start = Instant::now();
     let result = loop {
-        let mut cl = spawn_iperf(client_ns, &client_args, Stdio::piped())?;
+        let mut cl = spawn_iperf(client_ns, client_args, Stdio::piped())?;
         // Read its JSON on a thread, so a full pipe never stalls it.
         let reader = cl.stdout.take().map(|mut out| {
             thread::spawn(move || {

@@ -39,12 +39,7 @@ pub fn resolve(kernel: &dyn Kernel, wanted: &[String]) -> anyhow::Result<Externa
             .map(|a| a.addr)
             .with_context(|| format!("interface {} has no IPv4 address", link.name))?
     };
-    Ok(ExternalIface {
-        name: link.name.clone(),
-        index: link.index,
-        mtu: link.mtu,
-        addr,
-    })
+    Ok(ExternalIface::of(link, addr))
 }
 
 fn find<'a>(wanted: &str, links: &'a [LinkInfo], addrs: &[AddrInfo]) -> Option<&'a LinkInfo> {

@@ -97,10 +97,7 @@ pub async fn run(args: Options) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let stop_api = Arc::new(tokio::sync::Notify::new());
     start_api(&args, &api, &metrics, &stop_api).await?;
-    let result = match startup::run_node(args, Report::new(api, metrics)).await {
-        Ok(node) => node.run().await,
-        Err(e) => Err(e),
-    };
+    let result = startup::run(args, Report::new(api, metrics)).await;
     stop_api.notify_waiters();
     result
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
+pub(super) use twill_core::error_chain;
 
 /// How often to look for the network config while it is missing (flannel: 1 s), and
 /// the first wait after a failed store request.
@@ -52,16 +53,4 @@ pub(super) async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// An error and its sources, as one line.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

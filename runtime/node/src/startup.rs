@@ -14,9 +14,7 @@ use twill_net::{Kernel, KernelOp, Netlink, Observed};
 use twill_plugin_host::{
     Backend, ExternalIface, Grant, Limits, NodeInfo, Plugin, PluginHost, Registration,
 };
-use twill_store::{
-    AcquireError, AnyStore, EmbeddedStore, EtcdOptions, EtcdStore, LeaseStore, acquire,
-};
+use twill_store::{AcquireError, EmbeddedStore, EtcdOptions, EtcdStore, LeaseStore, acquire};
 
 use crate::peers::Peers;
 use crate::report::Report;
@@ -25,13 +23,33 @@ use crate::supervisor::Supervised;
 use crate::{Node, OwnLease};
 use crate::{Options, StoreKind, iface, plugins, subnet_file, switch};
 
-/// Steps 1-3 of the daemon: everything up to a node that holds its lease, has its
-/// backend started and subnet.env written.
-pub(super) async fn run_node(args: Options, report: Report) -> anyhow::Result<Node<AnyStore>> {
+/// Steps 1-3 of the daemon, then its loop until SIGTERM/SIGINT: the kernel and the
+/// interface, the store `--store` names, then the node on it.
+pub(super) async fn run(args: Options, report: Report) -> anyhow::Result<()> {
     let kernel = open_kernel(&report).await?;
     let (external, public_ip) = resolve_iface(&args, &kernel).await?;
     report.api.set_store_state(StoreState::Connecting);
-    let store = connect(&args).await?;
+    let iface = (kernel, external, public_ip);
+    match args.store {
+        StoreKind::Embedded => {
+            let store = open_embedded(&args).await?;
+            with_store(args, report, iface, store).await?.run().await
+        }
+        StoreKind::Etcd => {
+            let store = connect_etcd(&args).await?;
+            with_store(args, report, iface, store).await?.run().await
+        }
+    }
+}
+
+/// Everything up to a node that holds its lease, has its backend started and
+/// subnet.env written.
+async fn with_store<S: LeaseStore>(
+    args: Options,
+    report: Report,
+    (kernel, external, public_ip): (Arc<dyn Kernel>, ExternalIface, std::net::Ipv4Addr),
+    store: S,
+) -> anyhow::Result<Node<S>> {
     let config = wait_for_config(&store, &args.etcd_prefix).await?;
     report.api.set_store_state(StoreState::Connected);
     tracing::info!(
@@ -258,20 +276,20 @@ fn write_env(
     Ok(())
 }
 
-/// The store `--store` names. etcd: connect, retrying with a log line while it is
-/// unreachable. Embedded: open (creating) the SQLite file at `--store-path`.
-async fn connect(args: &Options) -> anyhow::Result<AnyStore> {
-    if args.store == StoreKind::Embedded {
-        let (path, prefix) = (args.store_path.clone(), args.etcd_prefix.clone());
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("create the store directory {}", dir.display()))?;
-        }
-        let store =
-            tokio::task::spawn_blocking(move || EmbeddedStore::open(&path, &prefix)).await??;
-        tracing::info!(path = %args.store_path.display(), "using the embedded store");
-        return Ok(store.into());
+/// The embedded store: open (creating) the SQLite file at `--store-path`.
+async fn open_embedded(args: &Options) -> anyhow::Result<EmbeddedStore> {
+    let (path, prefix) = (args.store_path.clone(), args.etcd_prefix.clone());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("create the store directory {}", dir.display()))?;
     }
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path, &prefix)).await??;
+    tracing::info!(path = %args.store_path.display(), "using the embedded store");
+    Ok(store)
+}
+
+/// etcd: connect, retrying with a log line while it is unreachable.
+async fn connect_etcd(args: &Options) -> anyhow::Result<EtcdStore> {
     let opts = EtcdOptions {
         endpoints: args.etcd_endpoints.clone(),
         prefix: args.etcd_prefix.clone(),
@@ -279,7 +297,7 @@ async fn connect(args: &Options) -> anyhow::Result<AnyStore> {
     let mut backoff = Backoff::new();
     loop {
         match EtcdStore::connect(opts.clone()).await {
-            Ok(store) => return Ok(store.into()),
+            Ok(store) => return Ok(store),
             Err(e) => backoff.wait("connect to etcd", &e).await,
         }
     }

@@ -26,6 +26,16 @@ pub struct NodeInfo {
     pub previous_data: Option<String>,
 }
 
+impl NodeInfo {
+    /// For a node without a previous lease of this backend.
+    pub fn fresh(config: &str) -> Self {
+        NodeInfo {
+            config: config.to_owned(),
+            previous_data: None,
+        }
+    }
+}
+
 /// What a backend registers with its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {

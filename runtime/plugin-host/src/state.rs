@@ -25,6 +25,18 @@ pub struct ExternalIface {
     pub addr: Ipv4Addr,
 }
 
+impl ExternalIface {
+    /// The interface `link`, reached at `addr`.
+    pub fn of(link: &twill_net::LinkInfo, addr: Ipv4Addr) -> Self {
+        ExternalIface {
+            name: link.name.clone(),
+            index: link.index,
+            mtu: link.mtu,
+            addr,
+        }
+    }
+}
+
 /// What a plugin instance may touch. Fixed at spawn, except the node's own subnet,
 /// which is set when the node holds its lease (`start`).
 #[derive(Debug, Clone)]

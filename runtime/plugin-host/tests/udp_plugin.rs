@@ -46,10 +46,7 @@ async fn udp_opens_its_tun_and_routes_the_network_to_it() {
     assert!(plugin.capabilities.iter().any(|c| c == "datapath-host"));
     let backend = host.spawn(&plugin, grant).expect("spawn");
     let reg = backend
-        .init(NodeInfo {
-            config: r#"{"Type":"udp"}"#.into(),
-            previous_data: None,
-        })
+        .init(NodeInfo::fresh(r#"{"Type":"udp"}"#))
         .await
         .expect("init");
     assert_eq!(
@@ -79,10 +76,7 @@ async fn udp_opens_its_tun_and_routes_the_network_to_it() {
     })));
     // A resync runs init and start again: the same device, opened once.
     backend
-        .init(NodeInfo {
-            config: r#"{"Type":"udp"}"#.into(),
-            previous_data: None,
-        })
+        .init(NodeInfo::fresh(r#"{"Type":"udp"}"#))
         .await
         .expect("init again");
     let opens = kernel

@@ -45,10 +45,7 @@ async fn vxlan_programs_flannels_objects_in_flannels_order() {
     }
     let backend = host.spawn(&plugin, grant).expect("spawn");
     let reg = backend
-        .init(NodeInfo {
-            config: r#"{"Type":"vxlan"}"#.into(),
-            previous_data: None,
-        })
+        .init(NodeInfo::fresh(r#"{"Type":"vxlan"}"#))
         .await
         .expect("init");
     assert_eq!(reg.backend_type, "vxlan");
@@ -172,13 +169,7 @@ async fn vxlan_programs_flannels_objects_in_flannels_order() {
 async fn restart_keeps_the_vtep_mac_and_adopts_the_device() {
     let (kernel, host, plugin, grant) = setup();
     let first = host.spawn(&plugin, grant.clone()).expect("spawn");
-    let reg1 = first
-        .init(NodeInfo {
-            config: "{}".into(),
-            previous_data: None,
-        })
-        .await
-        .expect("init");
+    let reg1 = first.init(NodeInfo::fresh("{}")).await.expect("init");
     first.shutdown().await.expect("shutdown");
     kernel.take_calls();
 
@@ -206,10 +197,7 @@ async fn bad_backend_config_is_a_clear_error() {
     let (_kernel, host, plugin, grant) = setup();
     let backend = host.spawn(&plugin, grant).expect("spawn");
     let err = backend
-        .init(NodeInfo {
-            config: r#"{"Type":"vxlan","VNI":"one"}"#.into(),
-            previous_data: None,
-        })
+        .init(NodeInfo::fresh(r#"{"Type":"vxlan","VNI":"one"}"#))
         .await
         .expect_err("invalid");
     assert!(err.to_string().contains("Backend.VNI"), "{err}");

@@ -56,9 +56,10 @@ use tracing::{debug, warn};
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet::Subnet;
 
-use crate::keys::{Keys, error_chain, parse_key, parse_lease, placeholder_attrs, removed_attrs};
+use crate::keys::{Keys, parse_key, parse_lease, placeholder_attrs, removed_attrs};
 use crate::watch::{Polled, WatchSource, watch};
 use crate::{Created, LeaseStore, Revision, StoreError, WatchEvent};
+use twill_core::error_chain;
 
 mod poll;
 mod schema;

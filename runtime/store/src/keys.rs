@@ -97,18 +97,6 @@ pub(crate) fn removed_attrs(value: Option<&[u8]>) -> LeaseAttrs {
         .unwrap_or_else(placeholder_attrs)
 }
 
-/// An error with its sources, for one log line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

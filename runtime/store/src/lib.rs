@@ -1,14 +1,12 @@
 //! twill's lease store: the [`LeaseStore`] trait every store implements, the etcd
 //! implementation with flannel's key layout (`<prefix>/config`,
 //! `<prefix>/subnets/10.244.1.0-24`), the [`EmbeddedStore`] (the same keys and values
-//! in a SQLite file, for one host without an etcd server), [`AnyStore`] (either
-//! of them, as `twill run --store` chooses), and [`acquire`], which holds
+//! in a SQLite file, for one host without an etcd server), and [`acquire`], which holds
 //! a lease the way flannel does and retries a lost create race instead of exiting.
 //!
 //! This crate talks to the store only; it never touches the kernel.
 #![forbid(unsafe_code)]
 
-mod any;
 mod embedded;
 mod etcd;
 mod keys;
@@ -21,7 +19,6 @@ use futures::Stream;
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet::Subnet;
 
-pub use any::AnyStore;
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use etcd::{EtcdOptions, EtcdStore};
 pub use keys::DEFAULT_PREFIX;

@@ -11,8 +11,8 @@ use futures::Stream;
 use tracing::warn;
 use twill_core::lease::{Lease, LeaseEvent};
 
-use crate::keys::error_chain;
 use crate::{Revision, StoreError, WatchEvent};
+use twill_core::error_chain;
 
 /// The first wait after a failure; doubled per failure in a row.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);

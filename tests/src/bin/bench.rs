@@ -71,43 +71,41 @@ struct Config {
     baseline: Option<(&'static str, f64)>,
 }
 
+impl Config {
+    const fn new(name: &'static str, setup: Setup, baseline: Option<(&'static str, f64)>) -> Self {
+        Config {
+            name,
+            setup,
+            baseline,
+        }
+    }
+}
+
 /// In the order of the table.
 const CONFIGS: [Config; 7] = [
-    Config {
-        name: "routes",
-        setup: Setup::Routes,
-        baseline: None,
-    },
-    Config {
-        name: "host-gw",
-        setup: Setup::Twill(r#"{"Type":"host-gw"}"#),
-        baseline: Some(("routes", 0.95)),
-    },
-    Config {
-        name: "routes-1450",
-        setup: Setup::RoutesVxlanMtu,
-        baseline: None,
-    },
-    Config {
-        name: "directrouting",
-        setup: Setup::Twill(r#"{"Type":"directrouting"}"#),
-        baseline: Some(("routes-1450", 0.95)),
-    },
-    Config {
-        name: "kernel-vxlan",
-        setup: Setup::KernelVxlan,
-        baseline: None,
-    },
-    Config {
-        name: "vxlan",
-        setup: Setup::Twill(r#"{"Type":"vxlan"}"#),
-        baseline: Some(("kernel-vxlan", 0.95)),
-    },
-    Config {
-        name: "udp",
-        setup: Setup::Twill(r#"{"Type":"udp"}"#),
-        baseline: Some(("kernel-vxlan", 0.5)),
-    },
+    Config::new("routes", Setup::Routes, None),
+    Config::new(
+        "host-gw",
+        Setup::Twill(r#"{"Type":"host-gw"}"#),
+        Some(("routes", 0.95)),
+    ),
+    Config::new("routes-1450", Setup::RoutesVxlanMtu, None),
+    Config::new(
+        "directrouting",
+        Setup::Twill(r#"{"Type":"directrouting"}"#),
+        Some(("routes-1450", 0.95)),
+    ),
+    Config::new("kernel-vxlan", Setup::KernelVxlan, None),
+    Config::new(
+        "vxlan",
+        Setup::Twill(r#"{"Type":"vxlan"}"#),
+        Some(("kernel-vxlan", 0.95)),
+    ),
+    Config::new(
+        "udp",
+        Setup::Twill(r#"{"Type":"udp"}"#),
+        Some(("kernel-vxlan", 0.5)),
+    ),
 ];
 
 struct Options {

@@ -169,34 +169,42 @@ impl PluginState {
         if let Err(owner) = self.devices.claim(name, &self.plugin) {
             return self.deny(CAP, format!("device {name} belongs to plugin {owner}"));
         }
-        let result = self.adopt_or_create(name, kind, compatible, create);
-        if result.is_err() {
-            self.devices.release(name);
+        let device = match self.existing(name, kind, compatible) {
+            Ok(Some(link)) => Ok(link),
+            Ok(None) => create(self.kernel.as_ref()).map_err(kernel_error),
+            Err(e) => Err(e),
+        };
+        match device {
+            Ok(info) => {
+                self.owned.insert(info.index);
+                Ok(to_link(&info))
+            }
+            Err(e) => {
+                self.devices.release(name);
+                Err(e)
+            }
         }
-        result
     }
 
-    fn adopt_or_create(
+    /// The existing device `name` to keep, or `None` when it is to be created (an
+    /// incompatible one is deleted first); a device of another kind is denied.
+    fn existing(
         &mut self,
         name: &str,
         kind: &'static str,
         compatible: impl FnOnce(&LinkInfo) -> bool,
-        create: impl FnOnce(&dyn Kernel) -> Result<LinkInfo, NetError>,
-    ) -> Result<Link, Error> {
-        let existing = self.kernel.link_by_name(name).map_err(kernel_error)?;
-        let info = match existing {
-            Some(link) if link.kind.as_deref() != Some(kind) => {
-                return self.deny(
-                    CAP,
-                    format!(
-                        "device {name} exists and is not a {kind} device ({:?})",
-                        link.kind
-                    ),
-                );
-            }
+    ) -> Result<Option<LinkInfo>, Error> {
+        match self.kernel.link_by_name(name).map_err(kernel_error)? {
+            Some(link) if link.kind.as_deref() != Some(kind) => self.deny(
+                CAP,
+                format!(
+                    "device {name} exists and is not a {kind} device ({:?})",
+                    link.kind
+                ),
+            ),
             Some(link) if compatible(&link) => {
                 tracing::info!(plugin = %self.plugin, device = %name, "keeping existing {kind} device");
-                link
+                Ok(Some(link))
             }
             Some(link) => {
                 let have = match (&link.vxlan, &link.ipip) {
@@ -209,15 +217,13 @@ impl PluginState {
                     "existing {kind} device has other attributes ({have}); recreating it"
                 );
                 self.kernel.delete_link(link.index).map_err(kernel_error)?;
-                create(self.kernel.as_ref()).map_err(kernel_error)?
+                Ok(None)
             }
             None => {
                 tracing::info!(plugin = %self.plugin, device = %name, "creating {kind} device");
-                create(self.kernel.as_ref()).map_err(kernel_error)?
+                Ok(None)
             }
-        };
-        self.owned.insert(info.index);
-        Ok(to_link(&info))
+        }
     }
 }
 

@@ -26,12 +26,7 @@ pub(super) fn state(kernel: Arc<FakeKernel>, devices: DeviceRegistry, plugin: &s
         grant: Grant {
             network: "10.244.0.0/16".parse().expect("subnet"),
             own_subnet: Some("10.244.1.0/24".parse().expect("subnet")),
-            external: ExternalIface {
-                name: "eth0".into(),
-                index: eth0.index,
-                mtu: 1500,
-                addr: ETH0_IP,
-            },
+            external: ExternalIface::of(&eth0, ETH0_IP),
             public_ip: ETH0_IP,
         },
         devices,

@@ -23,12 +23,7 @@ pub fn setup(dir: &str) -> (Arc<FakeKernel>, PluginHost, Plugin, Grant) {
     let grant = Grant {
         network: "10.244.0.0/16".parse().expect("subnet"),
         own_subnet: None,
-        external: ExternalIface {
-            name: "eth0".into(),
-            index: eth0.index,
-            mtu: 1500,
-            addr: ETH0_IP,
-        },
+        external: ExternalIface::of(&eth0, ETH0_IP),
         public_ip: ETH0_IP,
     };
     (kernel, host, plugin, grant)
