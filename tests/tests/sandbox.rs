@@ -234,3 +234,36 @@ fn a_peer_that_leaves_while_the_plugin_is_down_is_removed_after_the_restart() {
     c.assert_full_mesh(Duration::from_secs(10));
     assert_eq!(c.nodes[0].stop(), Some(0));
 }
+
+/// A removal whose batch traps the plugin is not lost: the fresh instance is told the
+/// peer is gone (before the fix the daemon forgot it had handed the peer before the
+/// call, so the replay left its route in place for good).
+#[test]
+fn a_removal_in_a_batch_that_traps_reaches_the_fresh_instance() {
+    let mut c = Cluster::new(2);
+    c.put_config(&config("trap-on-removal"));
+    start_all(&mut c, &[]);
+    c.assert_full_mesh(Duration::from_secs(30));
+    let node = &c.nodes[0];
+    let key = format!("{}/subnets/10.244.240.0-24", c.prefix);
+    let route = || node.exec(&["ip", "route", "show", "10.244.240.0/24"]);
+    c.etcdctl(&[
+        "put",
+        &key,
+        r#"{"PublicIP":"192.168.77.98","PublicIPv6":null,"BackendType":"misbehave"}"#,
+    ]);
+    wait_for("the lease's route", Duration::from_secs(20), || {
+        route().contains("via 192.168.77.98").then_some(())
+    });
+    assert_eq!(node.metric(TRAPS), 0.0, "no trap before the removal");
+    // The batch carrying the removal traps the plugin; the restart must replay it.
+    c.etcdctl(&["del", &key]);
+    wait_trapped_and_restarted(node, 1.0);
+    wait_for(
+        "the removed lease's route to go",
+        Duration::from_secs(20),
+        || route().trim().is_empty().then_some(()),
+    );
+    c.assert_full_mesh(Duration::from_secs(10));
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}

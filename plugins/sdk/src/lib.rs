@@ -188,7 +188,10 @@
 //! Each instance gets 64 MiB of linear memory (a failed grow traps) and 30 s per call,
 //! including the host calls it makes; past the deadline the call traps. A trap (a
 //! panic, the deadline, the memory limit) poisons the instance: it refuses every later
-//! call, and the daemon exits with an error.
+//! call. The daemon goes on: it starts a fresh instance (1 s after the first trap,
+//! doubling to 30 s while it keeps trapping), calls `init` with the node's published
+//! `BackendData` and `start`, and hands it every current lease again. Kernel state the
+//! plugin made stays meanwhile.
 //!
 //! # Building
 //!

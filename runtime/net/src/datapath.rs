@@ -20,8 +20,11 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// A layer-3 TUN device without packet-information header (`IFF_TUN | IFF_NO_PI`),
-/// like flannel's `flannel0`. It is not persistent: the kernel removes the device (and
-/// its addresses and routes) when the last descriptor closes.
+/// like flannel's `flannel0`. It is persistent (`TUNSETPERSIST`): the device, its
+/// addresses and its routes stay when the descriptor closes, so a restarted twill
+/// attaches to the same device and the pods' routes never go away. While no process
+/// holds it, the kernel drops what is sent into it (counted as the device's TX drops).
+/// Deleting the device (`ip link del`) is what removes it.
 #[derive(Debug)]
 pub struct Tun {
     fd: OwnedFd,
@@ -39,6 +42,8 @@ struct IfReq {
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `_IOW('T', 203, int)` in `<linux/if_tun.h>`.
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_VNET_HDR: libc::c_int = 0x4000;
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
@@ -82,6 +87,16 @@ impl Tun {
         if rc < 0 {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")));
+        }
+        // SAFETY: TUNSETPERSIST takes a flag by value.
+        let rc =
+            unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST as _, libc::c_ulong::from(1u8)) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("TUNSETPERSIST {name}: {e}"),
+            ));
         }
         // SAFETY: TUNSETOFFLOAD takes the offload flags by value.
         let tso = unsafe {

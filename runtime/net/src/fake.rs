@@ -617,12 +617,14 @@ impl Kernel for FakeKernel {
     fn open_tun(&self, name: &str) -> Result<TunDevice, NetError> {
         self.mutate(Call::OpenTun(name.to_owned()), |st| {
             if let Some(link) = st.links.iter().find(|l| l.name == name) {
-                // A TUN device is held by one descriptor at a time.
-                return Err(if link.kind.as_deref() == Some("tun") {
-                    libc::EBUSY
-                } else {
-                    libc::EEXIST
-                });
+                // A persistent TUN device a previous process left: attach to it.
+                return match link.kind.as_deref() {
+                    Some("tun") => Ok(TunDevice {
+                        link: link.clone(),
+                        tun: None,
+                    }),
+                    _ => Err(libc::EEXIST),
+                };
             }
             let index = st.add_link(LinkInfo {
                 index: 0,

@@ -254,8 +254,9 @@ pub trait Kernel: Send + Sync + 'static {
     fn replace_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetError>;
     /// Delete an FDB entry.
     fn del_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetError>;
-    /// Create the non-persistent layer-3 TUN device `name` and open it (EBUSY if another
-    /// descriptor holds it).
+    /// Create the persistent layer-3 TUN device `name`, or attach to the one a previous
+    /// process left (EBUSY if another descriptor holds it; EEXIST-like if `name` is
+    /// another kind of device).
     fn open_tun(&self, name: &str) -> Result<TunDevice, NetError>;
     /// Bind a non-blocking UDP socket for a data path; `None` in the fake kernel.
     fn bind_udp(&self, addr: SocketAddrV4) -> Result<Option<Arc<UdpSocket>>, NetError>;

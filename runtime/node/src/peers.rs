@@ -60,16 +60,14 @@ impl Peers {
         self.set.leases().cloned()
     }
 
-    /// A batch is about to be handed to the backend.
+    /// A batch is about to be handed to the backend: its additions count as handed
+    /// from now on, so a later removal reaches the backend even if this call fails. Its
+    /// removals count only once the backend answered them ([`Peers::record`]): a
+    /// removal in a batch that traps (or fails) is sent again by the next replay.
     pub(super) fn handing(&mut self, events: &[LeaseEvent]) {
         for e in events {
-            match e {
-                LeaseEvent::Added(l) => {
-                    self.handed.insert(l.subnet, l.clone());
-                }
-                LeaseEvent::Removed(l) => {
-                    self.handed.remove(&l.subnet);
-                }
+            if let LeaseEvent::Added(l) = e {
+                self.handed.insert(l.subnet, l.clone());
             }
         }
     }
@@ -106,13 +104,21 @@ impl Peers {
         for (event, outcome) in sent.iter().zip(outcomes) {
             let (subnet, public_ip) = (event.lease().subnet, event.lease().attrs.public_ip);
             if let LeaseEvent::Removed(_) = event {
-                if let Err(e) = &outcome.result {
-                    tracing::warn!(%subnet, %public_ip, "removing peer: {e}");
+                match &outcome.result {
+                    // Told and done: no replay needs to repeat it.
+                    Ok(_) => {
+                        self.handed.remove(&subnet);
+                    }
+                    // Kept as handed: the next resync sends the removal again.
+                    Err(e) => tracing::warn!(%subnet, %public_ip, "removing peer: {e}"),
                 }
                 self.states.remove(&subnet);
                 api.peer_removed(subnet);
                 continue;
             }
+            // In batch order: a re-added subnet (removed, then added with new
+            // attributes) is handed again.
+            self.handed.insert(subnet, event.lease().clone());
             let state = self.states.entry(subnet).or_default();
             match outcome.result {
                 Ok(programmed) => {

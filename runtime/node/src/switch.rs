@@ -10,8 +10,8 @@
 //!   external interface.
 //! - `host-gw`: routes via peers on the external interface.
 //! - `ipip`: the `flannel.ipip` device and direct routes via peers.
-//! - udp (published without a type): its TUN device and route vanish with the process
-//!   that held them; nothing to do.
+//! - udp (published without a type): its persistent TUN device `flannel…` (the
+//!   network's route on it goes with it).
 //!
 //! Only objects matching those shapes are touched: devices named `flannel…` of the
 //! right kind, and routes to a `SubnetLen` subnet inside the network (never our own)
@@ -35,6 +35,7 @@ pub fn purge(kernel: &dyn Kernel, p: &Purge) -> Result<Vec<String>, NetError> {
     let device_kind = match p.previous.as_str() {
         "vxlan" => Some("vxlan"),
         "ipip" => Some("ipip"),
+        "" => Some("tun"),
         "host-gw" => None,
         _ => return Ok(removed),
     };
@@ -154,7 +155,7 @@ mod tests {
     }
 
     #[test]
-    fn host_gw_keeps_devices_and_udp_touches_nothing() {
+    fn host_gw_keeps_devices_and_udp_removes_only_its_tun_device() {
         let (k, eth0) = setup();
         assert_eq!(purge_from(&k, eth0, "host-gw").len(), 2);
         assert!(
@@ -163,7 +164,18 @@ mod tests {
                 .is_some()
         );
         let (k, eth0) = setup();
-        assert!(purge_from(&k, eth0, "").is_empty());
+        k.open_tun("flannel0").expect("tun");
+        assert_eq!(purge_from(&k, eth0, ""), ["device flannel0 (tun)"]);
+        assert!(
+            Kernel::link_by_name(&k, "flannel0")
+                .expect("link")
+                .is_none()
+        );
+        assert!(
+            Kernel::link_by_name(&k, "flannel.1")
+                .expect("link")
+                .is_some()
+        );
         assert_eq!(Kernel::routes(&k).expect("routes").len(), 5);
     }
 }

@@ -9,6 +9,8 @@
 //! - `alloc`: allocate without bound in the first `on-leases`;
 //! - `trap-on-second`: panic in the second `on-leases` of an instance (a fresh instance
 //!   then handles the replay, its first);
+//! - `trap-on-removal`: panic in any `on-leases` of an instance but its first that
+//!   carries a removal (so the fresh instance's replay, its first, goes through);
 //! - anything else (or no `Mode`): behave.
 
 use twill_plugin_sdk::host::{self, addresses, links, routes};
@@ -81,7 +83,7 @@ impl Backend for Misbehave {
         Info {
             name: "misbehave".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            config_hint: "Mode: deny | loop | alloc | trap-on-second".into(),
+            config_hint: "Mode: deny | loop | alloc | trap-on-second | trap-on-removal".into(),
         }
     }
 
@@ -148,6 +150,11 @@ impl Backend for Misbehave {
                 }
             }
             ("trap-on-second", 2) => panic!("misbehave: trapping on purpose"),
+            ("trap-on-removal", n)
+                if n > 1 && events.iter().any(|e| matches!(e, LeaseEvent::Removed(_))) =>
+            {
+                panic!("misbehave: trapping on a removal on purpose")
+            }
             _ => {}
         }
         events
