@@ -32,11 +32,12 @@ pub struct Purge {
 /// Remove the previous backend's objects. Returns a line per object removed.
 pub fn purge(kernel: &dyn Kernel, p: &Purge) -> Result<Vec<String>, NetError> {
     let mut removed = Vec::new();
-    let device_kind = match p.previous.as_str() {
-        "vxlan" => Some("vxlan"),
-        "ipip" => Some("ipip"),
-        "" => Some("tun"),
-        "host-gw" => None,
+    // The previous type's device kind, and whether it routed via peers.
+    let (device_kind, direct_routes) = match p.previous.as_str() {
+        "vxlan" => (Some("vxlan"), true),
+        "ipip" => (Some("ipip"), true),
+        "host-gw" => (None, true),
+        "" => (Some("tun"), false),
         _ => return Ok(removed),
     };
     if let Some(kind) = device_kind {
@@ -46,6 +47,9 @@ pub fn purge(kernel: &dyn Kernel, p: &Purge) -> Result<Vec<String>, NetError> {
                 removed.push(format!("device {} ({kind})", link.name));
             }
         }
+    }
+    if !direct_routes {
+        return Ok(removed);
     }
     for route in kernel.routes()? {
         let ours = route.gateway.is_some()
