@@ -160,33 +160,47 @@ impl<S: LeaseStore> Node<S> {
         let started = std::time::Instant::now();
         let registration = self.backend.instance.init(self.node_info()).await;
         self.report.plugin_call(&plugin, "init", started.elapsed());
-        match registration {
-            Ok(r) if r.backend_data != self.own.attrs.backend_data => tracing::warn!(
-                "backend now registers {:?} but our lease has {:?}",
-                r.backend_data,
-                self.own.attrs.backend_data
-            ),
-            Ok(_) => {}
-            Err(e @ CallError::Backend { .. }) => tracing::error!("resync: {e}"),
-            Err(e) => {
-                self.backend_trapped(e);
-                return Ok(());
-            }
-        }
+        let Ok(registration) = self.survive("resync", registration) else {
+            return Ok(());
+        };
+        self.check_backend_data("backend now registers", registration.as_ref());
         let started = std::time::Instant::now();
         let result = self.backend.instance.start(self.own.lease.subnet).await;
         self.report.plugin_call(&plugin, "start", started.elapsed());
-        match result {
-            Ok(()) => {}
-            Err(e @ CallError::Backend { .. }) => tracing::error!("resync: {e}"),
-            Err(e) => {
-                self.backend_trapped(e);
-                return Ok(());
-            }
+        if self.survive("resync", result).is_err() {
+            return Ok(());
         }
         let all = self.peers.replay_events();
         tracing::debug!(peers = all.len(), "periodic resync");
         self.apply(all).await
+    }
+
+    /// A backend call made during a resync or a restart: its value; `Ok(None)` for the
+    /// backend's own error (logged under `step`; the next resync tries again); `Err` for
+    /// a trap, after which a restart is scheduled and the step goes no further.
+    fn survive<T>(&mut self, step: &str, result: Result<T, CallError>) -> Result<Option<T>, ()> {
+        match result {
+            Ok(v) => Ok(Some(v)),
+            Err(e @ CallError::Backend { .. }) => {
+                tracing::error!("{step}: {e}");
+                Ok(None)
+            }
+            Err(e) => {
+                self.backend_trapped(e);
+                Err(())
+            }
+        }
+    }
+
+    /// Say so when the backend registers other BackendData than our lease publishes.
+    fn check_backend_data(&self, who: &str, registration: Option<&Registration>) {
+        if let Some(r) = registration.filter(|r| r.backend_data != self.own.attrs.backend_data) {
+            tracing::warn!(
+                "{who} {:?} but our lease has {:?}",
+                r.backend_data,
+                self.own.attrs.backend_data
+            );
+        }
     }
 
     /// The backend trapped (or its thread is gone): count it and schedule a restart
@@ -268,19 +282,11 @@ impl<S: LeaseStore> Node<S> {
             }
         }
         self.report.plugin_restarted(&plugin);
-        match self.bring_up(&self.backend.instance).await {
-            Ok(r) if r.backend_data != self.own.attrs.backend_data => tracing::warn!(
-                "restarted backend registers {:?} but our lease has {:?}",
-                r.backend_data,
-                self.own.attrs.backend_data
-            ),
-            Ok(_) => {}
-            Err(e @ CallError::Backend { .. }) => tracing::error!("restart: {e}"),
-            Err(e) => {
-                self.backend_trapped(e);
-                return Ok(());
-            }
-        }
+        let brought_up = self.bring_up(&self.backend.instance).await;
+        let Ok(registration) = self.survive("restart", brought_up) else {
+            return Ok(());
+        };
+        self.check_backend_data("restarted backend registers", registration.as_ref());
         if let Err(e) = self.restart_datapath().await {
             self.backend_trapped(format!("{e:#}"));
             return Ok(());
