@@ -4,7 +4,7 @@
 //! subnet. The peer set follows the lease events the instance is given
 //! ([`crate::Datapath::update`]), so the check cannot drift from what the plugin knows.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use twill_core::Subnet;
@@ -18,7 +18,11 @@ pub struct Confinement {
     network: Subnet,
     own: Subnet,
     port: u16,
-    peers: HashSet<u32>,
+    /// Each peer's public IP, by subnet (what the events said last).
+    leases: BTreeMap<Subnet, u32>,
+    /// How many current leases have each public IP: two peers may announce one (a
+    /// misconfiguration, or a forgery), and removing one must not evict the other.
+    peers: HashMap<u32, usize>,
 }
 
 impl Confinement {
@@ -28,28 +32,40 @@ impl Confinement {
             network,
             own,
             port,
-            peers: HashSet::new(),
+            leases: BTreeMap::new(),
+            peers: HashMap::new(),
         }
     }
 
     /// Follow lease events: an added lease's public IP becomes a destination, a removed
     /// one's stops being one.
+    /// An event repeated (a resync sends every peer again) changes nothing.
     pub fn apply(&mut self, events: &[LeaseEvent]) {
         for e in events {
-            match e {
-                LeaseEvent::Added(l) => {
-                    self.peers.insert(u32::from(l.attrs.public_ip));
-                }
-                LeaseEvent::Removed(l) => {
-                    self.peers.remove(&u32::from(l.attrs.public_ip));
-                }
+            let subnet = e.lease().subnet;
+            if let Some(old) = self.leases.remove(&subnet) {
+                self.release(old);
+            }
+            if let LeaseEvent::Added(l) = e {
+                let ip = u32::from(l.attrs.public_ip);
+                self.leases.insert(subnet, ip);
+                *self.peers.entry(ip).or_default() += 1;
+            }
+        }
+    }
+
+    fn release(&mut self, ip: u32) {
+        if let Some(n) = self.peers.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.peers.remove(&ip);
             }
         }
     }
 
     /// Whether a datagram may go to `ep`.
     pub fn to_peer_allowed(&self, ep: &Endpoint) -> bool {
-        ep.port == self.port && self.peers.contains(&ep.ip)
+        ep.port == self.port && self.peers.contains_key(&ep.ip)
     }
 
     /// Whether `packet` may be written into the TUN device.
@@ -70,8 +86,12 @@ mod tests {
     use super::*;
 
     fn lease(public_ip: [u8; 4]) -> Lease {
+        lease_on("10.244.2.0/24", public_ip)
+    }
+
+    fn lease_on(subnet: &str, public_ip: [u8; 4]) -> Lease {
         Lease {
-            subnet: "10.244.2.0/24".parse().expect("subnet"),
+            subnet: subnet.parse().expect("subnet"),
             attrs: LeaseAttrs::new(Ipv4Addr::from(public_ip), "", None).expect("attrs"),
             expires: None,
         }
@@ -105,5 +125,37 @@ mod tests {
         // A removed lease is no destination any more.
         limits.apply(&[LeaseEvent::Removed(lease([192, 168, 0, 2]))]);
         assert!(!limits.to_peer_allowed(&to([192, 168, 0, 2], 8285)));
+    }
+
+    #[test]
+    fn two_peers_on_one_public_ip_and_repeated_events() {
+        let mut limits = Confinement::new(
+            "10.244.0.0/16".parse().expect("net"),
+            "10.244.1.0/24".parse().expect("own"),
+            8285,
+        );
+        let to = Endpoint {
+            ip: u32::from(Ipv4Addr::new(192, 168, 0, 2)),
+            port: 8285,
+        };
+        let (a, b) = (
+            lease_on("10.244.2.0/24", [192, 168, 0, 2]),
+            lease_on("10.244.3.0/24", [192, 168, 0, 2]),
+        );
+        // A resync hands every peer again: no double count.
+        for _ in 0..2 {
+            limits.apply(&[LeaseEvent::Added(a.clone()), LeaseEvent::Added(b.clone())]);
+        }
+        limits.apply(&[LeaseEvent::Removed(a.clone())]);
+        assert!(limits.to_peer_allowed(&to), "b still announces the address");
+        limits.apply(&[LeaseEvent::Removed(b.clone())]);
+        assert!(!limits.to_peer_allowed(&to), "no lease announces it now");
+        // A peer whose address changed is reachable at the new one only.
+        limits.apply(&[LeaseEvent::Added(a.clone())]);
+        limits.apply(&[LeaseEvent::Added(lease_on(
+            "10.244.2.0/24",
+            [192, 168, 0, 9],
+        ))]);
+        assert!(!limits.to_peer_allowed(&to));
     }
 }
