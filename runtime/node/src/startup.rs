@@ -279,11 +279,8 @@ fn write_env(
 /// The embedded store: open (creating) the SQLite file at `--store-path`.
 async fn open_embedded(args: &Options) -> anyhow::Result<EmbeddedStore> {
     let (path, prefix) = (args.store_path.clone(), args.etcd_prefix.clone());
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("create the store directory {}", dir.display()))?;
-    }
-    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path, &prefix)).await??;
+    let store =
+        tokio::task::spawn_blocking(move || EmbeddedStore::open_creating(&path, &prefix)).await??;
     tracing::info!(path = %args.store_path.display(), "using the embedded store");
     Ok(store)
 }

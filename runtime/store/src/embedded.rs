@@ -141,6 +141,36 @@ impl EmbeddedStore {
         Self::open_with(path, prefix, EmbeddedOptions::default())
     }
 
+    /// [`EmbeddedStore::open`], first creating what is missing owner-only: the file's
+    /// directories (0700) and the file (0600; SQLite gives its `-wal` and `-shm` files
+    /// the same mode). Leases and the config are nobody else's business on the host.
+    /// An existing directory or file keeps its mode.
+    pub fn open_creating(path: &Path, prefix: &str) -> Result<Self, StoreError> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let created = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::EmbeddedCreate { path, source }
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(created(dir))?;
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(created(path)(e)),
+        }
+        Self::open(path, prefix)
+    }
+
     /// [`EmbeddedStore::open`] with other tuning.
     pub fn open_with(
         path: &Path,

@@ -81,6 +81,15 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The embedded store's directory or file could not be created.
+    #[error("cannot create {path} for the embedded store")]
+    EmbeddedCreate {
+        /// The directory or file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The embedded store's database file could not be opened or set up.
     #[error("cannot open the embedded store at {path}")]
     EmbeddedOpen {

@@ -22,12 +22,9 @@ pub async fn set(args: ConfigSetArgs) -> anyhow::Result<()> {
 /// Write `json` as the config of the embedded store at `path` (creating its directory
 /// and file).
 pub async fn put_embedded(path: &std::path::Path, prefix: &str, json: &str) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("create the store directory {}", dir.display()))?;
-    }
     let (p, pre) = (path.to_owned(), prefix.to_owned());
-    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&p, &pre)).await??;
+    let store =
+        tokio::task::spawn_blocking(move || EmbeddedStore::open_creating(&p, &pre)).await??;
     store
         .put_config(json)
         .await

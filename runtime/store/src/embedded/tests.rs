@@ -198,3 +198,27 @@ async fn a_write_sweeps_expired_keys_and_trims_the_log() {
     let limit = i64::try_from(CHANGE_LOG_LIMIT).expect("limit");
     assert_eq!((oldest, count, compacted), (4, limit, 3));
 }
+
+#[test]
+fn a_new_store_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("twill-perm-{}", std::process::id()));
+    let path = dir.join("state").join("leases.db");
+    let store = EmbeddedStore::open_creating(&path, "/coreos.com/network").expect("open");
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&dir.join("state")), 0o700, "the directory");
+    assert_eq!(mode(&path), 0o600, "the database file");
+    assert_eq!(
+        mode(&dir.join("state/leases.db-wal")),
+        0o600,
+        "its WAL file"
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
