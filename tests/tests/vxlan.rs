@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use twill_e2e::{Cluster, UNDERLAY, wait_for};
@@ -308,4 +308,70 @@ fn vxlan_cluster_end_to_end() {
             "twill on node {k} is still running"
         );
     }
+}
+
+/// Our own lease deleted by hand (or run out during a long etcd outage) is taken back:
+/// the same subnet and value (VTEP MAC), under a TTL again; twill keeps running and the
+/// pods keep reaching each other. A value changed under us is written back. (flannel
+/// exits in both cases, flannel #904, #1240.)
+#[test]
+fn a_deleted_or_changed_own_lease_is_taken_back() {
+    let mut c = Cluster::new(2);
+    c.put_config(CONFIG);
+    for k in 1..=2 {
+        c.start_twill(k);
+    }
+    c.wire_pods();
+    c.assert_full_mesh(Duration::from_secs(30));
+    let ip = c.nodes[0].ip();
+    let (key, value) = lease_of(&c, &ip);
+    let full_key = format!("{}/subnets/{key}", c.prefix);
+    let env_before = std::fs::read_to_string(&c.nodes[0].subnet_file).expect("subnet.env");
+    const RECLAIMS: &str = "twill_lease_reclaims_total";
+    let ping = c.start_ping(2, 1, 60);
+
+    let started = Instant::now();
+    c.etcdctl(&["del", &full_key]);
+    wait_for(
+        "the deleted lease to be re-created",
+        Duration::from_secs(20),
+        || {
+            let (k, v) = lease_of(&c, &ip);
+            (k == key && v == value).then_some(())
+        },
+    );
+    println!(
+        "own lease re-created {:.2} s after its deletion",
+        started.elapsed().as_secs_f64()
+    );
+    c.nodes[0].wait_metric(RECLAIMS, 1.0, Duration::from_secs(10));
+    let ttl = c.lease_ttl(&key).expect("the re-created lease has a TTL");
+    assert!(ttl > 86_000, "a fresh 24 h TTL, not {ttl} s");
+
+    // Another VTEP MAC written under our key: ours comes back.
+    let mut forged = value.clone();
+    forged["BackendData"]["VtepMAC"] = Value::from("02:00:00:00:00:99");
+    c.etcdctl(&["put", &full_key, &forged.to_string()]);
+    wait_for("our value written back", Duration::from_secs(20), || {
+        let (k, v) = lease_of(&c, &ip);
+        (k == key && v == value).then_some(())
+    });
+    c.nodes[0].wait_metric(RECLAIMS, 2.0, Duration::from_secs(10));
+
+    let (sent, received, summary) = ping.finish();
+    println!("pod ping across both: {summary}");
+    assert!(received + 2 >= sent, "traffic kept flowing: {summary}");
+    assert_eq!(c.nodes[0].exited(), None, "twill keeps running");
+    assert_eq!(
+        std::fs::read_to_string(&c.nodes[0].subnet_file).expect("subnet.env"),
+        env_before,
+        "subnet.env untouched"
+    );
+    assert!(
+        c.nodes[0].log_text().contains("re-created it (same subnet"),
+        "the log says so"
+    );
+    c.assert_full_mesh(Duration::from_secs(10));
+    assert_eq!(c.nodes[0].stop(), Some(0));
+    assert_eq!(c.nodes[1].stop(), Some(0));
 }

@@ -125,6 +125,7 @@ pub struct Metrics {
     netlink_operations: Family<KindLabel, Counter>,
     netlink_errors: Family<KindLabel, Counter>,
     etcd_watch_connects: Counter,
+    lease_reclaims: Counter,
     own_lease_expiry: Gauge,
     udp_packets: Family<DirectionLabel, Counter>,
     udp_bytes: Family<DirectionLabel, Counter>,
@@ -155,6 +156,7 @@ impl Metrics {
             netlink_operations: Family::default(),
             netlink_errors: Family::default(),
             etcd_watch_connects: Counter::default(),
+            lease_reclaims: Counter::default(),
             own_lease_expiry: Gauge::default(),
             udp_packets: Family::default(),
             udp_bytes: Family::default(),
@@ -220,6 +222,11 @@ impl Metrics {
             "twill_etcd_watch_connects",
             "Lease watches started on etcd, the first one and every reconnect",
             self.etcd_watch_connects.clone(),
+        );
+        r.register(
+            "twill_lease_reclaims",
+            "Times this node re-created its own lease after it went missing from the store, or wrote its value back after it was changed there",
+            self.lease_reclaims.clone(),
         );
         r.register_with_unit(
             "twill_own_lease_expiry_timestamp",
@@ -321,6 +328,11 @@ impl Metrics {
     /// Count one lease watch started on etcd (the first and every reconnect).
     pub fn etcd_watch_connect(&self) {
         self.etcd_watch_connects.inc();
+    }
+
+    /// Count one re-creation (or rewrite) of this node's own lease.
+    pub fn lease_reclaimed(&self) {
+        self.lease_reclaims.inc();
     }
 
     /// Count `packets` udp packets of `bytes` bytes in all moved in `direction` (one

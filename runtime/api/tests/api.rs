@@ -312,7 +312,7 @@ async fn a_query_string_is_ignored() {
 }
 
 /// Every family the issue asks for, with its type, as the text format names it.
-const FAMILIES: [(&str, &str); 15] = [
+const FAMILIES: [(&str, &str); 16] = [
     ("twill_leases_known", "gauge"),
     ("twill_peers", "gauge"),
     ("twill_lease_events_total", "counter"),
@@ -324,6 +324,7 @@ const FAMILIES: [(&str, &str); 15] = [
     ("twill_netlink_operations_total", "counter"),
     ("twill_netlink_errors_total", "counter"),
     ("twill_etcd_watch_connects_total", "counter"),
+    ("twill_lease_reclaims_total", "counter"),
     ("twill_own_lease_expiry_timestamp_seconds", "gauge"),
     ("twill_udp_packets_total", "counter"),
     ("twill_udp_bytes_total", "counter"),
@@ -422,6 +423,7 @@ async fn metrics_follow_state_and_records() {
         1.0
     );
     assert_eq!(sample(&text, "twill_etcd_watch_connects_total"), 1.0);
+    assert_eq!(sample(&text, "twill_lease_reclaims_total"), 1.0);
     assert_eq!(
         sample(&text, r#"twill_udp_packets_total{direction="in"}"#),
         1.0
@@ -470,6 +472,7 @@ async fn fresh_metrics_have_the_fixed_series_at_zero() {
         r#"twill_peers{state="pending"}"#,
         r#"twill_lease_events_total{kind="removed"}"#,
         "twill_etcd_watch_connects_total",
+        "twill_lease_reclaims_total",
         r#"twill_udp_bytes_total{direction="out"}"#,
         "twill_own_lease_expiry_timestamp_seconds",
     ] {

@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod iface;
+mod own;
 mod peers;
 mod plugins;
 mod report;
@@ -34,7 +35,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
@@ -42,7 +43,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use twill_api::{ApiState, Metrics, StoreState};
 use twill_core::Config;
 use twill_core::lease::{Lease, LeaseAttrs};
-use twill_store::{LEASE_TTL, LeaseStore};
+use twill_store::LeaseStore;
 
 use peers::Peers;
 use report::Report;
@@ -53,8 +54,6 @@ use supervisor::Supervised;
 const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 /// How often counters kept elsewhere (the store's watch connects) reach the metrics.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
-/// How long to wait before retrying a failed renewal (flannel: one minute).
-const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// How often the plugin directory is looked at for changed files (hot reload).
 const PLUGIN_DIR_POLL: Duration = Duration::from_secs(1);
 
@@ -139,6 +138,10 @@ struct OwnLease<S> {
     attrs: LeaseAttrs,
     lease: Lease,
     renew_margin: Duration,
+    /// When to renew next (or, while `missing`, to try re-creating the lease).
+    renew_at: Option<tokio::time::Instant>,
+    /// Our key is gone from the store and not re-created yet.
+    missing: bool,
 }
 
 /// A running node: its lease, its backend, its peers, and where it reports.
@@ -159,7 +162,7 @@ impl<S: LeaseStore> Node<S> {
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
         let mut stats = tokio::time::interval(STATS_INTERVAL);
         resync.tick().await;
-        let mut renew_at = self.renew_deadline();
+        self.own.renew_at = self.renew_deadline();
         loop {
             tokio::select! {
                 event = watch.next() => {
@@ -168,19 +171,7 @@ impl<S: LeaseStore> Node<S> {
                     self.report.api.set_store_state(StoreState::Connected);
                     self.on_watch(event).await?;
                 }
-                () = sleep_until(renew_at) => {
-                    renew_at = match self.renew().await {
-                        Ok(()) => {
-                            self.report.api.set_store_state(StoreState::Connected);
-                            self.renew_deadline()
-                        }
-                        Err(e) => {
-                            self.report.api.set_store_state(StoreState::Disconnected);
-                            tracing::warn!("renewing lease {}: {e:#}; retrying in {}s", self.own.lease.subnet, RENEW_RETRY.as_secs());
-                            Some(tokio::time::Instant::now() + RENEW_RETRY)
-                        }
-                    };
-                }
+                () = sleep_until(self.own.renew_at) => self.renew_or_reclaim().await?,
                 _ = resync.tick() => self.resync().await?,
                 () = sleep_until(self.backend.restart_at()) => self.restart_backend().await?,
                 _ = sighup.recv() => self.reload("SIGHUP", true).await?,
@@ -197,27 +188,6 @@ impl<S: LeaseStore> Node<S> {
                 _ = sigint.recv() => return self.stop("SIGINT").await,
             }
         }
-    }
-
-    fn renew_deadline(&self) -> Option<tokio::time::Instant> {
-        let expires = self.own.lease.expires?;
-        let wait = expires
-            .checked_sub(self.own.renew_margin)
-            .and_then(|at| at.duration_since(SystemTime::now()).ok())
-            .unwrap_or_default();
-        Some(tokio::time::Instant::now() + wait)
-    }
-
-    async fn renew(&mut self) -> anyhow::Result<()> {
-        let own = &mut self.own;
-        let expires = own
-            .store
-            .renew_lease(own.lease.subnet, &own.attrs, LEASE_TTL)
-            .await?;
-        own.lease.expires = expires;
-        self.report.api.set_own_lease_expiry(expires);
-        tracing::info!(subnet = %own.lease.subnet, ?expires, "renewed lease");
-        Ok(())
     }
 
     async fn stop(self, signal: &str) -> anyhow::Result<()> {

@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
-use anyhow::bail;
 use twill_api::ApiState;
 use twill_core::lease::{Lease, LeaseEvent};
 use twill_core::{Changes, Config, PeerSet, Subnet};
@@ -152,10 +151,8 @@ impl<S: LeaseStore> Node<S> {
             WatchEvent::Snapshot(leases) => {
                 self.report.api.set_leases(&leases);
                 match leases.iter().find(|l| l.subnet == own) {
-                    Some(l) => self.check_own(l)?,
-                    None => bail!(
-                        "our lease {own} is gone from the store; shutting down (as flanneld does)"
-                    ),
+                    Some(l) => self.check_own(l).await?,
+                    None => self.reclaim("is gone from the store").await?,
                 }
                 self.peers.set.reset(leases)
             }
@@ -163,10 +160,10 @@ impl<S: LeaseStore> Node<S> {
                 for e in &events {
                     self.report.lease_event(e);
                     match e {
-                        LeaseEvent::Removed(l) if l.subnet == own => bail!(
-                            "our lease {own} has been revoked; shutting down (as flanneld does)"
-                        ),
-                        LeaseEvent::Added(l) if l.subnet == own => self.check_own(l)?,
+                        LeaseEvent::Removed(l) if l.subnet == own => {
+                            self.reclaim("was deleted from the store").await?
+                        }
+                        LeaseEvent::Added(l) if l.subnet == own => self.check_own(l).await?,
                         _ => {}
                     }
                 }
@@ -192,19 +189,5 @@ impl<S: LeaseStore> Node<S> {
             }
         }
         self.apply(events).await
-    }
-
-    /// Our own lease as the store reports it: still ours, or we stop.
-    fn check_own(&mut self, lease: &Lease) -> anyhow::Result<()> {
-        if lease.attrs.public_ip != self.own.attrs.public_ip {
-            bail!(
-                "our lease {} now belongs to {}; shutting down (as flanneld does)",
-                lease.subnet,
-                lease.attrs.public_ip
-            );
-        }
-        self.own.lease.expires = lease.expires;
-        self.report.api.set_own_lease_expiry(lease.expires);
-        Ok(())
     }
 }

@@ -40,6 +40,11 @@ impl Report {
         });
     }
 
+    /// We re-created our lease (or wrote ours back over a changed value).
+    pub(super) fn lease_reclaimed(&self) {
+        self.metrics.lease_reclaimed();
+    }
+
     /// One call into the plugin and how long it took.
     pub(super) fn plugin_call(&self, plugin: &str, function: &str, took: Duration) {
         self.metrics.plugin_call(plugin, function, took);

@@ -116,6 +116,8 @@ async fn with_store<S: LeaseStore>(
             attrs,
             lease,
             renew_margin: args.renew_margin,
+            renew_at: None,
+            missing: false,
         },
         backend: Supervised::new(host, plugin, grant, backend, datapath, args.plugin_dir),
         peers,

@@ -95,6 +95,7 @@ pub fn populated() -> (ApiState, Arc<Metrics>) {
     metrics.netlink_operation("route_replace", false);
     metrics.netlink_operation("neigh_replace", true);
     metrics.etcd_watch_connect();
+    metrics.lease_reclaimed();
     metrics.udp_packets(Direction::In, 1, 1400);
     metrics.udp_drops_by("no_route", 1);
     (state, metrics)
