@@ -375,3 +375,34 @@ fn a_deleted_or_changed_own_lease_is_taken_back() {
     assert_eq!(c.nodes[0].stop(), Some(0));
     assert_eq!(c.nodes[1].stop(), Some(0));
 }
+
+/// A hand-written key covering the whole network (`10.244.0.0-16` with SubnetLen 24) is
+/// no lease: it blocks no node from joining (before: every new node exited "out of
+/// subnets") and no backend sees it; it stays in the store, untouched.
+#[test]
+fn a_key_covering_the_network_blocks_no_join() {
+    let mut c = Cluster::new(2);
+    c.put_config(CONFIG);
+    let hostile = format!("{}/subnets/10.244.0.0-16", c.prefix);
+    let value = r#"{"PublicIP":"192.168.77.66","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:66"}}"#;
+    c.etcdctl(&["put", &hostile, value]);
+    for k in 1..=2 {
+        c.start_twill(k);
+    }
+    c.wire_pods();
+    c.assert_full_mesh(Duration::from_secs(30));
+    for node in &mut c.nodes {
+        assert_eq!(node.exited(), None, "twill runs on {}", node.ns);
+        assert!(
+            node.log_text()
+                .contains("ignoring a key that is no /24 lease"),
+            "the log names the key:\n{}",
+            node.log_tail()
+        );
+        let route = node.exec(&["ip", "route", "show", "10.244.0.0/16"]);
+        assert!(route.trim().is_empty(), "no route for the key: {route}");
+    }
+    assert!(c.leases().contains_key("10.244.0.0-16"), "the key stays");
+    assert_eq!(c.nodes[0].stop(), Some(0));
+    assert_eq!(c.nodes[1].stop(), Some(0));
+}

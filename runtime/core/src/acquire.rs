@@ -69,7 +69,13 @@ pub fn plan(
             action: Action::Renew(lease),
         });
     }
-    let taken = |s: &Subnet| leases.iter().any(|l| l.subnet.overlaps(s));
+    // Only leases of this network's shape take subnets: a hand-written key covering
+    // the whole network must not block every node.
+    let taken = |s: &Subnet| {
+        leases
+            .iter()
+            .any(|l| config.is_lease(&l.subnet) && l.subnet.overlaps(s))
+    };
     if let Some(prev) = previous.filter(|p| config.fits(p) && !taken(p)) {
         return Ok(Plan {
             stale,
@@ -89,14 +95,18 @@ pub fn plan(
     })
 }
 
-/// Up to [`MAX_CANDIDATES`] free subnets from SubnetMin upwards.
+/// Up to [`MAX_CANDIDATES`] free subnets from SubnetMin upwards; keys that are no
+/// lease of this network ([`Config::is_lease`]) take nothing.
 pub fn free_candidates(config: &Config, leases: &[Lease]) -> Vec<Subnet> {
     let mut out = Vec::new();
     let Ok(mut cur) = Subnet::new(config.subnet_min, config.subnet_len) else {
         return out;
     };
     while cur.addr() <= config.subnet_max && out.len() < MAX_CANDIDATES {
-        if !leases.iter().any(|l| l.subnet.overlaps(&cur)) {
+        if !leases
+            .iter()
+            .any(|l| config.is_lease(&l.subnet) && l.subnet.overlaps(&cur))
+        {
             out.push(cur);
         }
         match cur.next() {
@@ -201,5 +211,24 @@ mod tests {
         ];
         let e = plan(&c, &leases, ME, None, &mut rand::rng()).expect_err("exhausted");
         assert!(e.to_string().starts_with("out of subnets"), "{e}");
+    }
+
+    #[test]
+    fn a_key_that_is_no_lease_of_the_network_blocks_nothing() {
+        let c = cfg(r#"{"Network":"10.244.0.0/16"}"#);
+        let hostile = vec![
+            lease("10.244.0.0/16", [192, 168, 0, 66]),
+            lease("10.244.0.0/20", [192, 168, 0, 67]),
+        ];
+        let p = plan(&c, &hostile, ME, None, &mut rand::rng()).expect("not exhausted");
+        assert!(matches!(p.action, Action::Create(s) if c.fits(&s)));
+        assert_eq!(free_candidates(&c, &hostile).len(), MAX_CANDIDATES);
+        let prev: Subnet = "10.244.9.0/24".parse().expect("s");
+        let p = plan(&c, &hostile, ME, Some(prev), &mut rand::rng()).expect("plan");
+        assert_eq!(
+            p.action,
+            Action::Create(prev),
+            "the previous subnet is still free"
+        );
     }
 }

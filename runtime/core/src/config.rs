@@ -155,11 +155,15 @@ impl Config {
         })
     }
 
+    /// Whether `subnet` is a lease key of this network at all ([`Subnet::is_lease_of`]).
+    pub fn is_lease(&self, subnet: &Subnet) -> bool {
+        subnet.is_lease_of(&self.network, self.subnet_len)
+    }
+
     /// Whether `subnet` is one this config lets a node lease: inside the network,
     /// of SubnetLen, and between SubnetMin and SubnetMax.
     pub fn fits(&self, subnet: &Subnet) -> bool {
-        subnet.prefix() == self.subnet_len
-            && self.network.contains_subnet(subnet)
+        self.is_lease(subnet)
             && subnet.addr() >= self.subnet_min
             && subnet.addr() <= self.subnet_max
     }

@@ -46,8 +46,7 @@ impl PeerSet {
     /// Whether `lease` is a peer this network can have: a `SubnetLen` subnet inside the
     /// network that does not overlap ours.
     pub fn admits(&self, lease: &Lease) -> bool {
-        lease.subnet.prefix() == self.subnet_len
-            && self.network.contains_subnet(&lease.subnet)
+        lease.subnet.is_lease_of(&self.network, self.subnet_len)
             && !lease.subnet.overlaps(&self.own)
     }
 

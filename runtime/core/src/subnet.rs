@@ -103,6 +103,14 @@ impl Subnet {
         u32::from(ip) & mask(self.prefix) == u32::from(self.addr)
     }
 
+    /// Whether this is a lease key of `network` whose leases are `/len`: inside the
+    /// network and exactly that long. The one rule every reader of leases applies (the
+    /// allocator, the peer set): anything else is no lease of this network, never
+    /// blocks an allocation and never reaches a backend.
+    pub fn is_lease_of(&self, network: &Subnet, len: u8) -> bool {
+        self.prefix() == len && network.contains_subnet(self)
+    }
+
     /// Whether `other` lies entirely in this subnet.
     pub fn contains_subnet(&self, other: &Subnet) -> bool {
         other.prefix >= self.prefix && self.contains(other.addr)

@@ -49,6 +49,15 @@ pub async fn acquire<S: LeaseStore>(
 ) -> Result<Acquired, AcquireError> {
     for attempt in 1..=RACE_RETRIES {
         let (leases, _) = store.list_leases().await?;
+        if attempt == 1 {
+            for l in leases.iter().filter(|l| !config.is_lease(&l.subnet)) {
+                warn!(
+                    key = %l.subnet.key(), public_ip = %l.attrs.public_ip,
+                    "ignoring a key that is no /{} lease of {}: it takes no subnet",
+                    config.subnet_len, config.network
+                );
+            }
+        }
         let plan = plan(config, &leases, attrs.public_ip, previous, &mut rand::rng())?;
         for subnet in plan.stale {
             info!(%subnet, "deleting our lease that no longer fits the network config");
