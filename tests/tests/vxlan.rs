@@ -406,3 +406,60 @@ fn a_key_covering_the_network_blocks_no_join() {
     assert_eq!(c.nodes[0].stop(), Some(0));
     assert_eq!(c.nodes[1].stop(), Some(0));
 }
+
+/// Leases no node may program are skipped with why, on the real binary: PublicIP
+/// loopback, this node's own PublicIP under another subnet, BackendData over the cap.
+/// Nothing is routed for them, and the cluster keeps working.
+#[test]
+fn hostile_lease_values_are_skipped_with_why() {
+    let mut c = Cluster::new(2);
+    c.put_config(CONFIG);
+    for k in 1..=2 {
+        c.start_twill(k);
+    }
+    c.wire_pods();
+    c.assert_full_mesh(Duration::from_secs(30));
+    let put = |subnet: &str, value: &str| {
+        c.etcdctl(&["put", &format!("{}/subnets/{subnet}", c.prefix), value]);
+    };
+    let lease = |ip: &str, data: &str| {
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{data}}}"#
+        )
+    };
+    let mac = r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:42"}"#;
+    let big = format!(
+        r#"{{"VNI":1,"VtepMAC":"02:00:00:00:00:43","Pad":"{}"}}"#,
+        "x".repeat(5000)
+    );
+    put("10.244.200.0-24", &lease("127.0.0.1", mac));
+    put("10.244.201.0-24", &lease(&c.nodes[0].ip(), mac));
+    put("10.244.202.0-24", &lease("192.168.77.42", &big));
+    let node = &c.nodes[0];
+    wait_for(
+        "the skip reasons in node 1's log",
+        Duration::from_secs(20),
+        || {
+            let log = node.log_text();
+            [
+                r#"reason="public_ip""#,
+                r#"reason="our_public_ip""#,
+                r#"reason="backend_data_too_large""#,
+            ]
+            .iter()
+            .all(|r| log.contains(r))
+            .then_some(())
+        },
+    );
+    for dst in ["10.244.200.0/24", "10.244.201.0/24", "10.244.202.0/24"] {
+        let route = node.exec(&["ip", "route", "show", dst]);
+        assert!(route.trim().is_empty(), "node 1 routes {dst}: {route}");
+    }
+    for dst in ["10.244.200.0/24", "10.244.202.0/24"] {
+        let route = c.nodes[1].exec(&["ip", "route", "show", dst]);
+        assert!(route.trim().is_empty(), "node 2 routes {dst}: {route}");
+    }
+    c.assert_full_mesh(Duration::from_secs(10));
+    assert_eq!(c.nodes[0].stop(), Some(0));
+    assert_eq!(c.nodes[1].stop(), Some(0));
+}

@@ -16,7 +16,7 @@ pub mod subnet_env;
 pub use config::{BackendConfig, Config, ConfigError};
 pub use lease::{Lease, LeaseAttrs, LeaseError, LeaseEvent};
 pub use mac::MacAddr;
-pub use peers::{Changes, PeerSet};
+pub use peers::{Changes, MAX_BACKEND_DATA, PeerSet, Skip};
 pub use subnet::{Subnet, SubnetError};
 
 /// An error and its sources, `outer: inner: …`, for one log line (every crate that

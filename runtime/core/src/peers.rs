@@ -3,15 +3,55 @@
 //! stored lease (a delete from etcd carries no attributes, but a backend needs them to
 //! tear down), and turns a fresh snapshot into the adds and removes it implies.
 //!
-//! It also owns the admission rule: a peer lease must be a `SubnetLen` subnet inside
-//! the network that does not overlap ours. Anything else (a hand-written key, a
-//! leftover of another config) never reaches a backend; it is returned as skipped so
-//! the caller can say so.
+//! It also owns the admission rule ([`PeerSet::check`]): a peer lease must be a
+//! `SubnetLen` subnet inside the network that does not overlap ours, announce a
+//! unicast, non-loopback PublicIP that is not ours, and carry at most
+//! [`MAX_BACKEND_DATA`] bytes of BackendData (with a unicast `VtepMAC`, if it has
+//! one). Anything else (a hand-written key, a leftover of another config, a forgery)
+//! never reaches a backend; it is returned as skipped, with why, so the caller can say
+//! so.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use crate::lease::{Lease, LeaseEvent};
 use crate::subnet::Subnet;
+
+/// The most BackendData a peer lease may carry, in bytes of its compact JSON. flannel's
+/// backends publish tens of bytes (`{"VNI":1,"VtepMAC":"…"}`); the cap keeps a forged
+/// lease from being handed to every plugin on every replay.
+pub const MAX_BACKEND_DATA: usize = 4096;
+
+/// Why a lease is no peer this node programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Skip {
+    /// Not a `SubnetLen` subnet inside the network.
+    NotALease,
+    /// Overlaps this node's own subnet.
+    OverlapsOurs,
+    /// PublicIP is no unicast address (unspecified, broadcast, multicast) or loopback.
+    PublicIp,
+    /// PublicIP is this node's own (only our own lease may have it).
+    OurPublicIp,
+    /// BackendData larger than [`MAX_BACKEND_DATA`].
+    BackendDataTooLarge,
+    /// BackendData's `VtepMAC` is no unicast MAC.
+    VtepMac,
+}
+
+impl Skip {
+    /// A short reason (a log field, a metric label).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Skip::NotALease => "not_a_lease",
+            Skip::OverlapsOurs => "overlaps_ours",
+            Skip::PublicIp => "public_ip",
+            Skip::OurPublicIp => "our_public_ip",
+            Skip::BackendDataTooLarge => "backend_data_too_large",
+            Skip::VtepMac => "vtep_mac",
+        }
+    }
+}
 
 /// Remote leases keyed by subnet.
 #[derive(Debug, Clone)]
@@ -19,6 +59,7 @@ pub struct PeerSet {
     own: Subnet,
     network: Subnet,
     subnet_len: u8,
+    own_ip: Ipv4Addr,
     leases: BTreeMap<Subnet, Lease>,
 }
 
@@ -27,27 +68,43 @@ pub struct PeerSet {
 pub struct Changes {
     /// The events a backend must act on, in order.
     pub events: Vec<LeaseEvent>,
-    /// Added leases that are no peer this network can have (see [`PeerSet::admits`]).
-    pub skipped: Vec<Lease>,
+    /// Added leases that are no peer this node programs, and why ([`PeerSet::check`]).
+    pub skipped: Vec<(Lease, Skip)>,
 }
 
 impl PeerSet {
     /// An empty set for the node owning `own` in `network`, whose leases are
-    /// `/subnet_len`. Events for `own` itself are ignored.
-    pub fn new(own: Subnet, network: Subnet, subnet_len: u8) -> Self {
+    /// `/subnet_len`, reached at `own_ip`. Events for `own` itself are ignored.
+    pub fn new(own: Subnet, network: Subnet, subnet_len: u8, own_ip: Ipv4Addr) -> Self {
         Self {
             own,
             network,
             subnet_len,
+            own_ip,
             leases: BTreeMap::new(),
         }
     }
 
-    /// Whether `lease` is a peer this network can have: a `SubnetLen` subnet inside the
-    /// network that does not overlap ours.
+    /// Whether `lease` is a peer this node programs, or why not (see the module docs).
+    pub fn check(&self, lease: &Lease) -> Result<(), Skip> {
+        let ip = lease.attrs.public_ip;
+        if !lease.subnet.is_lease_of(&self.network, self.subnet_len) {
+            Err(Skip::NotALease)
+        } else if lease.subnet.overlaps(&self.own) {
+            Err(Skip::OverlapsOurs)
+        } else if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback()
+        {
+            Err(Skip::PublicIp)
+        } else if ip == self.own_ip {
+            Err(Skip::OurPublicIp)
+        } else {
+            check_backend_data(lease.attrs.backend_data.as_deref())
+        }
+    }
+
+    /// Whether `lease` is a peer this node programs ([`PeerSet::check`]).
     pub fn admits(&self, lease: &Lease) -> bool {
-        lease.subnet.is_lease_of(&self.network, self.subnet_len)
-            && !lease.subnet.overlaps(&self.own)
+        self.check(lease).is_ok()
     }
 
     /// The remote leases, ordered by subnet.
@@ -77,8 +134,16 @@ impl PeerSet {
                 continue;
             }
             match event {
-                LeaseEvent::Added(lease) if !self.admits(&lease) => out.skipped.push(lease),
-                LeaseEvent::Added(lease) => self.add(lease, &mut out.events),
+                LeaseEvent::Added(lease) => match self.check(&lease) {
+                    Ok(()) => self.add(lease, &mut out.events),
+                    Err(why) => {
+                        // A peer whose lease turned invalid is no peer any more.
+                        if let Some(old) = self.leases.remove(&subnet) {
+                            out.events.push(LeaseEvent::Removed(old));
+                        }
+                        out.skipped.push((lease, why));
+                    }
+                },
                 LeaseEvent::Removed(_) => {
                     if let Some(old) = self.leases.remove(&subnet) {
                         out.events.push(LeaseEvent::Removed(old));
@@ -114,10 +179,11 @@ impl PeerSet {
             if l.subnet == self.own {
                 continue;
             }
-            if self.admits(&l) {
-                fresh.insert(l.subnet, l);
-            } else {
-                skipped.push(l);
+            match self.check(&l) {
+                Ok(()) => {
+                    fresh.insert(l.subnet, l);
+                }
+                Err(why) => skipped.push((l, why)),
             }
         }
         let gone: Vec<Subnet> = self
@@ -140,6 +206,24 @@ impl PeerSet {
     }
 }
 
+/// BackendData within [`MAX_BACKEND_DATA`], with a unicast `VtepMAC` if it has one.
+fn check_backend_data(data: Option<&str>) -> Result<(), Skip> {
+    let Some(data) = data else { return Ok(()) };
+    if data.len() > MAX_BACKEND_DATA {
+        return Err(Skip::BackendDataTooLarge);
+    }
+    let value: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+    let mac = value
+        .as_object()
+        .and_then(|obj| crate::json::field(obj, "VtepMAC"))
+        .and_then(serde_json::Value::as_str);
+    match mac.map(str::parse::<crate::MacAddr>) {
+        None => Ok(()),
+        Some(Ok(m)) if m.0[0] & 1 == 0 && m.0 != [0; 6] => Ok(()),
+        Some(_) => Err(Skip::VtepMac),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -153,6 +237,7 @@ mod tests {
             own.parse().expect("subnet"),
             "10.244.0.0/16".parse().expect("network"),
             24,
+            Ipv4Addr::new(192, 168, 0, 1),
         )
     }
 
@@ -231,12 +316,64 @@ mod tests {
         let out =
             set.apply([&peer, &whole, &outside, &other_len].map(|l| LeaseEvent::Added(l.clone())));
         assert_eq!(out.events, vec![LeaseEvent::Added(peer.clone())]);
-        assert_eq!(out.skipped, vec![whole.clone(), outside.clone(), other_len]);
+        let skipped: Vec<Lease> = out.skipped.into_iter().map(|(l, _)| l).collect();
+        assert_eq!(skipped, vec![whole.clone(), outside.clone(), other_len]);
         // The same rule for a snapshot; the peer stays, nothing else gets in.
         let out = set.reset([peer, whole.clone(), outside]);
         assert!(out.events.is_empty());
         assert_eq!(out.skipped.len(), 2);
         assert_eq!(set.len(), 1);
         assert!(!set.admits(&whole));
+    }
+
+    #[test]
+    fn leases_with_a_bad_public_ip_or_backend_data_are_skipped_with_why() {
+        let mut set = set_for("10.244.1.0/24");
+        let with_ip = |subnet: &str, ip: [u8; 4]| Lease {
+            subnet: subnet.parse().expect("subnet"),
+            attrs: LeaseAttrs::new(Ipv4Addr::from(ip), "vxlan", None).expect("attrs"),
+            expires: None,
+        };
+        let big = format!(r#"{{"VNI":1,"Pad":"{}"}}"#, "x".repeat(MAX_BACKEND_DATA));
+        let cases = [
+            (with_ip("10.244.2.0/24", [127, 0, 0, 1]), Skip::PublicIp),
+            (with_ip("10.244.3.0/24", [224, 0, 0, 1]), Skip::PublicIp),
+            (with_ip("10.244.4.0/24", [0, 0, 0, 0]), Skip::PublicIp),
+            (
+                with_ip("10.244.5.0/24", [192, 168, 0, 1]),
+                Skip::OurPublicIp,
+            ),
+            (
+                lease("10.244.6.0/24", 6, "01:00:5e:00:00:01"),
+                Skip::VtepMac,
+            ),
+            (
+                lease("10.244.7.0/24", 7, "00:00:00:00:00:00"),
+                Skip::VtepMac,
+            ),
+            (
+                Lease {
+                    attrs: LeaseAttrs::new(Ipv4Addr::new(192, 168, 0, 8), "vxlan", Some(&big))
+                        .expect("attrs"),
+                    ..with_ip("10.244.8.0/24", [192, 168, 0, 8])
+                },
+                Skip::BackendDataTooLarge,
+            ),
+        ];
+        for (l, why) in &cases {
+            assert_eq!(set.check(l), Err(*why), "{}", l.subnet);
+        }
+        let out = set.apply(cases.iter().map(|(l, _)| LeaseEvent::Added(l.clone())));
+        assert!(out.events.is_empty());
+        assert_eq!(out.skipped.len(), cases.len());
+        // A peer whose lease turns invalid stops being one.
+        let good = lease("10.244.9.0/24", 9, "02:00:00:00:00:09");
+        set.apply([LeaseEvent::Added(good.clone())]);
+        let mut bad = good.clone();
+        bad.attrs.public_ip = Ipv4Addr::LOCALHOST;
+        let out = set.apply([LeaseEvent::Added(bad)]);
+        assert_eq!(out.events, vec![LeaseEvent::Removed(good)]);
+        assert_eq!(out.skipped[0].1, Skip::PublicIp);
+        assert!(set.is_empty());
     }
 }

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use twill_api::ApiState;
 use twill_core::lease::{Lease, LeaseEvent};
-use twill_core::{Changes, Config, PeerSet, Subnet};
+use twill_core::{Changes, Config, PeerSet, Skip, Subnet};
 use twill_plugin_host::PeerOutcome;
 use twill_store::{LeaseStore, WatchEvent};
 
@@ -34,10 +34,10 @@ pub(super) struct Peers {
 }
 
 impl Peers {
-    /// No peers yet, for the node owning `own` under `config`.
-    pub(super) fn new(own: Subnet, config: &Config) -> Self {
+    /// No peers yet, for the node owning `own` under `config`, reached at `own_ip`.
+    pub(super) fn new(own: Subnet, config: &Config, own_ip: std::net::Ipv4Addr) -> Self {
         Self {
-            set: PeerSet::new(own, config.network, config.subnet_len),
+            set: PeerSet::new(own, config.network, config.subnet_len, own_ip),
             handed: BTreeMap::new(),
             states: BTreeMap::new(),
         }
@@ -171,11 +171,10 @@ impl<S: LeaseStore> Node<S> {
             }
         };
         let Changes { events, skipped } = changes;
-        for l in &skipped {
+        for (l, why) in &skipped {
             tracing::warn!(
-                key = %l.subnet.key(), public_ip = %l.attrs.public_ip,
-                "skipping lease: not a /{} subnet of {} apart from ours {own}",
-                self.own.config.subnet_len, self.own.config.network
+                key = %l.subnet.key(), public_ip = %l.attrs.public_ip, reason = why.reason(),
+                "skipping lease: {}", describe(*why, &self.own.config, own)
             );
         }
         for e in &events {
@@ -189,5 +188,20 @@ impl<S: LeaseStore> Node<S> {
             }
         }
         self.apply(events).await
+    }
+}
+
+/// Why a lease is skipped, for a person.
+fn describe(why: Skip, config: &Config, own: Subnet) -> String {
+    match why {
+        Skip::NotALease => format!("not a /{} subnet of {}", config.subnet_len, config.network),
+        Skip::OverlapsOurs => format!("overlaps our subnet {own}"),
+        Skip::PublicIp => "its PublicIP is no unicast address".into(),
+        Skip::OurPublicIp => "its PublicIP is ours".into(),
+        Skip::BackendDataTooLarge => format!(
+            "its BackendData is larger than {} bytes",
+            twill_core::MAX_BACKEND_DATA
+        ),
+        Skip::VtepMac => "its VtepMAC is no unicast MAC".into(),
     }
 }

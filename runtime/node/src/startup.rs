@@ -92,7 +92,7 @@ async fn with_store<S: LeaseStore>(
         purge_previous(&kernel, previous, &registration, &config, &lease, &external).await?;
     }
     backend.start(lease.subnet).await?;
-    let peers = Peers::new(lease.subnet, &config);
+    let peers = Peers::new(lease.subnet, &config, public_ip);
     let datapath = if plugin.has_datapath() {
         let setup = twill_datapath::Setup {
             host: &host,
