@@ -463,3 +463,41 @@ fn hostile_lease_values_are_skipped_with_why() {
     assert_eq!(c.nodes[0].stop(), Some(0));
     assert_eq!(c.nodes[1].stop(), Some(0));
 }
+
+/// flannel's reservations on etcd v3 (flannel #1329): a lease key without a TTL that
+/// holds this node's PublicIP is its reservation. twill takes that subnet, writes its
+/// attributes without attaching a TTL, never deletes it, and leaves it without a TTL
+/// across a restart.
+#[test]
+fn a_reservation_is_used_and_stays_without_a_ttl() {
+    let mut c = Cluster::new(2);
+    c.put_config(CONFIG);
+    let ip = c.nodes[0].ip();
+    let key = "10.244.77.0-24";
+    c.etcdctl(&[
+        "put",
+        &format!("{}/subnets/{key}", c.prefix),
+        &format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan"}}"#),
+    ]);
+    for k in 1..=2 {
+        c.start_twill(k);
+    }
+    c.wire_pods();
+    c.assert_full_mesh(Duration::from_secs(30));
+    assert_eq!(c.nodes[0].subnet(), "10.244.77.0/24", "the reserved subnet");
+    let (k, v) = lease_of(&c, &ip);
+    assert_eq!(k, key);
+    assert!(
+        is_mac(v["BackendData"]["VtepMAC"].as_str().unwrap_or("")),
+        "{v}"
+    );
+    assert_eq!(c.lease_ttl(key), None, "still a reservation");
+    assert_eq!(c.nodes[0].stop(), Some(0));
+    c.start_twill(1);
+    c.assert_full_mesh(Duration::from_secs(30));
+    assert_eq!(c.nodes[0].subnet(), "10.244.77.0/24");
+    assert_eq!(c.lease_ttl(key), None, "no TTL after a restart either");
+    assert_eq!(c.leases().len(), 2, "no second lease for node 1");
+    assert_eq!(c.nodes[0].stop(), Some(0));
+    assert_eq!(c.nodes[1].stop(), Some(0));
+}
