@@ -455,6 +455,26 @@ fn hostile_lease_values_are_skipped_with_why() {
         let route = node.exec(&["ip", "route", "show", dst]);
         assert!(route.trim().is_empty(), "node 1 routes {dst}: {route}");
     }
+    // Counted by reason, and listed with it.
+    for reason in ["public_ip", "our_public_ip", "backend_data_too_large"] {
+        let series = format!(r#"twill_leases_invalid{{reason="{reason}"}}"#);
+        node.wait_metric(&series, 1.0, Duration::from_secs(10));
+    }
+    let (code, body) = node.api_get("/v1/leases");
+    assert_eq!(code, 200);
+    let listed: Value = serde_json::from_str(&body).expect("JSON");
+    let reason_of = |subnet: &str| {
+        listed["leases"]
+            .as_array()
+            .expect("leases")
+            .iter()
+            .find(|l| l["subnet"] == subnet)
+            .map(|l| l["invalid"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(reason_of("10.244.200.0/24"), "public_ip");
+    assert_eq!(reason_of("10.244.201.0/24"), "our_public_ip");
+    assert_eq!(reason_of("10.244.202.0/24"), "backend_data_too_large");
     for dst in ["10.244.200.0/24", "10.244.202.0/24"] {
         let route = c.nodes[1].exec(&["ip", "route", "show", dst]);
         assert!(route.trim().is_empty(), "node 2 routes {dst}: {route}");

@@ -115,6 +115,7 @@ fn call_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     leases_known: Gauge,
+    leases_invalid: Family<ReasonLabel, Gauge>,
     peers: Family<StateLabel, Gauge>,
     lease_events: Family<KindLabel, Counter>,
     plugin_calls: Family<PluginCallLabels, Counter>,
@@ -146,6 +147,7 @@ impl Metrics {
         let metrics = Self {
             registry: Registry::default(),
             leases_known: Gauge::default(),
+            leases_invalid: Family::default(),
             peers: Family::default(),
             lease_events: Family::default(),
             plugin_calls: Family::default(),
@@ -171,6 +173,11 @@ impl Metrics {
             "twill_leases_known",
             "Leases in the store, as this node last saw them",
             self.leases_known.clone(),
+        );
+        r.register(
+            "twill_leases_invalid",
+            "Leases in the store this node does not program, by reason (not_a_lease, overlaps_ours, public_ip, our_public_ip, backend_data_too_large, vtep_mac)",
+            self.leases_invalid.clone(),
         );
         r.register(
             "twill_peers",
@@ -368,6 +375,15 @@ impl Metrics {
 
     fn observe(&self, view: GaugeView) {
         self.leases_known.set(saturating_i64(view.leases));
+        // Reasons no lease has any more read 0, not the last count.
+        self.leases_invalid.clear();
+        for (reason, count) in &view.invalid {
+            self.leases_invalid
+                .get_or_create(&ReasonLabel {
+                    reason: reason.clone(),
+                })
+                .set(saturating_i64(*count));
+        }
         for (state, count) in [
             (PeerState::Pending, view.pending),
             (PeerState::Programmed, view.programmed),

@@ -104,6 +104,10 @@ pub struct LeaseEntry {
     pub expires_at: Option<String>,
     /// Whether it is this node's own lease.
     pub own: bool,
+    /// Why this node does not program it (`not_a_lease`, `overlaps_ours`, `public_ip`,
+    /// `our_public_ip`, `backend_data_too_large`, `vtep_mac`); `null` for a peer it
+    /// programs and for its own lease.
+    pub invalid: Option<String>,
 }
 
 /// `GET /v1/peers`.

@@ -67,13 +67,15 @@ struct Inner {
 }
 
 /// Counts that the metrics gauges mirror, read in one go at scrape time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct GaugeView {
     pub leases: usize,
     pub pending: usize,
     pub programmed: usize,
     pub error: usize,
     pub own_lease_expiry_unix: Option<u64>,
+    /// Leases this node does not program, by reason.
+    pub invalid: BTreeMap<String, usize>,
 }
 
 impl Default for ApiState {
@@ -194,6 +196,14 @@ impl ApiState {
             LeaseEvent::Removed(lease) => {
                 inner.leases.remove(&lease.subnet);
             }
+        }
+    }
+
+    /// A lease this node does not program, and why (a short reason, from a fixed set);
+    /// a later event for the subnet starts it over as valid. Unknown subnets are ignored.
+    pub fn lease_invalid(&self, subnet: Subnet, reason: &str) {
+        if let Some(entry) = self.write().leases.get_mut(&subnet) {
+            entry.invalid = Some(reason.to_owned());
         }
     }
 
@@ -357,6 +367,14 @@ impl ApiState {
             programmed: count(PeerState::Programmed),
             error: count(PeerState::Error),
             own_lease_expiry_unix: inner.own_lease_expiry.map(unix_seconds),
+            invalid: inner
+                .leases
+                .values()
+                .filter_map(|e| e.invalid.clone())
+                .fold(BTreeMap::new(), |mut m, r| {
+                    *m.entry(r).or_default() += 1;
+                    m
+                }),
         }
     }
 }
@@ -388,6 +406,7 @@ fn lease_entry(lease: &Lease) -> LeaseEntry {
         backend_data: backend_data(lease),
         expires_at: lease.expires.map(rfc3339),
         own: false,
+        invalid: None,
     }
 }
 

@@ -158,11 +158,13 @@ async fn leases_are_listed_by_subnet_with_the_own_one_marked() {
             "backend_data",
             "backend_type",
             "expires_at",
+            "invalid",
             "own",
             "public_ip",
             "subnet"
         ]
     );
+    assert!(leases.iter().all(|l| l["invalid"].is_null()));
     assert_eq!(
         leases[1]["backend_data"],
         json!({"VNI": 1, "VtepMAC": "0e:2a:5b:11:22:33"})
@@ -493,4 +495,51 @@ async fn the_health_router_serves_only_health() {
     }
     let answer = request(&router, Method::POST, "/healthz").await;
     assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn a_lease_the_node_does_not_program_says_why_and_is_counted() {
+    let (state, metrics) = common::populated();
+    state.lease_invalid(common::subnet("10.244.3.0/24"), "public_ip");
+    state.lease_invalid(common::subnet("10.244.4.0/24"), "public_ip");
+    // Unknown subnets are ignored.
+    state.lease_invalid(common::subnet("10.244.99.0/24"), "vtep_mac");
+    let router = twill_api::router(state.clone(), metrics.clone());
+    let body = get(&router, "/v1/leases").await.json();
+    let invalid: Vec<Value> = body["leases"]
+        .as_array()
+        .expect("leases")
+        .iter()
+        .map(|l| l["invalid"].clone())
+        .collect();
+    assert_eq!(
+        invalid,
+        [
+            Value::Null,
+            Value::Null,
+            json!("public_ip"),
+            json!("public_ip")
+        ]
+    );
+    let text = metrics.encode(&state).expect("encode");
+    assert_eq!(
+        sample(&text, r#"twill_leases_invalid{reason="public_ip"}"#),
+        2.0
+    );
+    // A later event for the subnet starts it over as valid; the gauge follows.
+    state.apply_lease_event(&twill_core::lease::LeaseEvent::Added(common::lease(
+        "10.244.3.0/24",
+        [192, 168, 1, 3],
+        None,
+    )));
+    state.apply_lease_event(&twill_core::lease::LeaseEvent::Removed(common::lease(
+        "10.244.4.0/24",
+        [192, 168, 1, 4],
+        None,
+    )));
+    let text = metrics.encode(&state).expect("encode");
+    assert!(
+        !text.contains("twill_leases_invalid{"),
+        "no reason has a lease any more:\n{text}"
+    );
 }

@@ -172,6 +172,7 @@ impl<S: LeaseStore> Node<S> {
         };
         let Changes { events, skipped } = changes;
         for (l, why) in &skipped {
+            self.report.api.lease_invalid(l.subnet, why.reason());
             tracing::warn!(
                 key = %l.subnet.key(), public_ip = %l.attrs.public_ip, reason = why.reason(),
                 "skipping lease: {}", describe(*why, &self.own.config, own)
