@@ -6,8 +6,8 @@
 //! It also owns the admission rule ([`PeerSet::check`]): a peer lease must be a
 //! `SubnetLen` subnet inside the network that does not overlap ours, announce a
 //! unicast, non-loopback PublicIP that is not ours, and carry at most
-//! [`MAX_BACKEND_DATA`] bytes of BackendData (with a unicast `VtepMAC`, if it has
-//! one). Anything else (a hand-written key, a leftover of another config, a forgery)
+//! [`MAX_BACKEND_DATA`] bytes of BackendData (whose `VtepMAC`, if it is a MAC, is
+//! unicast). Anything else (a hand-written key, a leftover of another config, a forgery)
 //! never reaches a backend; it is returned as skipped, with why, so the caller can say
 //! so.
 
@@ -35,7 +35,7 @@ pub enum Skip {
     OurPublicIp,
     /// BackendData larger than [`MAX_BACKEND_DATA`].
     BackendDataTooLarge,
-    /// BackendData's `VtepMAC` is no unicast MAC.
+    /// BackendData's `VtepMAC` is a multicast or all-zero MAC.
     VtepMac,
 }
 
@@ -206,7 +206,7 @@ impl PeerSet {
     }
 }
 
-/// BackendData within [`MAX_BACKEND_DATA`], with a unicast `VtepMAC` if it has one.
+/// BackendData within [`MAX_BACKEND_DATA`], whose `VtepMAC`, if it is a MAC, is unicast.
 fn check_backend_data(data: Option<&str>) -> Result<(), Skip> {
     let Some(data) = data else { return Ok(()) };
     if data.len() > MAX_BACKEND_DATA {
@@ -217,10 +217,11 @@ fn check_backend_data(data: Option<&str>) -> Result<(), Skip> {
         .as_object()
         .and_then(|obj| crate::json::field(obj, "VtepMAC"))
         .and_then(serde_json::Value::as_str);
+    // A MAC that is multicast or all zero is refused here; text that is no MAC at all is
+    // the backend's to refuse (the peer then shows the backend's error).
     match mac.map(str::parse::<crate::MacAddr>) {
-        None => Ok(()),
-        Some(Ok(m)) if m.0[0] & 1 == 0 && m.0 != [0; 6] => Ok(()),
-        Some(_) => Err(Skip::VtepMac),
+        Some(Ok(m)) if m.0[0] & 1 == 1 || m.0 == [0; 6] => Err(Skip::VtepMac),
+        _ => Ok(()),
     }
 }
 

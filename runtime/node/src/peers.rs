@@ -203,6 +203,6 @@ fn describe(why: Skip, config: &Config, own: Subnet) -> String {
             "its BackendData is larger than {} bytes",
             twill_core::MAX_BACKEND_DATA
         ),
-        Skip::VtepMac => "its VtepMAC is no unicast MAC".into(),
+        Skip::VtepMac => "its VtepMAC is a multicast or all-zero MAC".into(),
     }
 }
