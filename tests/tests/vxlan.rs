@@ -29,6 +29,23 @@ fn lease_of(c: &Cluster, ip: &str) -> (String, Value) {
         .unwrap_or_else(|| panic!("no lease with PublicIP {ip}"))
 }
 
+/// Put the vxlan config, start twill on every node, wire the pods, wait for the mesh.
+fn start_vxlan(c: &mut Cluster) {
+    c.put_config(CONFIG);
+    for k in 1..=c.nodes.len() {
+        c.start_twill(k);
+    }
+    c.wire_pods();
+    c.assert_full_mesh(Duration::from_secs(30));
+}
+
+/// SIGTERM twill everywhere; every one exits 0.
+fn stop_cleanly(c: &mut Cluster) {
+    for (n, code) in c.stop_all_twill() {
+        assert_eq!(code, Some(0), "twill on node {n} exits 0");
+    }
+}
+
 #[test]
 fn vxlan_cluster_end_to_end() {
     let mut c = Cluster::new(3);
@@ -317,12 +334,7 @@ fn vxlan_cluster_end_to_end() {
 #[test]
 fn a_deleted_or_changed_own_lease_is_taken_back() {
     let mut c = Cluster::new(2);
-    c.put_config(CONFIG);
-    for k in 1..=2 {
-        c.start_twill(k);
-    }
-    c.wire_pods();
-    c.assert_full_mesh(Duration::from_secs(30));
+    start_vxlan(&mut c);
     let ip = c.nodes[0].ip();
     let (key, value) = lease_of(&c, &ip);
     let full_key = format!("{}/subnets/{key}", c.prefix);
@@ -372,8 +384,7 @@ fn a_deleted_or_changed_own_lease_is_taken_back() {
         "the log says so"
     );
     c.assert_full_mesh(Duration::from_secs(10));
-    assert_eq!(c.nodes[0].stop(), Some(0));
-    assert_eq!(c.nodes[1].stop(), Some(0));
+    stop_cleanly(&mut c);
 }
 
 /// A hand-written key covering the whole network (`10.244.0.0-16` with SubnetLen 24) is
@@ -403,8 +414,7 @@ fn a_key_covering_the_network_blocks_no_join() {
         assert!(route.trim().is_empty(), "no route for the key: {route}");
     }
     assert!(c.leases().contains_key("10.244.0.0-16"), "the key stays");
-    assert_eq!(c.nodes[0].stop(), Some(0));
-    assert_eq!(c.nodes[1].stop(), Some(0));
+    stop_cleanly(&mut c);
 }
 
 /// Leases no node may program are skipped with why, on the real binary: PublicIP
@@ -413,12 +423,7 @@ fn a_key_covering_the_network_blocks_no_join() {
 #[test]
 fn hostile_lease_values_are_skipped_with_why() {
     let mut c = Cluster::new(2);
-    c.put_config(CONFIG);
-    for k in 1..=2 {
-        c.start_twill(k);
-    }
-    c.wire_pods();
-    c.assert_full_mesh(Duration::from_secs(30));
+    start_vxlan(&mut c);
     let put = |subnet: &str, value: &str| {
         c.etcdctl(&["put", &format!("{}/subnets/{subnet}", c.prefix), value]);
     };
@@ -480,8 +485,7 @@ fn hostile_lease_values_are_skipped_with_why() {
         assert!(route.trim().is_empty(), "node 2 routes {dst}: {route}");
     }
     c.assert_full_mesh(Duration::from_secs(10));
-    assert_eq!(c.nodes[0].stop(), Some(0));
-    assert_eq!(c.nodes[1].stop(), Some(0));
+    stop_cleanly(&mut c);
 }
 
 /// flannel's reservations on etcd v3 (flannel #1329): a lease key without a TTL that
@@ -518,6 +522,5 @@ fn a_reservation_is_used_and_stays_without_a_ttl() {
     assert_eq!(c.nodes[0].subnet(), "10.244.77.0/24");
     assert_eq!(c.lease_ttl(key), None, "no TTL after a restart either");
     assert_eq!(c.leases().len(), 2, "no second lease for node 1");
-    assert_eq!(c.nodes[0].stop(), Some(0));
-    assert_eq!(c.nodes[1].stop(), Some(0));
+    stop_cleanly(&mut c);
 }
