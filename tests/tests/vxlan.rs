@@ -524,3 +524,56 @@ fn a_reservation_is_used_and_stays_without_a_ttl() {
     assert_eq!(c.leases().len(), 2, "no second lease for node 1");
     stop_cleanly(&mut c);
 }
+
+/// Two leases announcing one PublicIP: both stay programmed (neither evicts the other),
+/// each shows the conflict as its error in /v1/peers, and when one goes the other is
+/// plainly programmed again.
+#[test]
+fn two_peers_on_one_public_ip_are_both_programmed_and_flagged() {
+    let mut c = Cluster::new(2);
+    start_vxlan(&mut c);
+    let put = |subnet: &str, mac: &str| {
+        let value = format!(
+            r#"{{"PublicIP":"192.168.77.50","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+        );
+        c.etcdctl(&["put", &format!("{}/subnets/{subnet}", c.prefix), &value]);
+    };
+    put("10.244.210.0-24", "02:00:00:00:02:10");
+    put("10.244.211.0-24", "02:00:00:00:02:11");
+    let node = &c.nodes[0];
+    let peer = |subnet: &str| -> Value {
+        let (_, body) = node.api_get("/v1/peers");
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        v["peers"]
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["subnet"] == subnet).cloned())
+            .unwrap_or(Value::Null)
+    };
+    wait_for("both peers flagged", Duration::from_secs(20), || {
+        ["10.244.210.0/24", "10.244.211.0/24"]
+            .iter()
+            .all(|s| {
+                let p = peer(s);
+                p["state"] == "error"
+                    && p["last_error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("is also announced by"))
+            })
+            .then_some(())
+    });
+    for dst in ["10.244.210.0/24", "10.244.211.0/24"] {
+        let route = node.exec(&["ip", "route", "show", dst]);
+        assert!(
+            route.contains("dev flannel.1"),
+            "{dst} still programmed: {route}"
+        );
+    }
+    c.etcdctl(&["del", &format!("{}/subnets/10.244.211.0-24", c.prefix)]);
+    wait_for(
+        "the other one programmed again",
+        Duration::from_secs(20),
+        || (peer("10.244.210.0/24")["state"] == "programmed").then_some(()),
+    );
+    c.assert_full_mesh(Duration::from_secs(10));
+    stop_cleanly(&mut c);
+}

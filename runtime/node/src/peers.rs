@@ -31,6 +31,8 @@ pub(super) struct Peers {
     /// The peer leases handed to the backend (added and not removed since).
     handed: BTreeMap<Subnet, Lease>,
     states: BTreeMap<Subnet, PeerState>,
+    /// Peers that share their PublicIP with another, as last reported.
+    conflicts: BTreeSet<Subnet>,
 }
 
 impl Peers {
@@ -40,6 +42,7 @@ impl Peers {
             set: PeerSet::new(own, config.network, config.subnet_len, own_ip),
             handed: BTreeMap::new(),
             states: BTreeMap::new(),
+            conflicts: BTreeSet::new(),
         }
     }
 
@@ -139,6 +142,43 @@ impl Peers {
                 }
             }
         }
+        self.report_conflicts(api);
+    }
+
+    /// Two peers announcing one PublicIP (a misconfiguration, or a forged lease): both
+    /// stay programmed (neither evicts the other), and each shows the conflict as its
+    /// error, until one goes.
+    fn report_conflicts(&mut self, api: &ApiState) {
+        let mut by_ip: BTreeMap<std::net::Ipv4Addr, Vec<Subnet>> = BTreeMap::new();
+        for l in self.set.leases() {
+            by_ip.entry(l.attrs.public_ip).or_default().push(l.subnet);
+        }
+        let mut now = BTreeSet::new();
+        for (ip, subnets) in by_ip.iter().filter(|(_, s)| s.len() > 1) {
+            for subnet in subnets {
+                let others: Vec<String> = subnets
+                    .iter()
+                    .filter(|s| *s != subnet)
+                    .map(ToString::to_string)
+                    .collect();
+                let message = format!(
+                    "PublicIP {ip} is also announced by {}: both are programmed, one of them is wrong",
+                    others.join(", ")
+                );
+                if !self.conflicts.contains(subnet) {
+                    tracing::warn!(%subnet, public_ip = %ip, "{message}");
+                }
+                api.peer_error(*subnet, message);
+                now.insert(*subnet);
+            }
+        }
+        for resolved in self.conflicts.difference(&now) {
+            if let Some(programmed) = self.states.get(resolved).and_then(|s| s.programmed.clone()) {
+                tracing::info!(subnet = %resolved, "PublicIP conflict resolved");
+                api.peer_programmed(*resolved, programmed);
+            }
+        }
+        self.conflicts = now;
     }
 }
 
