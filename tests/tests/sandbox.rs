@@ -130,6 +130,16 @@ fn an_endless_call_is_interrupted_and_the_daemon_goes_on() {
         log.contains("interrupt"),
         "the trap names the interrupt:\n{log}"
     );
+    // The first on-leases starts right after subnet.env is written; the deadline of
+    // --plugin-call-timeout 2 ends it about 2 s later (the default would be 30 s).
+    let written = log_time(&log, "wrote subnet file");
+    let trapped = log_time(&log, "backend plugin failed");
+    let took = trapped - written;
+    println!("an endless call was interrupted {took:.2} s after it began");
+    assert!(
+        (1.8..=5.0).contains(&took),
+        "interrupted after {took:.2} s, not the 2 s of --plugin-call-timeout"
+    );
     assert_eq!(c.nodes[0].stop(), Some(0), "and stops cleanly");
 }
 
@@ -144,6 +154,18 @@ fn unbounded_allocation_hits_the_memory_limit() {
     assert!(
         log.contains("trapped") && log.contains("forcing trap when growing memory"),
         "the trap names the memory limit:\n{log}"
+    );
+    // The grow that trapped is the one past --plugin-memory-mib 16 (the default would
+    // let it reach 64 MiB).
+    let to: u64 = log
+        .split("growing memory to ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .expect("the size the plugin tried to grow to");
+    println!("the plugin's memory trapped growing to {to} bytes");
+    assert!(
+        (16 << 20) < to && to <= (17 << 20),
+        "trapped growing to {to} bytes, not just past 16 MiB"
     );
     // twill itself stayed small: the plugin's memory is capped at 16 MiB.
     let pid = node.twill_pid().expect("twill runs");
@@ -266,4 +288,22 @@ fn a_removal_in_a_batch_that_traps_reaches_the_fresh_instance() {
     );
     c.assert_full_mesh(Duration::from_secs(10));
     assert_eq!(c.nodes[0].stop(), Some(0));
+}
+
+/// The time of day (seconds) of the first log line containing `text`.
+fn log_time(log: &str, text: &str) -> f64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains(text))
+        .unwrap_or_else(|| panic!("no log line with {text:?}"));
+    // 2026-12-02T00:59:22.087024Z …
+    let clock = line
+        .split('T')
+        .nth(1)
+        .and_then(|t| t.split('Z').next())
+        .unwrap_or_else(|| panic!("no timestamp in {line:?}"));
+    clock
+        .split(':')
+        .map(|part| part.parse::<f64>().expect("a number"))
+        .fold(0.0, |acc, part| acc * 60.0 + part)
 }
