@@ -168,34 +168,55 @@ impl Node {
         (code.trim().parse().unwrap_or(0), body.to_owned())
     }
 
-    /// The value of one series of this node's /metrics (`name{labels}` as printed), 0
-    /// when the series is absent.
-    pub fn metric(&self, series: &str) -> f64 {
+    /// The value of one series of this node's /metrics (`name{labels}` as printed);
+    /// `None` when the series is absent (a labelled counter has none before its first
+    /// event).
+    pub fn metric_opt(&self, series: &str) -> Option<f64> {
         let (code, text) = self.api_get("/metrics");
         assert_eq!(code, 200, "GET /metrics on {}", self.ns);
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))?;
+        Some(
+            line.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{series} on {} is no number: {line:?}", self.ns)),
+        )
     }
 
-    /// Wait up to `timeout` until [`Node::metric`]`(series)` reaches `at_least`; on
-    /// timeout, fail with the value, every series of that metric family and the log.
+    /// The value of one series of this node's /metrics; a missing series is an error
+    /// (it names the family's series), never a silent 0.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metric_opt(series).unwrap_or_else(|| {
+            panic!(
+                "{series} is not in {}'s /metrics; its family has:\n{}",
+                self.ns,
+                self.family_lines(series)
+            )
+        })
+    }
+
+    fn family_lines(&self, series: &str) -> String {
+        let family = series.split('{').next().unwrap_or(series);
+        let (_, text) = self.api_get("/metrics");
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(family)).collect();
+        lines.join("\n")
+    }
+
+    /// Wait up to `timeout` until `series` exists and reaches `at_least`; on timeout,
+    /// fail with the value, every series of that metric family and the log.
     pub fn wait_metric(&self, series: &str, at_least: f64, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let v = self.metric(series);
-            if v >= at_least {
+            let v = self.metric_opt(series);
+            if v.is_some_and(|v| v >= at_least) {
                 return;
             }
             if Instant::now() > deadline {
-                let family = series.split('{').next().unwrap_or(series);
-                let (_, text) = self.api_get("/metrics");
-                let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(family)).collect();
                 panic!(
-                    "{series} on {} is {v}, expected ≥ {at_least}\n{}\n--- log ---\n{}",
+                    "{series} on {} is {v:?}, expected ≥ {at_least}\n{}\n--- log ---\n{}",
                     self.ns,
-                    lines.join("\n"),
+                    self.family_lines(series),
                     self.log_tail()
                 );
             }

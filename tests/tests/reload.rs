@@ -46,11 +46,12 @@ const TEARING: [&str; 5] = [
     "delete_fdb",
 ];
 
-fn tearing_counts(node: &Node) -> Vec<f64> {
+/// Their counts; `None` for a kind never requested (its series does not exist yet).
+fn tearing_counts(node: &Node) -> Vec<Option<f64>> {
     TEARING
         .iter()
         .map(|kind| {
-            node.metric(&format!(
+            node.metric_opt(&format!(
                 r#"twill_netlink_operations_total{{kind="{kind}"}}"#
             ))
         })
@@ -92,7 +93,7 @@ fn reloading_the_vxlan_plugin_touches_no_kernel_object_and_loses_nothing() {
         .map(|n| n.twill_pid().expect("running"))
         .collect();
     let ifindexes: Vec<String> = c.nodes.iter().map(ifindex).collect();
-    let tearing: Vec<Vec<f64>> = c.nodes.iter().map(tearing_counts).collect();
+    let tearing: Vec<Vec<Option<f64>>> = c.nodes.iter().map(tearing_counts).collect();
     let sha_before = plugin_sha(&c.nodes[0]);
 
     // 10 pings a second for 10 s, from pod 1 to pod 2, across both reloads.

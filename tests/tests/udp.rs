@@ -15,8 +15,9 @@ fn start_all(c: &mut Cluster) {
     c.wire_pods();
 }
 
+/// Drops for `reason` so far: a reason's series appears with its first drop.
 fn dropped(node: &Node, reason: &str) -> f64 {
-    node.metric(&drop_series(reason))
+    node.metric_opt(&drop_series(reason)).unwrap_or(0.0)
 }
 
 fn drop_series(reason: &str) -> String {
