@@ -197,12 +197,32 @@ fn config_set_validates_and_writes_the_embedded_store() {
     };
     let bad = set(r#"{"Network":"10.244.0.0/16","SubnetLen":33}"#);
     assert!(!bad.status.success(), "an invalid config was accepted");
-    let ok = set(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("SubnetLen"),
+        "the error names the field: {stderr}"
+    );
+    assert!(
+        !path.exists(),
+        "an invalid config created {}",
+        path.display()
+    );
+    let json = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    let ok = set(json);
     assert!(
         ok.status.success(),
         "twill config set failed: {}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    assert!(path.exists(), "no store file at {}", path.display());
+    // What a node reads back is exactly what was given.
+    let store = twill_store::EmbeddedStore::open(&path, "/coreos.com/network").expect("open");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stored = runtime
+        .block_on(twill_store::LeaseStore::get_config(&store))
+        .expect("read the config");
+    assert_eq!(stored.as_deref(), Some(json));
     let _ = std::fs::remove_dir_all(&dir);
 }
