@@ -40,11 +40,18 @@ fn host_gw_routes_via_peers_and_moves_data() {
             "host-gw creates no device:\n{links}"
         );
     }
-    let lease = c.leases().into_values().next().expect("a lease");
-    assert!(
-        lease.contains(r#""BackendType":"host-gw""#) && !lease.contains("BackendData"),
-        "{lease}"
+    let leases = c.leases();
+    assert_eq!(
+        leases.len(),
+        c.nodes.len(),
+        "one lease per node: {leases:?}"
     );
+    for lease in leases.values() {
+        assert!(
+            lease.contains(r#""BackendType":"host-gw""#) && !lease.contains("BackendData"),
+            "{lease}"
+        );
+    }
 
     // A route someone deletes comes back after a restart.
     assert_eq!(c.nodes[0].stop(), Some(0));
@@ -144,11 +151,18 @@ fn directrouting_routes_on_link_peers_directly_and_tunnels_the_rest() {
             !fdb.contains(&format!("dst {} ", c.nodes[1].ip())),
             "no FDB for the direct peer: {fdb}"
         );
-        let lease = c.leases().into_values().next().expect("a lease");
-        assert!(
-            lease.contains(r#""BackendType":"vxlan""#),
-            "flannel-compatible type: {lease}"
+        let leases = c.leases();
+        assert_eq!(
+            leases.len(),
+            c.nodes.len(),
+            "one lease per node: {leases:?}"
         );
+        for lease in leases.values() {
+            assert!(
+                lease.contains(r#""BackendType":"vxlan""#),
+                "flannel-compatible type: {lease}"
+            );
+        }
         let bps = c.iperf(1, 3, 2, 1);
         assert!(bps > 1e6, "iperf3 across the router moved {bps} bit/s");
         // A restart keeps the VTEP MAC (the lease says vxlan, the config directrouting).
