@@ -15,6 +15,17 @@ fn route(c: &Cluster, on: usize, to: usize) -> String {
     c.nodes[on - 1].exec(&["ip", "route", "show", &c.nodes[to - 1].subnet()])
 }
 
+/// Every lease value, after checking there is one per node.
+fn every_lease(c: &Cluster) -> Vec<String> {
+    let leases = c.leases();
+    assert_eq!(
+        leases.len(),
+        c.nodes.len(),
+        "one lease per node: {leases:?}"
+    );
+    leases.into_values().collect()
+}
+
 #[test]
 fn host_gw_routes_via_peers_and_moves_data() {
     let mut c = Cluster::new(3);
@@ -40,13 +51,7 @@ fn host_gw_routes_via_peers_and_moves_data() {
             "host-gw creates no device:\n{links}"
         );
     }
-    let leases = c.leases();
-    assert_eq!(
-        leases.len(),
-        c.nodes.len(),
-        "one lease per node: {leases:?}"
-    );
-    for lease in leases.values() {
+    for lease in every_lease(&c) {
         assert!(
             lease.contains(r#""BackendType":"host-gw""#) && !lease.contains("BackendData"),
             "{lease}"
@@ -151,13 +156,7 @@ fn directrouting_routes_on_link_peers_directly_and_tunnels_the_rest() {
             !fdb.contains(&format!("dst {} ", c.nodes[1].ip())),
             "no FDB for the direct peer: {fdb}"
         );
-        let leases = c.leases();
-        assert_eq!(
-            leases.len(),
-            c.nodes.len(),
-            "one lease per node: {leases:?}"
-        );
-        for lease in leases.values() {
+        for lease in every_lease(&c) {
             assert!(
                 lease.contains(r#""BackendType":"vxlan""#),
                 "flannel-compatible type: {lease}"
