@@ -23,7 +23,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use twill_lab::etcd::EtcdServer;
+use twill_lab::etcd::{EtcdServer, EtcdSetup, ServerTls};
+use twill_lab::pki::{CertPair, Pki, Signer};
 use twill_lab::pods::{self, PodNet};
 use twill_lab::traffic::{self, PingRun as LabPing};
 use twill_lab::{Interrupt, Lab, NodeNet, process};
@@ -31,8 +32,26 @@ use twill_wasm_build::{TARGET, cargo_build, component_path, package_name};
 
 pub use twill_lab::{UNDERLAY, segment_ip};
 
-/// etcd's address on the underlay.
+/// etcd's address on the underlay (of the first member, with several).
 pub const ETCD_IP: &str = "192.168.77.250";
+
+/// What etcd a [`Cluster`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Etcd {
+    /// One plain member; twill gets `--etcd-endpoints http://…`.
+    Plain,
+    /// One member serving https with a certificate of the cluster's [`Pki`] and
+    /// requiring client certificates (`--client-cert-auth`); twill gets
+    /// `--etcd-endpoints https://… --etcd-cafile … --etcd-certfile … --etcd-keyfile …`.
+    Tls,
+    /// `n` plain members at .250, .249, …; twill gets every endpoint.
+    Members(u8),
+}
+
+/// The address of etcd member `i` (0-based) on the underlay.
+pub fn etcd_member_ip(i: usize) -> String {
+    segment_ip(0, 250 - u8::try_from(i).expect("few members"))
+}
 
 /// The value, or a panic naming what failed.
 trait Must<T> {
@@ -56,7 +75,7 @@ pub fn run(cmd: &[&str]) -> Output {
 }
 
 /// The tools the tests run, with the Debian package of each.
-const TOOLS: [(&str, &str); 7] = [
+const TOOLS: [(&str, &str); 8] = [
     ("ip", "iproute2"),
     ("bridge", "iproute2"),
     ("ping", "iputils-ping"),
@@ -64,6 +83,7 @@ const TOOLS: [(&str, &str); 7] = [
     ("etcdctl", "etcd-client"),
     ("iperf3", "iperf3"),
     ("curl", "curl"),
+    ("openssl", "openssl"),
 ];
 
 /// Fail unless the test can build a namespace cluster here.
@@ -303,7 +323,16 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// The etcd prefix.
     pub prefix: String,
-    etcd: EtcdServer,
+    /// The certificates of an [`Etcd::Tls`] cluster.
+    pub pki: Option<Pki>,
+    /// twill's client certificate in an [`Etcd::Tls`] cluster.
+    pub client_cert: Option<CertPair>,
+    /// What [`Cluster::start_twill_with`] passes to say where etcd is and how to
+    /// reach it (endpoints, TLS files); tests may change it.
+    pub etcd_args: Vec<String>,
+    /// Environment variables for every twill started from now.
+    pub twill_env: Vec<(String, String)>,
+    etcd: Vec<EtcdServer>,
     // Dropped last: the namespaces go once the processes in them are stopped.
     lab: Lab,
 }
@@ -331,6 +360,15 @@ impl Cluster {
     /// [`Cluster::new_id`]), so that something outside the process can clean up the
     /// namespaces `<id>-*` and the directory [`Cluster::dir_for`]`(id)` if it is killed.
     pub fn segmented_with_id(segments: &[u8], id: &str) -> Cluster {
+        Self::build(segments, id, Etcd::Plain)
+    }
+
+    /// One segment of `n` nodes with the etcd `etcd` says.
+    pub fn with_etcd(n: u8, etcd: Etcd) -> Cluster {
+        Self::build(&[n], &Self::new_id(), etcd)
+    }
+
+    fn build(segments: &[u8], id: &str, etcd_kind: Etcd) -> Cluster {
         require_privileges_and_tools();
         assert!(
             !segments.is_empty() && segments.len() <= 8,
@@ -340,14 +378,6 @@ impl Cluster {
             Lab::create(id, &Self::dir_for(id), Interrupt::new()).must("create the test lab");
         lab.keep_dir(std::env::var_os("TWILL_E2E_KEEP").is_some());
         lab.add_segments(segments.len()).must("build the underlay");
-        let etcd_ns = lab.add_ns("etcd").must("etcd namespace");
-        lab.plug(&etcd_ns, 0, "eth0", "etcd", ETCD_IP)
-            .must("plug etcd");
-        twill_lab::ip(
-            &etcd_ns,
-            &format!("route add default via {}", segment_ip(0, 254)),
-        )
-        .must("etcd's default route");
         let mut nodes = Vec::new();
         let mut k = 0u8;
         for (s, count) in segments.iter().enumerate() {
@@ -366,11 +396,15 @@ impl Cluster {
                 });
             }
         }
-        let etcd = EtcdServer::new(&etcd_ns, ETCD_IP, lab.dir()).must("start etcd");
+        let (etcd, pki, client_cert, etcd_args) = start_etcd(&mut lab, etcd_kind);
         Cluster {
             id: id.to_owned(),
             nodes,
             prefix: "/coreos.com/network".into(),
+            pki,
+            client_cert,
+            etcd_args,
+            twill_env: Vec::new(),
             etcd,
             lab,
         }
@@ -393,19 +427,34 @@ impl Cluster {
         codes
     }
 
-    /// Stop the etcd server (its data stays).
+    /// Stop every etcd member (their data stays).
     pub fn stop_etcd(&mut self) {
-        self.etcd.stop();
+        for member in &mut self.etcd {
+            member.stop();
+        }
     }
 
-    /// Start the etcd server again on its data.
+    /// Start every etcd member again on its data.
     pub fn restart_etcd(&mut self) {
-        self.etcd.start().must("restart etcd");
+        for member in &mut self.etcd {
+            member.start().must("restart etcd");
+        }
     }
 
-    /// Run etcdctl against the cluster's etcd; panic if it fails.
+    /// etcd member `i` (0-based), to stop, start or configure.
+    pub fn etcd_member(&mut self, i: usize) -> &mut EtcdServer {
+        &mut self.etcd[i]
+    }
+
+    /// Run etcdctl against the cluster's etcd (the first member that runs); panic if
+    /// it fails.
     pub fn etcdctl(&self, args: &[&str]) -> String {
-        self.etcd.etcdctl(args).must("etcdctl")
+        let member = self
+            .etcd
+            .iter()
+            .find(|m| m.running())
+            .expect("an etcd member runs");
+        member.etcdctl(args).must("etcdctl")
     }
 
     /// Put the network config.
@@ -471,14 +520,12 @@ impl Cluster {
         let child = Command::new("ip")
             .args(["netns", "exec", &node.ns])
             .arg(&bin)
-            .args([
-                "run",
-                "--etcd-endpoints",
-                &format!("http://{ETCD_IP}:2379"),
-                "--subnet-file",
-            ])
+            .arg("run")
+            .args(&self.etcd_args)
+            .arg("--subnet-file")
             .arg(&node.subnet_file)
             .args(args)
+            .envs(self.twill_env.iter().map(|(k, v)| (k, v)))
             .env("TWILL_LOG", "info,twill=debug")
             // The compiled-plugin cache of this cluster, not the host's /var/cache/twill.
             .env(
@@ -490,6 +537,32 @@ impl Cluster {
             .spawn()
             .expect("start twill");
         node.twill = Some(child);
+    }
+
+    /// Run twill on node `k` until it exits (30 s at most); assert exit code 1 with
+    /// exactly one error line, containing `want`, and no panic. The log is emptied
+    /// for the next case; the error line and how long twill ran are returned.
+    pub fn expect_failure(&mut self, k: usize, args: &[&str], want: &str) -> (String, Duration) {
+        let start = Instant::now();
+        self.start_twill_with(k, args);
+        let node = &mut self.nodes[k - 1];
+        let code = node.wait_exit(Duration::from_secs(30));
+        let ran = start.elapsed();
+        let log = node.log_text();
+        assert_eq!(code, Some(1), "twill should exit 1 for {want:?}; log:\n{log}");
+        let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "exactly one error line; log:\n{log}");
+        assert!(
+            errors[0].contains(want),
+            "error line {:?} should say {want:?}",
+            errors[0]
+        );
+        for bad in ["panicked", "backtrace", "RUST_BACKTRACE"] {
+            assert!(!log.contains(bad), "log contains {bad:?}:\n{log}");
+        }
+        let line = errors[0].to_owned();
+        fs::write(&node.log, "").expect("truncate log");
+        (line, ran)
     }
 
     /// Wait until every running node wrote subnet.env, then wire its pod: `cni0` gets
@@ -579,10 +652,90 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
-        self.etcd.stop();
+        self.stop_etcd();
         // The lab then deletes the namespaces (with anything a test left running in
         // them) and the directory.
     }
+}
+
+/// The etcd a cluster asked for, in namespaces of its own on segment 0: the members,
+/// the certificates (with TLS) and the flags that tell twill about them.
+fn start_etcd(
+    lab: &mut Lab,
+    kind: Etcd,
+) -> (Vec<EtcdServer>, Option<Pki>, Option<CertPair>, Vec<String>) {
+    let count = match kind {
+        Etcd::Plain | Etcd::Tls => 1,
+        Etcd::Members(n) => usize::from(n),
+    };
+    let names: Vec<String> = (0..count).map(|i| format!("e{i}")).collect();
+    let initial_cluster: Vec<String> = if count > 1 {
+        (0..count)
+            .map(|i| format!("{}=http://{}:2380", names[i], etcd_member_ip(i)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let (pki, server_tls, client) = if kind == Etcd::Tls {
+        let pki = Pki::create(&lab.dir().join("pki")).must("make a CA");
+        let server = pki
+            .issue("etcd", "etcd", &[ETCD_IP, "127.0.0.1"], Signer::Ca)
+            .must("etcd's certificate");
+        let client = pki
+            .issue("twill", "twill", &["127.0.0.1"], Signer::Ca)
+            .must("twill's client certificate");
+        let tls = ServerTls {
+            cert: server.cert,
+            key: server.key,
+            client_ca: pki.ca.cert.clone(),
+        };
+        (Some(pki), Some(tls), Some(client))
+    } else {
+        (None, None, None)
+    };
+    let mut members = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let suffix = if i == 0 {
+            "etcd".to_owned()
+        } else {
+            format!("etcd{i}")
+        };
+        let ns = lab.add_ns(&suffix).must("etcd namespace");
+        let ip = etcd_member_ip(i);
+        lab.plug(&ns, 0, "eth0", &suffix, &ip).must("plug etcd");
+        twill_lab::ip(&ns, &format!("route add default via {}", segment_ip(0, 254)))
+            .must("etcd's default route");
+        let setup = EtcdSetup {
+            name: name.clone(),
+            tls: server_tls.clone(),
+            initial_cluster: initial_cluster.clone(),
+            auth_token_ttl: None,
+        };
+        members.push(EtcdServer::with(&ns, &ip, lab.dir(), setup).must("start etcd"));
+    }
+    for member in &members {
+        member
+            .wait_healthy(Duration::from_secs(30))
+            .must("etcd answers");
+    }
+    let endpoints: Vec<String> = members.iter().map(EtcdServer::url).collect();
+    let mut args = vec!["--etcd-endpoints".to_owned(), endpoints.join(",")];
+    if let (Some(pki), Some(client)) = (&pki, &client) {
+        args.extend([
+            "--etcd-cafile".to_owned(),
+            path_arg(&pki.ca.cert),
+            "--etcd-certfile".to_owned(),
+            path_arg(&client.cert),
+            "--etcd-keyfile".to_owned(),
+            path_arg(&client.key),
+        ]);
+    }
+    (members, pki, client, args)
+}
+
+/// A path as a command-line argument.
+pub fn path_arg(p: &Path) -> String {
+    p.to_str().expect("UTF-8 path").to_owned()
 }
 
 /// The workspace's target directory, from this test binary's path

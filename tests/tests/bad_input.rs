@@ -8,26 +8,7 @@ use twill_e2e::{Cluster, wait_for};
 /// Run twill on node 1 until it exits; assert a failure whose only error line
 /// contains `want`.
 fn expect_failure(c: &mut Cluster, args: &[&str], want: &str) {
-    c.start_twill_with(1, args);
-    let code = c.nodes[0].wait_exit(Duration::from_secs(30));
-    let log = c.nodes[0].log_text();
-    assert_eq!(
-        code,
-        Some(1),
-        "twill should exit 1 for {want:?}; log:\n{log}"
-    );
-    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(errors.len(), 1, "exactly one error line; log:\n{log}");
-    assert!(
-        errors[0].contains(want),
-        "error line {:?} should say {want:?}",
-        errors[0]
-    );
-    for bad in ["panicked", "backtrace", "RUST_BACKTRACE"] {
-        assert!(!log.contains(bad), "log contains {bad:?}:\n{log}");
-    }
-    // Start the next case with a fresh log.
-    std::fs::write(&c.nodes[0].log, "").expect("truncate log");
+    c.expect_failure(1, args, want);
 }
 
 #[test]

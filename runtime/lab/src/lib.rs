@@ -22,6 +22,7 @@ pub mod cmd;
 pub mod etcd;
 pub mod interrupt;
 pub mod netns;
+pub mod pki;
 pub mod pods;
 pub mod process;
 pub mod topology;
@@ -64,6 +65,8 @@ pub enum Error {
     Interrupted,
     #[error("{key} missing in {path}")]
     SubnetEnv { path: String, key: String },
+    #[error("{0}")]
+    Setup(String),
     #[error("iperf3: {0}")]
     Iperf(String),
     #[error("no ping summary in: {0}")]

@@ -74,6 +74,12 @@ pub struct Options {
     pub etcd_endpoints: Vec<String>,
     /// The key prefix (etcd's, and the embedded store's keys).
     pub etcd_prefix: String,
+    /// TLS towards etcd: its CA, our client certificate and key (PEM files).
+    pub etcd_ca_file: Option<PathBuf>,
+    pub etcd_cert_file: Option<PathBuf>,
+    pub etcd_key_file: Option<PathBuf>,
+    /// etcd's own authentication: user name and password.
+    pub etcd_user: Option<(String, String)>,
     /// Interfaces by name or IPv4 address; the first that exists wins; none: the
     /// default route's.
     pub iface: Vec<String>,

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
+use twill_store::StoreError;
 pub(super) use twill_core::error_chain;
 
 /// How often to look for the network config while it is missing (flannel: 1 s), and
@@ -21,7 +22,16 @@ impl Backoff {
         Self(CONFIG_POLL)
     }
 
-    pub(super) async fn wait(&mut self, what: &str, error: &dyn std::error::Error) {
+    /// Log `error` and sleep — unless the store refused us in a way that retrying
+    /// cannot change (a TLS handshake, a password, a role, a flag): then the error,
+    /// naming the cause once, for the daemon to exit with.
+    pub(super) async fn wait(&mut self, what: &str, error: &StoreError) -> anyhow::Result<()> {
+        if let Some(refusal) = error.refusal() {
+            anyhow::bail!(
+                "{what}: {}; not retrying, {refusal}",
+                error_chain(error)
+            );
+        }
         tracing::warn!(
             "{what}: {}; retrying in {}s",
             error_chain(error),
@@ -29,20 +39,22 @@ impl Backoff {
         );
         tokio::time::sleep(self.0).await;
         self.0 = (self.0 * 2).min(MAX_RETRY);
+        Ok(())
     }
 }
 
-/// Retry a store request with backoff until it succeeds (etcd may be briefly away).
-pub(super) async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
+/// Retry a store request with backoff until it succeeds (etcd may be briefly away),
+/// or fails in a way retrying cannot change.
+pub(super) async fn retry<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, twill_store::StoreError>>,
+    Fut: Future<Output = Result<T, StoreError>>,
 {
     let mut backoff = Backoff::new();
     loop {
         match f().await {
-            Ok(v) => return v,
-            Err(e) => backoff.wait(what, &e).await,
+            Ok(v) => return Ok(v),
+            Err(e) => backoff.wait(what, &e).await?,
         }
     }
 }

@@ -60,7 +60,7 @@ async fn with_store<S: LeaseStore>(
     let (host, plugin) = load_plugin(&args, kernel.clone(), &config)?;
     describe_node(&args, &report, &external, public_ip, &config, &plugin);
 
-    let (leases, _) = retry("list leases", || store.list_leases()).await;
+    let (leases, _) = retry("list leases", || store.list_leases()).await?;
     // Our previous lease's BackendData, whatever its type: the backend keeps what it
     // recognises (the directrouting backend publishes `vxlan`, so matching on the
     // configured type would lose its VTEP MAC on every restart).
@@ -292,12 +292,16 @@ async fn connect_etcd(args: &Options) -> anyhow::Result<EtcdStore> {
     let opts = EtcdOptions {
         endpoints: args.etcd_endpoints.clone(),
         prefix: args.etcd_prefix.clone(),
+        ca_file: args.etcd_ca_file.clone(),
+        cert_file: args.etcd_cert_file.clone(),
+        key_file: args.etcd_key_file.clone(),
+        user: args.etcd_user.clone(),
     };
     let mut backoff = Backoff::new();
     loop {
         match EtcdStore::connect(opts.clone()).await {
             Ok(store) => return Ok(store),
-            Err(e) => backoff.wait("connect to etcd", &e).await,
+            Err(e) => backoff.wait("connect to etcd", &e).await?,
         }
     }
 }
@@ -320,7 +324,7 @@ async fn wait_for_config(store: &impl LeaseStore, prefix: &str) -> anyhow::Resul
             Err(e) => {
                 backoff
                     .wait("cannot read the network config from the store", &e)
-                    .await
+                    .await?
             }
         }
     }
@@ -337,7 +341,7 @@ async fn acquire_with_retry(
     loop {
         match acquire(store, config, attrs, previous).await {
             Ok(acquired) => return Ok(acquired.lease),
-            Err(AcquireError::Store(e)) => backoff.wait("acquire a lease", &e).await,
+            Err(AcquireError::Store(e)) => backoff.wait("acquire a lease", &e).await?,
             Err(e) => return Err(e).context("acquire a subnet lease"),
         }
     }

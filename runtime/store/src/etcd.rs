@@ -3,6 +3,7 @@
 //! reservations (keys without an etcd lease) stay without one when renewed (#1329), and
 //! the etcd lease a renewal replaces is revoked instead of left to run out.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -12,10 +13,11 @@ use etcd_client::{
     PutOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
-use tracing::debug;
+use tracing::{debug, warn};
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet::Subnet;
 
+use crate::tls::{self, Probe};
 use crate::keys::{DEFAULT_PREFIX, Keys, parse_key, parse_lease, placeholder_attrs, removed_attrs};
 use crate::watch::{Polled, WatchSource, watch};
 use crate::{Created, LeaseStore, Revision, StoreError, WatchEvent};
@@ -30,13 +32,37 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// unconditionally, as flannel always does.
 const RENEW_TRIES: usize = 5;
 
-/// Where the etcd store is and where under it flannel's keys live.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the etcd store is, how to prove who we are to it, and where under it
+/// flannel's keys live.
+#[derive(Clone, PartialEq, Eq)]
 pub struct EtcdOptions {
-    /// Client URLs, e.g. `http://127.0.0.1:2379` (a bare `host:port` means http).
+    /// Client URLs, e.g. `http://127.0.0.1:2379` or `https://10.0.0.5:2379` (a bare
+    /// `host:port` means http, or https when TLS files are given).
     pub endpoints: Vec<String>,
     /// The key prefix, flannel's `--etcd-prefix` (default `/coreos.com/network`).
     pub prefix: String,
+    /// flannel's `--etcd-cafile`: the CA that signed the servers' certificates (PEM).
+    /// Without it, https endpoints are checked against the system's trust roots.
+    pub ca_file: Option<PathBuf>,
+    /// flannel's `--etcd-certfile`: our client certificate (PEM), with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// flannel's `--etcd-keyfile`: the client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// flannel's `--etcd-username` / `--etcd-password`: etcd's own authentication.
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .finish()
+    }
 }
 
 impl Default for EtcdOptions {
@@ -44,8 +70,87 @@ impl Default for EtcdOptions {
         Self {
             endpoints: vec!["http://127.0.0.1:2379".to_owned()],
             prefix: DEFAULT_PREFIX.to_owned(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            user: None,
         }
     }
+}
+
+impl EtcdOptions {
+    /// Plain endpoints under `prefix`, no TLS, no user.
+    pub fn plain(endpoints: Vec<String>, prefix: &str) -> Self {
+        Self {
+            endpoints,
+            prefix: prefix.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether any TLS file is given (then every endpoint must be https).
+    pub(crate) fn tls_wanted(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    /// The endpoints as URLs: a bare `host:port` gets https when TLS files are given,
+    /// http otherwise; an http URL with TLS files is refused, since the files would
+    /// silently not be used.
+    fn urls(&self) -> Result<Vec<String>, StoreError> {
+        let tls = self.tls_wanted();
+        self.endpoints
+            .iter()
+            .map(|e| {
+                if e.starts_with("https://") {
+                    Ok(e.clone())
+                } else if e.starts_with("http://") {
+                    if tls {
+                        Err(StoreError::Options(format!(
+                            "--etcd-endpoints {e} is http://, but TLS files \
+                             (--etcd-cafile/--etcd-certfile/--etcd-keyfile) are given; \
+                             use https:// endpoints"
+                        )))
+                    } else {
+                        Ok(e.clone())
+                    }
+                } else if e.contains("://") {
+                    Err(StoreError::Options(format!(
+                        "--etcd-endpoints {e}: only http:// and https:// endpoints are supported"
+                    )))
+                } else {
+                    Ok(format!("{}://{e}", if tls { "https" } else { "http" }))
+                }
+            })
+            .collect()
+    }
+
+}
+
+/// Probe the TLS handshake with every https endpoint (see [`tls`]): a refusal by
+/// every endpoint that answers is a [`StoreError::Tls`]; when none answers, a
+/// [`StoreError::Unreachable`] to retry; one refusal among acceptances is a warning.
+async fn check_handshakes(urls: &[String], opts: &EtcdOptions) -> Result<(), StoreError> {
+    let mut refused = Vec::new();
+    let mut unreachable = Vec::new();
+    let mut accepted = false;
+    for url in urls.iter().filter(|u| u.starts_with("https://")) {
+        match tls::probe(url, opts).await? {
+            None => return Ok(()),
+            Some(Probe::Accepted) => accepted = true,
+            Some(Probe::Refused(reason)) => refused.push((url.clone(), reason)),
+            Some(Probe::Unreachable(reason)) => unreachable.push(format!("{url}: {reason}")),
+        }
+    }
+    if accepted {
+        for (url, reason) in &refused {
+            warn!(endpoint = %url, "TLS handshake refused: {reason}");
+        }
+        return Ok(());
+    }
+    if let Some((endpoint, reason)) = refused.into_iter().next() {
+        return Err(StoreError::Tls { endpoint, reason });
+    }
+    Err(StoreError::Unreachable(unreachable.join("; ")))
 }
 
 /// Leases in etcd under `<prefix>/subnets/`, the config at `<prefix>/config`.
@@ -134,11 +239,14 @@ async fn revoke(client: &Client, id: i64, why: &str) {
 }
 
 impl EtcdStore {
-    /// A store client for `opts.endpoints`. The connection is made lazily: this fails
-    /// only for unusable endpoints (none, or not a URL); an unreachable etcd shows up
-    /// as [`StoreError::Etcd`] on the first request.
+    /// A store client for `opts.endpoints`. The connection is made lazily: without a
+    /// user this fails only for unusable options (no endpoints, not a URL, TLS files
+    /// missing or not PEM); an unreachable etcd shows up as [`StoreError::Etcd`] on the
+    /// first request. With a user it authenticates here, so a wrong password fails
+    /// here ([`StoreError::refusal`] says so).
     pub async fn connect(opts: EtcdOptions) -> Result<EtcdStore, StoreError> {
-        let options = ConnectOptions::new()
+        let urls = opts.urls()?;
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             // Bounds each unary request; a watch stream is not cut by it (tonic applies
             // it until the response headers, checked against etcd 3.4).
@@ -148,7 +256,19 @@ impl EtcdStore {
             .with_keep_alive_while_idle(false)
             // As flannel's WithRequireLeader: fail rather than hang without a leader.
             .with_require_leader(true);
-        let client = Client::connect(&opts.endpoints, Some(options))
+        let https = urls.iter().any(|u| u.starts_with("https://"));
+        if https {
+            options = options.with_tls(tls::transport(&opts)?);
+            check_handshakes(&urls, &opts).await?;
+        }
+        if let Some((name, password)) = &opts.user {
+            // etcd's tokens expire (--auth-token-ttl, 5 min by default): authenticate
+            // again and retry when a request meets an expired one.
+            options = options
+                .with_user(name.clone(), password.clone())
+                .with_auto_token_refresh(true);
+        }
+        let client = Client::connect(&urls, Some(options))
             .await
             .map_err(|source| StoreError::Connect {
                 endpoints: opts.endpoints.join(","),

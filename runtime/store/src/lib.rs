@@ -11,6 +11,7 @@ mod embedded;
 mod etcd;
 mod keys;
 mod manager;
+mod tls;
 mod watch;
 
 use std::time::{Duration, SystemTime};
@@ -71,6 +72,33 @@ pub enum StoreError {
         #[source]
         source: etcd_client::Error,
     },
+    /// The store options cannot work (a TLS file without its pair, an http endpoint
+    /// with TLS files, a file that is not PEM): the message says which.
+    #[error("{0}")]
+    Options(String),
+    /// The TLS handshake with etcd was refused, by it or by us; the reason names which
+    /// certificate.
+    #[error("TLS with etcd at {endpoint}: {reason}")]
+    Tls {
+        /// The endpoint.
+        endpoint: String,
+        /// What was refused and what to check.
+        reason: String,
+    },
+    /// No etcd endpoint accepted a TCP connection (for the TLS check at connect).
+    #[error("no etcd endpoint answers: {0}")]
+    Unreachable(String),
+    /// A file named by a flag cannot be read.
+    #[error("{flag} {path}: cannot read it", path = .path.display())]
+    File {
+        /// The flag that names the file.
+        flag: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The embedded store's database failed (or stayed locked by another process for
     /// longer than its busy timeout).
     #[error("embedded store request {op} failed")]
@@ -99,6 +127,64 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+}
+
+/// Why the store refuses us in a way that retrying the same request cannot change:
+/// the operator has to fix a certificate, a password, a role or a flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The options are unusable (see [`StoreError::Options`], [`StoreError::File`]).
+    Options,
+    /// The TLS handshake failed: the server's certificate is not signed by our CA or
+    /// does not name the endpoint, or the server wants a client certificate we lack or
+    /// does not trust ours.
+    Tls,
+    /// etcd rejected our user name or password.
+    Authentication,
+    /// etcd authenticated us but our role does not grant this key.
+    Permission,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::Options => "the flags must change",
+            Refusal::Tls => "the TLS certificates or --etcd-cafile must change",
+            Refusal::Authentication => "--etcd-username or --etcd-password must change",
+            Refusal::Permission => {
+                "the etcd role of --etcd-username must grant read-write on the prefix"
+            }
+        })
+    }
+}
+
+impl StoreError {
+    /// `Some` when retrying cannot help (see [`Refusal`]); `None` for failures that
+    /// may pass (etcd unreachable, no leader, a timeout, a busy database).
+    pub fn refusal(&self) -> Option<Refusal> {
+        let source = match self {
+            StoreError::Options(_) | StoreError::File { .. } => return Some(Refusal::Options),
+            StoreError::Tls { .. } => return Some(Refusal::Tls),
+            StoreError::Etcd { source, .. } | StoreError::Connect { source, .. } => source,
+            _ => return None,
+        };
+        if let etcd_client::Error::GRpcStatus(status) = source {
+            let message = status.message();
+            match status.code() {
+                tonic::Code::PermissionDenied => return Some(Refusal::Permission),
+                _ if message.contains("authentication failed")
+                    || message.contains("user name is empty") =>
+                {
+                    return Some(Refusal::Authentication);
+                }
+                _ => {}
+            }
+        }
+        if tls::is_tls_failure(source) {
+            return Some(Refusal::Tls);
+        }
+        None
+    }
 }
 
 /// Where leases live. Implementations keep flannel's semantics: leases expire after

@@ -69,10 +69,7 @@ impl Harness for EtcdHarness {
     }
 
     async fn open(&self) -> EtcdStore {
-        EtcdStore::connect(EtcdOptions {
-            endpoints: vec![self.etcd.endpoint()],
-            prefix: PREFIX.to_owned(),
-        })
+        EtcdStore::connect(EtcdOptions::plain(vec![self.etcd.endpoint()], PREFIX))
         .await
         .expect("connect")
     }

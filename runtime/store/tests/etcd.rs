@@ -19,10 +19,7 @@ use twill_store::{
 const PREFIX: &str = "/coreos.com/network";
 
 async fn store(etcd: &Etcd) -> EtcdStore {
-    EtcdStore::connect(EtcdOptions {
-        endpoints: vec![etcd.endpoint()],
-        prefix: PREFIX.to_owned(),
-    })
+    EtcdStore::connect(EtcdOptions::plain(vec![etcd.endpoint()], PREFIX))
     .await
     .expect("connect")
 }

@@ -216,6 +216,45 @@ pub struct RunArgs {
     )]
     pub etcd_prefix: String,
 
+    /// CA certificate (PEM) that signed etcd's server certificates; makes the
+    /// endpoints https. Without it, https endpoints are checked against the system's
+    /// trust roots.
+    #[arg(long, env = "FLANNELD_ETCD_CAFILE", value_name = "PATH")]
+    pub etcd_cafile: Option<PathBuf>,
+
+    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-keyfile.
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_CERTFILE",
+        requires = "etcd_keyfile",
+        value_name = "PATH"
+    )]
+    pub etcd_certfile: Option<PathBuf>,
+
+    /// Private key (PEM) of --etcd-certfile.
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_KEYFILE",
+        requires = "etcd_certfile",
+        value_name = "PATH"
+    )]
+    pub etcd_keyfile: Option<PathBuf>,
+
+    /// etcd user (etcd's own authentication; its role needs read-write on the prefix).
+    #[arg(long, env = "FLANNELD_ETCD_USERNAME", value_name = "NAME")]
+    pub etcd_username: Option<String>,
+
+    /// Password of --etcd-username. Prefer the environment variable: a flag's value is
+    /// visible to every user in the process list.
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_username",
+        value_name = "PASSWORD"
+    )]
+    pub etcd_password: Option<String>,
+
     /// Interface (name or IPv4 address) for the overlay's underlay traffic; may be
     /// repeated, the first that exists wins. Default: the interface of the default route.
     #[arg(
@@ -317,6 +356,12 @@ impl RunArgs {
             store_path: self.store_path,
             etcd_endpoints: self.etcd_endpoints,
             etcd_prefix: self.etcd_prefix,
+            etcd_ca_file: self.etcd_cafile,
+            etcd_cert_file: self.etcd_certfile,
+            etcd_key_file: self.etcd_keyfile,
+            etcd_user: self
+                .etcd_username
+                .map(|name| (name, self.etcd_password.unwrap_or_default())),
             iface: self.iface,
             public_ip: self.public_ip,
             subnet_file: self.subnet_file,

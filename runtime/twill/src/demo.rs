@@ -233,10 +233,10 @@ impl Demo {
                 client,
                 ..
             } => {
-                let store = rt.block_on(EtcdStore::connect(EtcdOptions {
-                    endpoints: endpoints.clone(),
-                    prefix: prefix.clone(),
-                }))?;
+                let store = rt.block_on(EtcdStore::connect(EtcdOptions::plain(
+                    endpoints.clone(),
+                    &prefix,
+                )))?;
                 // Kept before the write, so that Drop deletes the prefix even if the
                 // write half succeeded.
                 let store = client.insert(Box::new(store));
