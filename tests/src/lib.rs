@@ -549,7 +549,11 @@ impl Cluster {
         let code = node.wait_exit(Duration::from_secs(30));
         let ran = start.elapsed();
         let log = node.log_text();
-        assert_eq!(code, Some(1), "twill should exit 1 for {want:?}; log:\n{log}");
+        assert_eq!(
+            code,
+            Some(1),
+            "twill should exit 1 for {want:?}; log:\n{log}"
+        );
         let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error: ")).collect();
         assert_eq!(errors.len(), 1, "exactly one error line; log:\n{log}");
         assert!(
@@ -703,8 +707,11 @@ fn start_etcd(
         let ns = lab.add_ns(&suffix).must("etcd namespace");
         let ip = etcd_member_ip(i);
         lab.plug(&ns, 0, "eth0", &suffix, &ip).must("plug etcd");
-        twill_lab::ip(&ns, &format!("route add default via {}", segment_ip(0, 254)))
-            .must("etcd's default route");
+        twill_lab::ip(
+            &ns,
+            &format!("route add default via {}", segment_ip(0, 254)),
+        )
+        .must("etcd's default route");
         let setup = EtcdSetup {
             name: name.clone(),
             tls: server_tls.clone(),

@@ -56,7 +56,14 @@ fn tls_with_client_certificates_joins_and_each_refusal_exits_naming_its_cause() 
     let cases: Vec<(&str, Vec<&str>, &str)> = vec![
         (
             "a CA that did not sign etcd's certificate",
-            vec!["--etcd-cafile", &rogue_ca, "--etcd-certfile", &cert, "--etcd-keyfile", &key],
+            vec![
+                "--etcd-cafile",
+                &rogue_ca,
+                "--etcd-certfile",
+                &cert,
+                "--etcd-keyfile",
+                &key,
+            ],
             "etcd's server certificate is not accepted (UnknownIssuer)",
         ),
         (
@@ -118,7 +125,10 @@ fn tls_with_client_certificates_joins_and_each_refusal_exits_naming_its_cause() 
     // The refused attempts took no lease and disturbed nobody.
     c.etcd_args = flags;
     assert_eq!(c.leases().len(), 2);
-    assert!(c.pod_ping(1, 2) || c.pod_ping(1, 2), "node 1 still reaches node 2's pod");
+    assert!(
+        c.pod_ping(1, 2) || c.pod_ping(1, 2),
+        "node 1 still reaches node 2's pod"
+    );
     assert_eq!(c.nodes[0].stop(), Some(0));
 }
 
@@ -142,7 +152,14 @@ fn etcd_users_and_roles_a_user_with_read_write_on_the_prefix_joins_others_exit()
 
     c.start_twill_with(
         1,
-        &["--iface", "eth0", "--etcd-username", "twill", "--etcd-password", "twill-secret"],
+        &[
+            "--iface",
+            "eth0",
+            "--etcd-username",
+            "twill",
+            "--etcd-password",
+            "twill-secret",
+        ],
     );
     c.twill_env = vec![
         ("FLANNELD_ETCD_USERNAME".into(), "twill".into()),
@@ -153,8 +170,11 @@ fn etcd_users_and_roles_a_user_with_read_write_on_the_prefix_joins_others_exit()
     c.assert_full_mesh(Duration::from_secs(30));
     c.twill_env.clear();
 
-    // Past the token TTL, the watch still delivers: a lease written now reaches node 1.
+    // Past the token TTL, and after an etcd restart (which forgets every token), the
+    // watch reconnects: a lease written now reaches node 1.
     std::thread::sleep(Duration::from_secs(5));
+    c.etcd_member(0).stop();
+    c.etcd_member(0).start().expect("etcd back");
     let key = format!("{}/subnets/10.244.250.0-24", c.prefix);
     c.etcdctl(&[
         "put",

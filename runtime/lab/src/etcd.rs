@@ -127,23 +127,30 @@ impl EtcdServer {
             self.setup.initial_cluster.join(",")
         };
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns, "etcd", "--name", &self.setup.name])
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args([
-                "--listen-client-urls",
-                &format!("{client},http://127.0.0.1:2379"),
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &cluster,
-                "--initial-cluster-state",
-                "new",
-            ]);
+        cmd.args([
+            "netns",
+            "exec",
+            &self.ns,
+            "etcd",
+            "--name",
+            &self.setup.name,
+        ])
+        .arg("--data-dir")
+        .arg(&self.data)
+        .args([
+            "--listen-client-urls",
+            &format!("{client},http://127.0.0.1:2379"),
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &cluster,
+            "--initial-cluster-state",
+            "new",
+        ]);
         if let Some(tls) = &self.setup.tls {
             cmd.arg("--cert-file")
                 .arg(&tls.cert)
@@ -157,9 +164,7 @@ impl EtcdServer {
             cmd.arg("--auth-token-ttl").arg(ttl.to_string());
         }
         let child = spawn(
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log),
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log),
             "etcd",
         )?;
         self.child = Some(child);
@@ -204,7 +209,13 @@ impl EtcdServer {
 
     /// A user with a role of the same name granting `permission` (`read`, `write`,
     /// `readwrite`) on every key under `prefix`.
-    pub fn add_user(&self, user: &str, password: &str, permission: &str, prefix: &str) -> Result<()> {
+    pub fn add_user(
+        &self,
+        user: &str,
+        password: &str,
+        permission: &str,
+        prefix: &str,
+    ) -> Result<()> {
         self.etcdctl(&["user", "add", &format!("{user}:{password}")])?;
         self.etcdctl(&["role", "add", user])?;
         self.etcdctl(&[

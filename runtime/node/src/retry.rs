@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use twill_store::StoreError;
 pub(super) use twill_core::error_chain;
+use twill_store::StoreError;
 
 /// How often to look for the network config while it is missing (flannel: 1 s), and
 /// the first wait after a failed store request.
@@ -27,10 +27,7 @@ impl Backoff {
     /// naming the cause once, for the daemon to exit with.
     pub(super) async fn wait(&mut self, what: &str, error: &StoreError) -> anyhow::Result<()> {
         if let Some(refusal) = error.refusal() {
-            anyhow::bail!(
-                "{what}: {}; not retrying, {refusal}",
-                error_chain(error)
-            );
+            anyhow::bail!("{what}: {}; not retrying, {refusal}", error_chain(error));
         }
         tracing::warn!(
             "{what}: {}; retrying in {}s",

@@ -17,8 +17,8 @@ use tracing::{debug, warn};
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet::Subnet;
 
-use crate::tls::{self, Probe};
 use crate::keys::{DEFAULT_PREFIX, Keys, parse_key, parse_lease, placeholder_attrs, removed_attrs};
+use crate::tls::{self, Probe};
 use crate::watch::{Polled, WatchSource, watch};
 use crate::{Created, LeaseStore, Revision, StoreError, WatchEvent};
 
@@ -123,7 +123,6 @@ impl EtcdOptions {
             })
             .collect()
     }
-
 }
 
 /// Probe the TLS handshake with every https endpoint (see [`tls`]): a refusal by
@@ -560,10 +559,21 @@ impl EtcdSource {
             };
         }
         if resp.canceled() {
-            return Polled::Failed(format!(
-                "the lease watch was canceled: {}",
-                resp.cancel_reason()
-            ));
+            let reason = resp.cancel_reason();
+            // etcd checks a watch's token when the watch is created, and cancels it
+            // at once if the token expired (or etcd restarted and forgot it); the
+            // client's automatic refresh covers only unary requests, so the watch
+            // authenticates again before it reconnects.
+            if reason.contains("invalid auth token") {
+                if let Err(e) = self.client.refresh_token().await {
+                    return Polled::Failed(format!(
+                        "the lease watch was canceled ({reason}) and authenticating \
+                         again failed: {e}"
+                    ));
+                }
+                debug!("the lease watch's auth token expired; authenticated again");
+            }
+            return Polled::Failed(format!("the lease watch was canceled: {reason}"));
         }
         if resp.events().is_empty() {
             // A progress notification promises every event up to its revision was

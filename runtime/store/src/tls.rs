@@ -45,9 +45,9 @@ pub(crate) fn read_pem(flag: &'static str, path: &Path, label: &str) -> Result<S
         path: path.to_owned(),
         source,
     })?;
-    let has_block = text.lines().any(|l| {
-        l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{label}-----"))
-    });
+    let has_block = text
+        .lines()
+        .any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{label}-----")));
     if !has_block {
         return Err(StoreError::Options(format!(
             "{flag} {}: no PEM \"{label}\" block in the file",
@@ -104,9 +104,7 @@ fn probe_config(opts: &EtcdOptions) -> Result<Option<rustls::ClientConfig>, Stor
     let pem = read_pem("--etcd-cafile", ca, "CERTIFICATE")?;
     for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
         let cert = cert.map_err(|e| bad("--etcd-cafile", ca, &e))?;
-        roots
-            .add(cert)
-            .map_err(|e| bad("--etcd-cafile", ca, &e))?;
+        roots.add(cert).map_err(|e| bad("--etcd-cafile", ca, &e))?;
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

@@ -70,8 +70,8 @@ impl Harness for EtcdHarness {
 
     async fn open(&self) -> EtcdStore {
         EtcdStore::connect(EtcdOptions::plain(vec![self.etcd.endpoint()], PREFIX))
-        .await
-        .expect("connect")
+            .await
+            .expect("connect")
     }
 
     fn restart(&mut self) {

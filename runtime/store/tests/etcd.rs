@@ -20,8 +20,8 @@ const PREFIX: &str = "/coreos.com/network";
 
 async fn store(etcd: &Etcd) -> EtcdStore {
     EtcdStore::connect(EtcdOptions::plain(vec![etcd.endpoint()], PREFIX))
-    .await
-    .expect("connect")
+        .await
+        .expect("connect")
 }
 
 async fn raw(etcd: &Etcd) -> Client {
