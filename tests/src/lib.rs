@@ -457,6 +457,16 @@ impl Cluster {
         member.etcdctl(args).must("etcdctl")
     }
 
+    /// etcdctl against the first running member; its stdout or the failure.
+    pub fn try_etcdctl(&self, args: &[&str]) -> Result<String, twill_lab::Error> {
+        let member = self
+            .etcd
+            .iter()
+            .find(|m| m.running())
+            .expect("an etcd member runs");
+        member.etcdctl(args)
+    }
+
     /// Put the network config.
     pub fn put_config(&self, json: &str) {
         self.etcdctl(&["put", &format!("{}/config", self.prefix), json]);
@@ -572,16 +582,22 @@ impl Cluster {
     /// Wait until every running node wrote subnet.env, then wire its pod: `cni0` gets
     /// the first address of the node's subnet, the pod `.2` with a default route.
     pub fn wire_pods(&mut self) {
-        for node in &self.nodes {
-            let subnet_file = node.subnet_file.clone();
-            wait_for(
-                &format!("{} to write subnet.env", node.ns),
-                Duration::from_secs(60),
-                || subnet_file.exists().then_some(()),
-            );
-            let (net, mtu) = PodNet::from_subnet_env(&node.subnet_file).must("subnet.env");
-            pods::wire(&node.net, &net, mtu).must(format_args!("wire {}'s pod", node.ns));
+        for k in 1..=self.nodes.len() {
+            self.wire_pod(k);
         }
+    }
+
+    /// [`Cluster::wire_pods`] for node `k` (1-based) alone, e.g. one that joins later.
+    pub fn wire_pod(&mut self, k: usize) {
+        let node = &self.nodes[k - 1];
+        let subnet_file = node.subnet_file.clone();
+        wait_for(
+            &format!("{} to write subnet.env", node.ns),
+            Duration::from_secs(60),
+            || subnet_file.exists().then_some(()),
+        );
+        let (net, mtu) = PodNet::from_subnet_env(&node.subnet_file).must("subnet.env");
+        pods::wire(&node.net, &net, mtu).must(format_args!("wire {}'s pod", node.ns));
     }
 
     /// Start pinging node `to`'s pod from node `from`'s pod, 10 per second, `count`

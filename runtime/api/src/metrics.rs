@@ -128,6 +128,7 @@ pub struct Metrics {
     etcd_watch_connects: Counter,
     lease_reclaims: Counter,
     own_lease_expiry: Gauge,
+    store_unreachable: Gauge<f64, std::sync::atomic::AtomicU64>,
     udp_packets: Family<DirectionLabel, Counter>,
     udp_bytes: Family<DirectionLabel, Counter>,
     udp_drops: Family<ReasonLabel, Counter>,
@@ -160,6 +161,7 @@ impl Metrics {
             etcd_watch_connects: Counter::default(),
             lease_reclaims: Counter::default(),
             own_lease_expiry: Gauge::default(),
+            store_unreachable: Gauge::default(),
             udp_packets: Family::default(),
             udp_bytes: Family::default(),
             udp_drops: Family::default(),
@@ -240,6 +242,12 @@ impl Metrics {
             "When this node's lease runs out, as a Unix time; 0 while none is held or for a reservation",
             Unit::Seconds,
             self.own_lease_expiry.clone(),
+        );
+        r.register_with_unit(
+            "twill_store_unreachable",
+            "How long the lease store has been unreachable; 0 while it answers (/readyz fails past --store-unready-after)",
+            Unit::Seconds,
+            self.store_unreachable.clone(),
         );
         r.register(
             "twill_udp_packets",
@@ -399,6 +407,8 @@ impl Metrics {
             .own_lease_expiry_unix
             .map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX));
         self.own_lease_expiry.set(expiry);
+        self.store_unreachable
+            .set(view.store_unreachable.as_secs_f64());
     }
 }
 

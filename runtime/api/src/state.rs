@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 use twill_core::{Lease, LeaseEvent, Subnet};
@@ -38,8 +38,12 @@ pub struct NodeInfo {
 #[error("not ready: {}", .missing.join(", "))]
 pub struct NotReady {
     /// Each missing condition, e.g. `no lease held`.
-    pub missing: Vec<&'static str>,
+    pub missing: Vec<String>,
 }
+
+/// How long the store may be unreachable before `/readyz` fails, unless the daemon
+/// says otherwise ([`ApiState::set_store_unready_after`]).
+pub const STORE_UNREADY_AFTER: Duration = Duration::from_secs(60);
 
 /// The daemon's view of itself, shared with the API server. Cloning is cheap (one
 /// `Arc`); every clone sees the same state.
@@ -58,6 +62,7 @@ struct Inner {
     own_lease_expiry: Option<SystemTime>,
     store_state: StoreState,
     store_since: SystemTime,
+    store_unready_after: Duration,
     lease_held: bool,
     backend_initialised: bool,
     subnet_env_written: bool,
@@ -74,6 +79,8 @@ pub(crate) struct GaugeView {
     pub programmed: usize,
     pub error: usize,
     pub own_lease_expiry_unix: Option<u64>,
+    /// How long the store has been unreachable (0 while it answers).
+    pub store_unreachable: Duration,
     /// Leases this node does not program, by reason.
     pub invalid: BTreeMap<String, usize>,
 }
@@ -99,6 +106,7 @@ impl ApiState {
                 own_lease_expiry: None,
                 store_state: StoreState::Connecting,
                 store_since: now,
+                store_unready_after: STORE_UNREADY_AFTER,
                 lease_held: false,
                 backend_initialised: false,
                 subnet_env_written: false,
@@ -143,14 +151,22 @@ impl ApiState {
         self.write().own_lease_expiry = expires;
     }
 
-    /// Record the store connection state; the time of a change is kept, a repeat of the
-    /// same state keeps the earlier time.
-    pub fn set_store_state(&self, state: StoreState) {
+    /// Record the store connection state and return the one before; the time of a
+    /// change is kept, a repeat of the same state keeps the earlier time.
+    pub fn set_store_state(&self, state: StoreState) -> StoreState {
         let mut inner = self.write();
-        if inner.store_state != state {
+        let before = inner.store_state;
+        if before != state {
             inner.store_state = state;
             inner.store_since = SystemTime::now();
         }
+        before
+    }
+
+    /// How long the store may be unreachable (state `disconnected`) before the node
+    /// reports itself not ready.
+    pub fn set_store_unready_after(&self, after: Duration) {
+        self.write().store_unready_after = after;
     }
 
     // ---- readiness --------------------------------------------------------------------
@@ -367,6 +383,7 @@ impl ApiState {
             programmed: count(PeerState::Programmed),
             error: count(PeerState::Error),
             own_lease_expiry_unix: inner.own_lease_expiry.map(unix_seconds),
+            store_unreachable: inner.store_unreachable(),
             invalid: inner
                 .leases
                 .values()
@@ -380,16 +397,33 @@ impl ApiState {
 }
 
 impl Inner {
+    /// How long the store has been unreachable; zero while it answers.
+    fn store_unreachable(&self) -> Duration {
+        if self.store_state == StoreState::Disconnected {
+            self.store_since.elapsed().unwrap_or_default()
+        } else {
+            Duration::ZERO
+        }
+    }
+
     fn readiness(&self) -> Result<(), NotReady> {
-        let missing: Vec<&'static str> = [
+        let mut missing: Vec<String> = [
             (self.lease_held, "no lease held"),
             (self.backend_initialised, "backend not initialised"),
             (self.subnet_env_written, "subnet.env not written"),
         ]
         .into_iter()
         .filter(|(ok, _)| !ok)
-        .map(|(_, reason)| reason)
+        .map(|(_, reason)| reason.to_owned())
         .collect();
+        let unreachable = self.store_unreachable();
+        if unreachable > self.store_unready_after {
+            missing.push(format!(
+                "lease store unreachable for {}s (longer than {}s)",
+                unreachable.as_secs(),
+                self.store_unready_after.as_secs()
+            ));
+        }
         if missing.is_empty() {
             Ok(())
         } else {
@@ -478,6 +512,29 @@ mod tests {
         );
         state.set_backend_initialised(true);
         assert_eq!(state.readiness(), Ok(()));
+    }
+
+    #[test]
+    fn an_unreachable_store_makes_the_node_unready_only_after_the_grace() {
+        let state = ApiState::new();
+        state.set_lease_held(true);
+        state.set_subnet_env_written(true);
+        state.set_backend_initialised(true);
+        state.set_store_unready_after(Duration::from_millis(300));
+        state.set_store_state(StoreState::Disconnected);
+        assert_eq!(state.readiness(), Ok(()), "within the grace");
+        assert!(state.gauges().store_unreachable < Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(400));
+        let err = state.readiness().expect_err("past the grace");
+        assert_eq!(err.missing.len(), 1);
+        assert!(
+            err.missing[0].starts_with("lease store unreachable for 0s (longer than 0s)"),
+            "{err}"
+        );
+        assert!(state.gauges().store_unreachable >= Duration::from_millis(400));
+        state.set_store_state(StoreState::Connected);
+        assert_eq!(state.readiness(), Ok(()));
+        assert_eq!(state.gauges().store_unreachable, Duration::ZERO);
     }
 
     #[test]

@@ -54,6 +54,11 @@ use supervisor::Supervised;
 const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 /// How often counters kept elsewhere (the store's watch connects) reach the metrics.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the store is asked whether it answers (for `/readyz` and
+/// `twill_store_unreachable_seconds`), and how long one such request may take.
+const STORE_PROBE: Duration = Duration::from_secs(5);
+/// How many requests one store probe may try.
+const PROBE_TRIES: usize = 3;
 /// How often the plugin directory is looked at for changed files (hot reload).
 const PLUGIN_DIR_POLL: Duration = Duration::from_secs(1);
 
@@ -90,10 +95,53 @@ pub struct Options {
     /// How long before the lease expires it is renewed.
     pub renew_margin: Duration,
     pub api_addr: SocketAddr,
+    /// How long the store may be unreachable before `/readyz` fails.
+    pub store_unready_after: Duration,
     /// The separate health-check listener, if any.
     pub healthz_addr: Option<SocketAddr>,
     pub plugin_dir: Option<PathBuf>,
     pub plugin_cache_dir: Option<PathBuf>,
+}
+
+/// Ask the store for the config every [`STORE_PROBE`] and send whether it answered;
+/// ends when the node loop is gone. One probe tries up to [`PROBE_TRIES`] requests
+/// within its time: the etcd client spreads requests over the endpoints, and one that
+/// meets a dead member while the others answer is no outage.
+async fn probe_store<S: LeaseStore>(
+    store: S,
+    answers: tokio::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let mut every = tokio::time::interval(STORE_PROBE);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let tries = async {
+            let mut last = String::new();
+            for _ in 0..PROBE_TRIES {
+                match store.get_config().await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = error_chain(&e),
+                }
+            }
+            Err(last)
+        };
+        let answer = match tokio::time::timeout(STORE_PROBE, tries).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!("no answer within {}s", STORE_PROBE.as_secs())),
+        };
+        if answers.send(answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A spawned task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Run the node until SIGTERM/SIGINT (`Ok`) or a fatal error.
@@ -161,6 +209,8 @@ struct Node<S> {
 impl<S: LeaseStore> Node<S> {
     async fn run(mut self) -> anyhow::Result<()> {
         let mut watch = pin!(self.own.store.watch_leases());
+        let (probe_tx, mut probed) = tokio::sync::mpsc::channel(1);
+        let _probe = AbortOnDrop(tokio::spawn(probe_store(self.own.store.clone(), probe_tx)));
         let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
         let mut sighup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
@@ -186,12 +236,35 @@ impl<S: LeaseStore> Node<S> {
                         self.reload("the plugin directory changed", false).await?;
                     }
                 }
+                Some(answer) = probed.recv() => self.on_store_probe(answer),
                 _ = stats.tick() => {
                     self.report.watch_connects(self.own.store.watch_connects());
                     self.check_datapath().await?;
                 }
                 _ = sigterm.recv() => return self.stop("SIGTERM").await,
                 _ = sigint.recv() => return self.stop("SIGINT").await,
+            }
+        }
+    }
+
+    /// Whether the store answered: the state `/v1/status`, `/readyz` and the metrics
+    /// show, and one log line when it stops or starts answering.
+    fn on_store_probe(&mut self, answer: Result<(), String>) {
+        match answer {
+            Ok(()) => {
+                let was = self.report.api.set_store_state(StoreState::Connected);
+                if was == StoreState::Disconnected {
+                    tracing::info!("the lease store answers again");
+                }
+            }
+            Err(e) => {
+                let was = self.report.api.set_store_state(StoreState::Disconnected);
+                if was != StoreState::Disconnected {
+                    tracing::warn!(
+                        "the lease store does not answer: {e}; traffic is unaffected, \
+                         peers and our lease wait for it"
+                    );
+                }
             }
         }
     }

@@ -29,6 +29,7 @@ pub(super) async fn run(args: Options, report: Report) -> anyhow::Result<()> {
     let kernel = open_kernel(&report).await?;
     let (external, public_ip) = resolve_iface(&args, &kernel).await?;
     report.api.set_store_state(StoreState::Connecting);
+    report.api.set_store_unready_after(args.store_unready_after);
     let iface = (kernel, external, public_ip);
     match args.store {
         StoreKind::Embedded => {

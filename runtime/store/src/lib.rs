@@ -187,9 +187,9 @@ impl StoreError {
     }
 }
 
-/// Where leases live. Implementations keep flannel's semantics: leases expire after
+/// Where leases live (cloning shares the connection). Implementations keep flannel's semantics: leases expire after
 /// their TTL unless renewed, creation is transactional, watches resume from a revision.
-pub trait LeaseStore: Send + Sync + 'static {
+pub trait LeaseStore: Clone + Send + Sync + 'static {
     /// The network config text at `<prefix>/config`, or `None` if it is not there yet.
     fn get_config(&self) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 

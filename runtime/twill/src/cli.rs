@@ -216,6 +216,17 @@ pub struct RunArgs {
     )]
     pub etcd_prefix: String,
 
+    /// How long the lease store may be unreachable before /readyz fails (traffic
+    /// keeps flowing meanwhile; the node only cannot learn of new peers or renew).
+    #[arg(
+        long,
+        env = "TWILL_STORE_UNREADY_AFTER",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=86400),
+        value_name = "SECONDS"
+    )]
+    pub store_unready_after: u64,
+
     /// CA certificate (PEM) that signed etcd's server certificates; makes the
     /// endpoints https. Without it, https endpoints are checked against the system's
     /// trust roots.
@@ -372,6 +383,7 @@ impl RunArgs {
                 u64::from(self.subnet_lease_renew_margin) * 60,
             ),
             api_addr: self.api_addr,
+            store_unready_after: std::time::Duration::from_secs(self.store_unready_after),
             healthz_addr: (self.healthz_port != 0)
                 .then(|| SocketAddr::new(self.healthz_ip, self.healthz_port)),
             plugin_dir: self.plugin_dir.dir().map(Into::into),
