@@ -27,7 +27,7 @@ pub enum Command {
     /// leases a subnet, programs the backend, writes subnet.env and keeps peers
     /// in sync. SIGTERM stops it and leaves the kernel objects in place, so a restart does
     /// not cut traffic.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 
     /// Run a whole twill cluster on this machine, in network namespaces (needs root).
     ///

@@ -235,7 +235,7 @@ impl Demo {
             } => {
                 let store = rt.block_on(EtcdStore::connect(EtcdOptions::plain(
                     endpoints.clone(),
-                    &prefix,
+                    prefix,
                 )))?;
                 // Kept before the write, so that Drop deletes the prefix even if the
                 // write half succeeded.
