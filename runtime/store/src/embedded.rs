@@ -215,6 +215,15 @@ impl EmbeddedStore {
             .await
     }
 
+    /// Write any text to `<prefix>/<key>` without a TTL, as `etcdctl put` does: the
+    /// value is not checked (for tools and tests that write what a store may hold).
+    pub async fn put_key(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let key = format!("{}/{}", self.inner.keys.prefix.trim_end_matches('/'), key);
+        let value = value.to_owned();
+        self.write("put key", move |w| w.put(&key, &value, None))
+            .await
+    }
+
     /// Write a reservation: the lease on `subnet` with no TTL, which never expires and
     /// stays without one when renewed (flannel's `Documentation/reservations.md`).
     pub async fn put_reservation(

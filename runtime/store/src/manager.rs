@@ -8,6 +8,7 @@ use twill_core::config::Config;
 use twill_core::lease::{Lease, LeaseAttrs};
 use twill_core::subnet::Subnet;
 
+use crate::keys::placeholder_attrs;
 use crate::{Created, LEASE_TTL, LeaseStore, StoreError};
 
 /// flannel's `raceRetries`: how many times a lost create race is retried.
@@ -47,8 +48,11 @@ pub async fn acquire<S: LeaseStore>(
     attrs: &LeaseAttrs,
     previous: Option<Subnet>,
 ) -> Result<Acquired, AcquireError> {
+    // Subnets whose create we lost: their keys exist even if a listing does not show
+    // them (a value that does not parse is skipped there), so they are not tried again.
+    let mut occupied: Vec<Lease> = Vec::new();
     for attempt in 1..=RACE_RETRIES {
-        let (leases, _) = store.list_leases().await?;
+        let (mut leases, _) = store.list_leases().await?;
         if attempt == 1 {
             for l in leases.iter().filter(|l| !config.is_lease(&l.subnet)) {
                 warn!(
@@ -58,6 +62,13 @@ pub async fn acquire<S: LeaseStore>(
                 );
             }
         }
+        leases.extend(
+            occupied
+                .iter()
+                .filter(|o| leases.iter().all(|l| l.subnet != o.subnet))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         let plan = plan(config, &leases, attrs.public_ip, previous, &mut rand::rng())?;
         for subnet in plan.stale {
             info!(%subnet, "deleting our lease that no longer fits the network config");
@@ -89,7 +100,16 @@ pub async fn acquire<S: LeaseStore>(
                 });
             }
             Created::Lost => {
-                warn!(%subnet, attempt, "another node took the subnet first; trying again");
+                warn!(
+                    %subnet, attempt,
+                    "the subnet's key exists (another node took it first, or it holds a \
+                     value that does not parse); trying another"
+                );
+                occupied.push(Lease {
+                    subnet,
+                    attrs: placeholder_attrs(),
+                    expires: None,
+                });
             }
         }
     }

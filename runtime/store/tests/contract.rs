@@ -17,6 +17,7 @@ use futures::Stream;
 use twill_core::acquire::Exhausted;
 use twill_core::config::Config;
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use twill_core::peers::{PeerSet, Skip};
 use twill_core::subnet::Subnet;
 use twill_store::{
     AcquireError, Created, EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, LEASE_TTL,
@@ -45,6 +46,9 @@ trait Harness: Sized {
 
     /// Write a lease without a TTL (flannel's reservations).
     async fn reserve(&self, subnet: Subnet, attrs: &LeaseAttrs);
+
+    /// Write any text to `<prefix>/<key>`, unchecked, as `etcdctl put` would.
+    async fn put_raw(&self, key: &str, value: &str);
 }
 
 struct EtcdHarness {
@@ -97,6 +101,14 @@ impl Harness for EtcdHarness {
             )
             .await
             .expect("put reservation");
+    }
+
+    async fn put_raw(&self, key: &str, value: &str) {
+        self.raw()
+            .await
+            .put(format!("{PREFIX}/{key}"), value, None)
+            .await
+            .expect("put");
     }
 }
 
@@ -158,6 +170,10 @@ impl Harness for EmbeddedHarness {
             .put_reservation(subnet, attrs)
             .await
             .expect("put reservation");
+    }
+
+    async fn put_raw(&self, key: &str, value: &str) {
+        self.open().await.put_key(key, value).await.expect("put");
     }
 }
 
@@ -601,6 +617,92 @@ async fn racing_acquires_for_the_last_subnet<H: Harness>() {
     assert_eq!(listed[1].attrs, won.lease.attrs);
 }
 
+/// What a hostile or careless writer can leave under `subnets/`: both stores list
+/// the same entries (a value that does not parse is skipped; a key that parses is
+/// listed whatever its size), the one validation ([`PeerSet::check`]) refuses each
+/// with the same reason, a watch delivers them alike, and none blocks allocation.
+async fn hostile_entries_are_listed_alike_refused_alike_and_never_block_allocation<H: Harness>() {
+    let h = H::start().await;
+    let store = h.open().await;
+    let config = network("10.244.0.0/20");
+    let big = format!(r#"{{"VNI":1,"Pad":"{}"}}"#, "x".repeat(8 << 10));
+    let entries = [
+        // The whole network as one "lease": it used to make every join exit.
+        (
+            "10.244.0.0-16",
+            r#"{"PublicIP":"192.168.0.10","BackendType":"vxlan"}"#,
+        ),
+        ("10.244.1.0-24", "not json"),
+        (
+            "10.244.2.0-24",
+            r#"{"PublicIP":"127.0.0.1","BackendType":"vxlan"}"#,
+        ),
+        (
+            "10.244.3.0-24",
+            &format!(r#"{{"PublicIP":"192.168.0.13","BackendType":"vxlan","BackendData":{big}}}"#),
+        ),
+        (
+            "garbage",
+            r#"{"PublicIP":"192.168.0.14","BackendType":"vxlan"}"#,
+        ),
+    ];
+    let mut watch = pin!(store.watch_leases());
+    assert!(snapshot(&mut watch).await.is_empty());
+    for (key, value) in &entries {
+        h.put_raw(&format!("subnets/{key}"), value).await;
+    }
+    let listed = list(&store).await;
+    let keys: Vec<String> = listed.iter().map(|l| l.subnet.to_string()).collect();
+    assert_eq!(
+        keys,
+        ["10.244.0.0/16", "10.244.2.0/24", "10.244.3.0/24"],
+        "what parses is listed, in key order"
+    );
+    let own_ip = Ipv4Addr::new(192, 168, 0, 99);
+    let peers = PeerSet::new(subnet("10.244.9.0/24"), config.network, 24, own_ip);
+    let verdicts: Vec<Result<(), Skip>> = listed.iter().map(|l| peers.check(l)).collect();
+    assert_eq!(
+        verdicts,
+        [
+            Err(Skip::NotALease),
+            Err(Skip::PublicIp),
+            Err(Skip::BackendDataTooLarge)
+        ]
+    );
+    // The watch delivers the same three additions; the unparsable value can only be
+    // a removal of whatever its key held before (nothing here).
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let WatchEvent::Events(batch) = next(&mut watch).await else {
+            panic!("expected events");
+        };
+        for e in batch {
+            match e {
+                LeaseEvent::Added(l) => seen.push(l.subnet.to_string()),
+                LeaseEvent::Removed(l) => assert_eq!(l.subnet, subnet("10.244.1.0/24")),
+            }
+        }
+    }
+    assert_eq!(seen, keys);
+    // Allocation goes on around them, even for a node whose subnet.env names the
+    // subnet whose key holds the unparsable value (its create loses; the next try
+    // must not pick it again, which used to end in "lost the race 10 times").
+    let mut got = Vec::new();
+    for (n, previous) in [(1u8, Some(subnet("10.244.1.0/24"))), (2, None), (3, None)] {
+        let lease = acquire(&store, &config, &attrs([192, 168, 1, n]), previous)
+            .await
+            .expect("hostile entries do not block allocation")
+            .lease;
+        got.push(lease.subnet);
+    }
+    for s in &got {
+        assert!(
+            s.is_lease_of(&config.network, 24) && s.addr().octets()[2] >= 4,
+            "{s} is a free /24 (not .0, which flannel skips, nor a hostile entry's)"
+        );
+    }
+}
+
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
         mod etcd {
@@ -633,6 +735,7 @@ contract!(
     a_new_watch_resumes_after_a_restart,
     a_reservation_survives_renewal,
     racing_acquires_for_the_last_subnet,
+    hostile_entries_are_listed_alike_refused_alike_and_never_block_allocation,
 );
 
 // ---- the embedded store only ----
