@@ -587,6 +587,13 @@ impl Cluster {
         }
     }
 
+    /// Node `k`'s pod re-addressed from its subnet.env (after the node moved to
+    /// another subnet): the old addresses flushed, then [`Cluster::wire_pod`].
+    pub fn rewire_pod(&mut self, k: usize) {
+        pods::unwire(&self.nodes[k - 1].net).must("flush the pod's addresses");
+        self.wire_pod(k);
+    }
+
     /// [`Cluster::wire_pods`] for node `k` (1-based) alone, e.g. one that joins later.
     pub fn wire_pod(&mut self, k: usize) {
         let node = &self.nodes[k - 1];

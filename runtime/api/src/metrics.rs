@@ -127,6 +127,7 @@ pub struct Metrics {
     netlink_errors: Family<KindLabel, Counter>,
     etcd_watch_connects: Counter,
     lease_reclaims: Counter,
+    subnet_moves: Counter,
     own_lease_expiry: Gauge,
     store_unreachable: Gauge<f64, std::sync::atomic::AtomicU64>,
     udp_packets: Family<DirectionLabel, Counter>,
@@ -160,6 +161,7 @@ impl Metrics {
             netlink_errors: Family::default(),
             etcd_watch_connects: Counter::default(),
             lease_reclaims: Counter::default(),
+            subnet_moves: Counter::default(),
             own_lease_expiry: Gauge::default(),
             store_unreachable: Gauge::default(),
             udp_packets: Family::default(),
@@ -236,6 +238,11 @@ impl Metrics {
             "twill_lease_reclaims",
             "Times this node re-created its own lease after it went missing from the store, or wrote its value back after it was changed there",
             self.lease_reclaims.clone(),
+        );
+        r.register(
+            "twill_subnet_moves",
+            "Times another node took this node's subnet and this node moved to a new one (its containers need new addresses)",
+            self.subnet_moves.clone(),
         );
         r.register_with_unit(
             "twill_own_lease_expiry_timestamp",
@@ -348,6 +355,11 @@ impl Metrics {
     /// Count one re-creation (or rewrite) of this node's own lease.
     pub fn lease_reclaimed(&self) {
         self.lease_reclaims.inc();
+    }
+
+    /// Count one move of this node to a new subnet.
+    pub fn subnet_moved(&self) {
+        self.subnet_moves.inc();
     }
 
     /// Count `packets` udp packets of `bytes` bytes in all moved in `direction` (one

@@ -53,10 +53,26 @@ pub struct Status {
     pub lease_expires_at: Option<String>,
     /// Seconds until then (negative once past).
     pub lease_expires_in_seconds: Option<i64>,
+    /// Set when another node took this node's subnet and it moved to a new one: the
+    /// node's containers need addresses in the new subnet.
+    pub subnet_moved: Option<SubnetMoved>,
     /// Whether `/readyz` answers 200.
     pub ready: bool,
     /// Why not, when not ready.
     pub not_ready_reason: Option<String>,
+}
+
+/// A move of this node to another subnet (its old one was taken by another node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetMoved {
+    /// The subnet the node had.
+    pub from: String,
+    /// The subnet it has now.
+    pub to: String,
+    /// The PublicIP that holds `from` now.
+    pub taken_by: Ipv4Addr,
+    /// When the node moved.
+    pub at: String,
 }
 
 /// The lease store as `/v1/status` shows it.

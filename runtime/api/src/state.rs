@@ -12,7 +12,7 @@ use serde_json::Value;
 use twill_core::{Lease, LeaseEvent, Subnet};
 
 use crate::model::{
-    ErrorInfo, LeaseEntry, Peer, PeerState, Plugin, Status, StoreState, StoreStatus,
+    ErrorInfo, LeaseEntry, Peer, PeerState, Plugin, Status, StoreState, StoreStatus, SubnetMoved,
 };
 use crate::time::{rfc3339, unix_seconds};
 
@@ -63,6 +63,7 @@ struct Inner {
     store_state: StoreState,
     store_since: SystemTime,
     store_unready_after: Duration,
+    subnet_moved: Option<SubnetMoved>,
     lease_held: bool,
     backend_initialised: bool,
     subnet_env_written: bool,
@@ -107,6 +108,7 @@ impl ApiState {
                 store_state: StoreState::Connecting,
                 store_since: now,
                 store_unready_after: STORE_UNREADY_AFTER,
+                subnet_moved: None,
                 lease_held: false,
                 backend_initialised: false,
                 subnet_env_written: false,
@@ -167,6 +169,20 @@ impl ApiState {
     /// reports itself not ready.
     pub fn set_store_unready_after(&self, after: Duration) {
         self.write().store_unready_after = after;
+    }
+
+    /// Another node took our subnet `from` (it is `taken_by`'s now) and the node moved
+    /// to `to`: shown in `/v1/status`, and `/readyz` fails from now on, since the
+    /// node's containers still have addresses in `from`.
+    pub fn set_subnet_moved(&self, from: Subnet, to: Subnet, taken_by: Ipv4Addr) {
+        let mut inner = self.write();
+        inner.subnet = Some(to);
+        inner.subnet_moved = Some(SubnetMoved {
+            from: from.to_string(),
+            to: to.to_string(),
+            taken_by,
+            at: rfc3339(SystemTime::now()),
+        });
     }
 
     // ---- readiness --------------------------------------------------------------------
@@ -349,6 +365,7 @@ impl ApiState {
             },
             lease_expires_at: inner.own_lease_expiry.map(rfc3339),
             lease_expires_in_seconds: inner.own_lease_expiry.map(|t| seconds_between(now, t)),
+            subnet_moved: inner.subnet_moved.clone(),
             ready: ready.is_ok(),
             not_ready_reason: ready.err().map(|e| e.to_string()),
         }
@@ -416,6 +433,13 @@ impl Inner {
         .filter(|(ok, _)| !ok)
         .map(|(_, reason)| reason.to_owned())
         .collect();
+        if let Some(moved) = &self.subnet_moved {
+            missing.push(format!(
+                "subnet moved from {} to {} at {} ({} took it): the node's containers need \
+                 addresses in {}; restart twill once they have them",
+                moved.from, moved.to, moved.at, moved.taken_by, moved.to
+            ));
+        }
         let unreachable = self.store_unreachable();
         if unreachable > self.store_unready_after {
             missing.push(format!(

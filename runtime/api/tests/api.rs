@@ -314,7 +314,7 @@ async fn a_query_string_is_ignored() {
 }
 
 /// Every family the issue asks for, with its type, as the text format names it.
-const FAMILIES: [(&str, &str); 17] = [
+const FAMILIES: [(&str, &str); 18] = [
     ("twill_leases_known", "gauge"),
     ("twill_peers", "gauge"),
     ("twill_lease_events_total", "counter"),
@@ -327,6 +327,7 @@ const FAMILIES: [(&str, &str); 17] = [
     ("twill_netlink_errors_total", "counter"),
     ("twill_etcd_watch_connects_total", "counter"),
     ("twill_lease_reclaims_total", "counter"),
+    ("twill_subnet_moves_total", "counter"),
     ("twill_own_lease_expiry_timestamp_seconds", "gauge"),
     ("twill_store_unreachable_seconds", "gauge"),
     ("twill_udp_packets_total", "counter"),

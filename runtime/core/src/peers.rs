@@ -122,6 +122,12 @@ impl PeerSet {
         self.leases.is_empty()
     }
 
+    /// The node moved to another subnet: from now on `own` is ours (and no peer);
+    /// follow with [`PeerSet::reset`] on a fresh listing to get the changes.
+    pub fn set_own(&mut self, own: Subnet) {
+        self.own = own;
+    }
+
     /// Apply store events; returns the events a backend must act on. A lease whose
     /// attributes changed becomes a removal of the old one and an addition of the new; a
     /// renewal (same attributes) produces nothing.

@@ -80,6 +80,13 @@ impl PodNet {
 
 /// Wire node `node`'s pod into `net` at `mtu`. Idempotent: a second call with the same
 /// subnet changes nothing (so a node restarting under traffic keeps its pod reachable).
+/// Take the pod's addresses away (cni0's and the pod's own), as when its node moved
+/// to another subnet and the pod is given a new address with [`wire`].
+pub fn unwire(node: &NodeNet) -> Result<()> {
+    ip(&node.ns, "-4 addr flush dev cni0")?;
+    ip(&node.pod_ns, "-4 addr flush dev eth0").map(drop)
+}
+
 pub fn wire(node: &NodeNet, net: &PodNet, mtu: u32) -> Result<()> {
     let (gw, len) = (net.gateway(), &net.len);
     let first = format!("{gw}/{len}");

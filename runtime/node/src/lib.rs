@@ -196,6 +196,13 @@ struct OwnLease<S> {
     renew_at: Option<tokio::time::Instant>,
     /// Our key is gone from the store and not re-created yet.
     missing: bool,
+    /// Another node (`taken_by`) holds our subnet and no new one is acquired yet.
+    taken: bool,
+    taken_by: Ipv4Addr,
+    /// subnet.env, rewritten when the node moves to another subnet.
+    subnet_file: PathBuf,
+    /// The MTU subnet.env states.
+    mtu: u32,
 }
 
 /// A running node: its lease, its backend, its peers, and where it reports.

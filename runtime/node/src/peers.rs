@@ -57,6 +57,13 @@ impl Peers {
             .collect()
     }
 
+    /// The node moved to `own`: the peer set rebuilt around it from a fresh listing;
+    /// the changes to hand to the backend (the old subnet's new holder is one).
+    pub(super) fn moved(&mut self, own: Subnet, leases: Vec<Lease>) -> Changes {
+        self.set.set_own(own);
+        self.set.reset(leases)
+    }
+
     /// The current peers.
     pub(super) fn current(&self) -> impl Iterator<Item = Lease> + '_ {
         self.set.leases().cloned()
@@ -199,6 +206,9 @@ impl<S: LeaseStore> Node<S> {
             WatchEvent::Events(events) => {
                 for e in &events {
                     self.report.lease_event(e);
+                    // Ours as of now: a move within this batch makes the old subnet a
+                    // peer's for the rest of it.
+                    let own = self.own.lease.subnet;
                     match e {
                         LeaseEvent::Removed(l) if l.subnet == own => {
                             self.reclaim("was deleted from the store").await?
@@ -210,6 +220,7 @@ impl<S: LeaseStore> Node<S> {
                 self.peers.set.apply(events)
             }
         };
+        let own = self.own.lease.subnet;
         let Changes { events, skipped } = changes;
         for (l, why) in &skipped {
             self.report.api.lease_invalid(l.subnet, why.reason());

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use twill_api::{ApiState, LeaseEventKind, Metrics};
+use twill_core::Subnet;
 use twill_core::lease::LeaseEvent;
 use twill_datapath::{Counters, Direction, DropReason};
 use twill_plugin_host::PluginStats;
@@ -43,6 +44,12 @@ impl Report {
     /// We re-created our lease (or wrote ours back over a changed value).
     pub(super) fn lease_reclaimed(&self) {
         self.metrics.lease_reclaimed();
+    }
+
+    /// Another node took our subnet `from`; we moved to `to`.
+    pub(super) fn subnet_moved(&self, from: Subnet, to: Subnet, taken_by: std::net::Ipv4Addr) {
+        self.metrics.subnet_moved();
+        self.api.set_subnet_moved(from, to, taken_by);
     }
 
     /// One call into the plugin and how long it took.

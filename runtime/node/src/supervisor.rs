@@ -409,7 +409,7 @@ impl<S: LeaseStore> Node<S> {
 
     /// (Re)start the data path of a backend that exports one, on the TUN device and
     /// socket the plugin had the host open, with fresh instances of the current plugin.
-    async fn restart_datapath(&mut self) -> anyhow::Result<()> {
+    pub(super) async fn restart_datapath(&mut self) -> anyhow::Result<()> {
         if let Some(datapath) = self.backend.datapath.take() {
             tokio::task::spawn_blocking(move || datapath.stop()).await?;
         }
