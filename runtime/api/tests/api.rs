@@ -61,6 +61,26 @@ async fn readyz_names_every_missing_condition_until_ready() {
         get(&router, "/readyz").await.json(),
         json!({"error": "not ready: no lease held"})
     );
+
+    // So does a move to another subnet, and /v1/status says what moved.
+    state.set_lease_held(true);
+    state.set_subnet_moved(
+        "10.244.1.0/24".parse().expect("subnet"),
+        "10.244.7.0/24".parse().expect("subnet"),
+        "192.168.1.3".parse().expect("ip"),
+    );
+    let answer = get(&router, "/readyz").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    let error = answer.json()["error"].as_str().expect("error text").to_owned();
+    assert!(
+        error.starts_with("not ready: subnet moved from 10.244.1.0/24 to 10.244.7.0/24 at "),
+        "{error}"
+    );
+    assert!(error.ends_with("(192.168.1.3 took it): the node's containers need addresses in 10.244.7.0/24; restart twill once they have them"), "{error}");
+    let status = get(&router, "/v1/status").await.json();
+    assert_eq!(status["subnet"], "10.244.7.0/24");
+    assert_eq!(status["subnet_moved"]["from"], "10.244.1.0/24");
+    assert_eq!(status["subnet_moved"]["taken_by"], "192.168.1.3");
 }
 
 #[tokio::test]
@@ -84,10 +104,12 @@ async fn status_shows_the_node() {
             "started_at",
             "store",
             "subnet",
+            "subnet_moved",
             "uptime_seconds",
             "version",
         ]
     );
+    assert_eq!(status["subnet_moved"], serde_json::Value::Null);
     assert_eq!(status["node_name"], "node-a");
     assert_eq!(status["public_ip"], "192.168.1.1");
     assert_eq!(status["interface"], "eth0");
