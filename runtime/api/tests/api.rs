@@ -71,7 +71,10 @@ async fn readyz_names_every_missing_condition_until_ready() {
     );
     let answer = get(&router, "/readyz").await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-    let error = answer.json()["error"].as_str().expect("error text").to_owned();
+    let error = answer.json()["error"]
+        .as_str()
+        .expect("error text")
+        .to_owned();
     assert!(
         error.starts_with("not ready: subnet moved from 10.244.1.0/24 to 10.244.7.0/24 at "),
         "{error}"
