@@ -75,7 +75,7 @@ pub fn run(cmd: &[&str]) -> Output {
 }
 
 /// The tools the tests run, with the Debian package of each.
-const TOOLS: [(&str, &str); 8] = [
+const TOOLS: [(&str, &str); 9] = [
     ("ip", "iproute2"),
     ("bridge", "iproute2"),
     ("ping", "iputils-ping"),
@@ -84,6 +84,7 @@ const TOOLS: [(&str, &str); 8] = [
     ("iperf3", "iperf3"),
     ("curl", "curl"),
     ("openssl", "openssl"),
+    ("iptables", "iptables"),
 ];
 
 /// Fail unless the test can build a namespace cluster here.
@@ -296,6 +297,13 @@ impl Node {
             thread::sleep(Duration::from_millis(100));
         }
         None
+    }
+
+    /// `iptables ARGS` in the node's namespace; its stdout (panics on failure).
+    pub fn iptables(&self, args: &[&str]) -> String {
+        let mut cmd = vec!["ip", "netns", "exec", &self.ns, "iptables", "-w", "5"];
+        cmd.extend(args);
+        sh(&cmd)
     }
 
     /// twill's whole log.
@@ -663,6 +671,16 @@ impl Cluster {
         )
         .must("iperf3")
         .bits_per_second
+    }
+
+    /// A host outside the cluster network: a namespace `<id>-<name>` on the first
+    /// underlay segment at `ip`, with no route to the cluster network. Its name.
+    pub fn add_outside_host(&mut self, name: &str, ip: &str) -> String {
+        let ns = self.lab.add_ns(name).must("outside host namespace");
+        self.lab
+            .plug(&ns, 0, "eth0", name, ip)
+            .must("plug the outside host");
+        ns
     }
 
     /// The test's scratch directory.

@@ -26,6 +26,7 @@ mod peers;
 mod plugins;
 mod report;
 mod retry;
+mod rules;
 mod startup;
 mod subnet_file;
 mod supervisor;
@@ -97,6 +98,14 @@ pub struct Options {
     pub api_addr: SocketAddr,
     /// How long the store may be unreachable before `/readyz` fails.
     pub store_unready_after: Duration,
+    /// Masquerade traffic from the network to outside it (flannel's `--ip-masq`).
+    pub ip_masq: bool,
+    /// Without `--random-fully` (flannel's `--ip-masq-fully-random-disable`).
+    pub ip_masq_fully_random_disable: bool,
+    /// Accept the network's traffic in `FORWARD` (flannel's `--iptables-forward-rules`).
+    pub iptables_forward_rules: bool,
+    /// How often the rules are checked and repaired (flannel's `--iptables-resync`).
+    pub iptables_resync: Duration,
     /// The separate health-check listener, if any.
     pub healthz_addr: Option<SocketAddr>,
     pub plugin_dir: Option<PathBuf>,
@@ -205,11 +214,21 @@ struct OwnLease<S> {
     mtu: u32,
 }
 
+/// The masquerade and forward rules, and what the last check of them said.
+struct Traffic {
+    rules: rules::Rules,
+    /// How often they are checked.
+    resync: Duration,
+    /// The last error (logged when it changes), cleared by a clean check.
+    last_error: Option<String>,
+}
+
 /// A running node: its lease, its backend, its peers, and where it reports.
 struct Node<S> {
     own: OwnLease<S>,
     backend: Supervised,
     peers: Peers,
+    traffic: Traffic,
     report: Report,
 }
 
@@ -224,6 +243,8 @@ impl<S: LeaseStore> Node<S> {
         let mut plugin_files = tokio::time::interval(PLUGIN_DIR_POLL);
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
         let mut stats = tokio::time::interval(STATS_INTERVAL);
+        let mut rules_check = tokio::time::interval(self.traffic.resync);
+        rules_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
         self.own.renew_at = self.renew_deadline();
         loop {
@@ -244,12 +265,44 @@ impl<S: LeaseStore> Node<S> {
                     }
                 }
                 Some(answer) = probed.recv() => self.on_store_probe(answer),
+                _ = rules_check.tick() => self.check_rules().await,
                 _ = stats.tick() => {
                     self.report.watch_connects(self.own.store.watch_connects());
                     self.check_datapath().await?;
                 }
                 _ = sigterm.recv() => return self.stop("SIGTERM").await,
                 _ = sigint.recv() => return self.stop("SIGINT").await,
+            }
+        }
+    }
+
+    /// Check the masquerade and forward rules, and repair them: one log line per
+    /// repair, and per error while it stays the same.
+    async fn check_rules(&mut self) {
+        match self.traffic.rules.ensure().await {
+            Ok(done) => {
+                for (kind, outcome) in done {
+                    if outcome != rules::Outcome::Unchanged {
+                        tracing::warn!(
+                            ?kind,
+                            ?outcome,
+                            "iptables rules were missing or changed; repaired"
+                        );
+                    }
+                }
+                if self.traffic.last_error.take().is_some() {
+                    tracing::info!("iptables rules in place again");
+                }
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                if self.traffic.last_error.as_ref() != Some(&message) {
+                    tracing::warn!(
+                        "iptables rules: {message}; retrying every {}s",
+                        self.traffic.resync.as_secs()
+                    );
+                    self.traffic.last_error = Some(message);
+                }
             }
         }
     }

@@ -191,9 +191,11 @@ impl<S: LeaseStore> Node<S> {
                 network: self.own.config.network,
                 subnet: to,
                 mtu: self.own.mtu,
-                ip_masq: false,
+                ip_masq: self.traffic.rules.masquerade,
             },
         )?;
+        self.traffic.rules.own = to;
+        self.check_rules().await;
         // The backend's own objects follow `start`; every peer is handed again, the
         // old subnet's new holder among them (from a fresh listing).
         let leases = match self.own.store.list_leases().await {

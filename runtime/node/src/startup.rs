@@ -109,6 +109,7 @@ async fn with_store<S: LeaseStore>(
     } else {
         None
     };
+    let traffic = install_rules(&args, &config, &lease).await?;
     write_env(&args, &config, &lease, &registration, &report)?;
     Ok(Node {
         own: OwnLease {
@@ -126,7 +127,46 @@ async fn with_store<S: LeaseStore>(
         },
         backend: Supervised::new(host, plugin, grant, backend, datapath, args.plugin_dir),
         peers,
+        traffic,
         report,
+    })
+}
+
+/// The masquerade and forward rules the flags ask for (and removal of those they no
+/// longer ask for). Masquerade that cannot be installed ends startup; forward rules
+/// that cannot (no iptables here) are a warning, as they are on by default.
+async fn install_rules(
+    args: &Options,
+    config: &Config,
+    lease: &Lease,
+) -> anyhow::Result<crate::Traffic> {
+    let rules = crate::rules::Rules {
+        masquerade: args.ip_masq,
+        forward: args.iptables_forward_rules,
+        random_fully: !args.ip_masq_fully_random_disable,
+        network: config.network,
+        own: lease.subnet,
+    };
+    let mut last_error = None;
+    match rules.ensure().await {
+        Ok(done) => {
+            for (kind, outcome) in done {
+                tracing::info!(?kind, ?outcome, "iptables rules");
+            }
+        }
+        Err(e) if args.ip_masq => return Err(e.context("install the masquerade rules (--ip-masq)")),
+        Err(e) => {
+            tracing::warn!(
+                "{e:#}; overlay traffic is not accepted explicitly where FORWARD drops (as \
+                 Docker sets it); --iptables-forward-rules=false turns this off"
+            );
+            last_error = Some(format!("{e:#}"));
+        }
+    }
+    Ok(crate::Traffic {
+        rules,
+        resync: args.iptables_resync,
+        last_error,
     })
 }
 
@@ -275,7 +315,7 @@ fn write_env(
             network: config.network,
             subnet: lease.subnet,
             mtu: registration.mtu,
-            ip_masq: false,
+            ip_masq: args.ip_masq,
         },
     )?;
     tracing::info!(path = %args.subnet_file.display(), mtu = registration.mtu, "wrote subnet file");

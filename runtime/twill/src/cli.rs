@@ -227,6 +227,41 @@ pub struct RunArgs {
     )]
     pub store_unready_after: u64,
 
+    /// Masquerade traffic from the cluster network to destinations outside it with the
+    /// node's address (flannel's rules, in iptables chain TWILL-POSTRTG of the nat
+    /// table); subnet.env then says FLANNEL_IPMASQ=true.
+    #[arg(long, env = "FLANNELD_IP_MASQ")]
+    pub ip_masq: bool,
+
+    /// Masquerade without --random-fully.
+    #[arg(long, env = "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE")]
+    pub ip_masq_fully_random_disable: bool,
+
+    /// Accept the cluster network's traffic in iptables' FORWARD chain (chain
+    /// TWILL-FWD), so overlay traffic flows where the FORWARD policy is DROP, as Docker
+    /// sets it. `--iptables-forward-rules=false` turns it off (and removes the rules).
+    #[arg(
+        long,
+        env = "FLANNELD_IPTABLES_FORWARD_RULES",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub iptables_forward_rules: bool,
+
+    /// How often the masquerade and forward rules are checked and repaired.
+    #[arg(
+        long,
+        env = "FLANNELD_IPTABLES_RESYNC",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+        value_name = "SECONDS"
+    )]
+    pub iptables_resync: u64,
+
     /// CA certificate (PEM) that signed etcd's server certificates; makes the
     /// endpoints https. Without it, https endpoints are checked against the system's
     /// trust roots.
@@ -384,6 +419,10 @@ impl RunArgs {
             ),
             api_addr: self.api_addr,
             store_unready_after: std::time::Duration::from_secs(self.store_unready_after),
+            ip_masq: self.ip_masq,
+            ip_masq_fully_random_disable: self.ip_masq_fully_random_disable,
+            iptables_forward_rules: self.iptables_forward_rules,
+            iptables_resync: std::time::Duration::from_secs(self.iptables_resync),
             healthz_addr: (self.healthz_port != 0)
                 .then(|| SocketAddr::new(self.healthz_ip, self.healthz_port)),
             plugin_dir: self.plugin_dir.dir().map(Into::into),
