@@ -32,6 +32,64 @@ impl SubnetEnv {
     }
 }
 
+/// Why a subnet.env text cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubnetEnvError {
+    /// A key flannel's readers require is absent.
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    /// A key's value does not parse.
+    #[error("{key}={value:?} is not {expected}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+impl SubnetEnv {
+    /// Read a subnet.env text as flannel's CNI plugin and `mk-docker-opts.sh` do:
+    /// `KEY=VALUE` lines (quotes and a comma list's tail ignored); `FLANNEL_NETWORK`,
+    /// `FLANNEL_SUBNET`, `FLANNEL_MTU` and `FLANNEL_IPMASQ` are required.
+    pub fn parse(text: &str) -> Result<SubnetEnv, SubnetEnvError> {
+        let get = |key: &'static str| -> Result<&str, SubnetEnvError> {
+            text.lines()
+                .filter_map(|line| line.trim().split_once('='))
+                .find(|(k, _)| k.trim() == key)
+                .map(|(_, v)| v.trim().trim_matches('"'))
+                .map(|v| v.split(',').next().unwrap_or(v).trim())
+                .ok_or(SubnetEnvError::Missing(key))
+        };
+        let invalid =
+            |key: &'static str, value: &str, expected: &'static str| SubnetEnvError::Invalid {
+                key,
+                value: value.to_owned(),
+                expected,
+            };
+        let network_text = get("FLANNEL_NETWORK")?;
+        let network: Subnet = network_text
+            .parse()
+            .map_err(|_| invalid("FLANNEL_NETWORK", network_text, "a CIDR subnet"))?;
+        let subnet_text = get("FLANNEL_SUBNET")?;
+        let subnet = previous_subnet(&format!("FLANNEL_SUBNET={subnet_text}"))
+            .ok_or_else(|| invalid("FLANNEL_SUBNET", subnet_text, "an address with a prefix"))?;
+        let mtu_text = get("FLANNEL_MTU")?;
+        let mtu = mtu_text
+            .parse()
+            .map_err(|_| invalid("FLANNEL_MTU", mtu_text, "a number"))?;
+        let masq_text = get("FLANNEL_IPMASQ")?;
+        let ip_masq = masq_text
+            .parse()
+            .map_err(|_| invalid("FLANNEL_IPMASQ", masq_text, "true or false"))?;
+        Ok(SubnetEnv {
+            network,
+            subnet,
+            mtu,
+            ip_masq,
+        })
+    }
+}
+
 /// The subnet recorded in a subnet.env text (`FLANNEL_SUBNET=10.244.1.1/24` gives
 /// `10.244.1.0/24`), if it has a valid one.
 pub fn previous_subnet(text: &str) -> Option<Subnet> {
@@ -63,6 +121,23 @@ mod tests {
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
         );
         assert_eq!(previous_subnet(&env.render()), Some(env.subnet));
+        assert_eq!(SubnetEnv::parse(&env.render()), Ok(env));
+    }
+
+    #[test]
+    fn parse_names_the_missing_or_bad_key() {
+        let full = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+        assert!(SubnetEnv::parse(full).expect("parses").ip_masq);
+        assert_eq!(
+            SubnetEnv::parse(&full.replace("FLANNEL_MTU=1450\n", "")),
+            Err(SubnetEnvError::Missing("FLANNEL_MTU"))
+        );
+        assert_eq!(
+            SubnetEnv::parse(&full.replace("=true", "=yes"))
+                .expect_err("bad")
+                .to_string(),
+            "FLANNEL_IPMASQ=\"yes\" is not true or false"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cmd;
+pub mod docker;
 pub mod etcd;
 pub mod interrupt;
 pub mod netns;

@@ -48,12 +48,68 @@ pub enum Command {
     /// Reads the node's HTTP API (`twill run --api-addr`).
     Status(StatusArgs),
 
+    /// Write Docker daemon options from subnet.env (what flannel's mk-docker-opts.sh
+    /// does): DOCKER_OPT_BIP, DOCKER_OPT_IPMASQ, DOCKER_OPT_MTU and the combined
+    /// DOCKER_OPTS, for a systemd EnvironmentFile (see docs/containers.md).
+    ///
+    /// dockerd's bridge then takes the node's subnet (--bip) and MTU, and masquerades
+    /// only when twill does not (--ip-masq=false when FLANNEL_IPMASQ=true).
+    DockerOpts(DockerOptsArgs),
+
     /// List or inspect backend plugins (the built-ins and the plugin directory's).
     ///
     /// Shows what `twill run` would load from the built-ins and --plugin-dir, and why a
     /// file would be skipped. Needs no root, store or network namespace.
     #[command(subcommand)]
     Plugin(PluginCommand),
+}
+
+/// `twill docker-opts`: mk-docker-opts.sh's flags.
+#[derive(Debug, Args)]
+pub struct DockerOptsArgs {
+    /// The subnet.env to read.
+    #[arg(
+        short = 'f',
+        long = "subnet-file",
+        default_value = "/run/flannel/subnet.env",
+        value_name = "PATH"
+    )]
+    pub subnet_file: PathBuf,
+
+    /// The file to write (`-` for standard output).
+    #[arg(
+        short = 'd',
+        long = "docker-env-file",
+        default_value = "/run/docker_opts.env",
+        value_name = "PATH"
+    )]
+    pub docker_env_file: PathBuf,
+
+    /// Write each option as its own variable (DOCKER_OPT_BIP, …).
+    #[arg(short = 'i', long)]
+    pub individual: bool,
+
+    /// Write the options combined into one variable (-k names it).
+    #[arg(short = 'c', long)]
+    pub combined: bool,
+
+    /// The combined variable's name.
+    #[arg(
+        short = 'k',
+        long = "combined-key",
+        default_value = "DOCKER_OPTS",
+        value_name = "NAME"
+    )]
+    pub combined_key: String,
+
+    /// Leave out --ip-masq (for Docker versions without it).
+    #[arg(short = 'm', long = "no-ip-masq")]
+    pub no_ip_masq: bool,
+
+    /// Wait up to this long for subnet.env to appear (twill writes it once it holds
+    /// its lease), e.g. in a unit's ExecStartPre.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub wait: u64,
 }
 
 /// `twill plugin …`.

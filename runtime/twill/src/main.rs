@@ -6,6 +6,7 @@
 mod cli;
 mod config;
 mod demo;
+mod docker_opts;
 mod plugins;
 mod status;
 
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         cli::Command::Demo(args) => runtime.block_on(demo::run(args)),
         cli::Command::Config(cli::ConfigCommand::Set(args)) => runtime.block_on(config::set(args)),
         cli::Command::Status(args) => runtime.block_on(status::run(args.api_addr)),
+        cli::Command::DockerOpts(args) => docker_opts::run(&args),
         // Synchronous; needs no root, store or network namespace.
         cli::Command::Plugin(command) => return plugins::command(command),
     };
