@@ -24,6 +24,7 @@ pub mod etcd;
 pub mod interrupt;
 pub mod netns;
 pub mod pki;
+pub mod podman;
 pub mod pods;
 pub mod process;
 pub mod topology;

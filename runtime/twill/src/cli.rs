@@ -56,12 +56,32 @@ pub enum Command {
     /// only when twill does not (--ip-masq=false when FLANNEL_IPMASQ=true).
     DockerOpts(DockerOptsArgs),
 
+    /// Install twill as flannel's CNI plugin: this binary as <bin-dir>/flannel, and with
+    /// --conf-dir kube-flannel's conflist as <conf-dir>/10-flannel.conflist.
+    ///
+    /// Invoked as `flannel`, twill is the CNI plugin (ADD, DEL, CHECK, VERSION): it reads
+    /// subnet.env and delegates to `bridge` with `host-local` IPAM on the node's subnet,
+    /// as flannel's plugin does (see docs/containers.md).
+    InstallCni(InstallCniArgs),
+
     /// List or inspect backend plugins (the built-ins and the plugin directory's).
     ///
     /// Shows what `twill run` would load from the built-ins and --plugin-dir, and why a
     /// file would be skipped. Needs no root, store or network namespace.
     #[command(subcommand)]
     Plugin(PluginCommand),
+}
+
+/// `twill install-cni`.
+#[derive(Debug, Args)]
+pub struct InstallCniArgs {
+    /// The CNI plugin directory (kubelet's and podman's default: /opt/cni/bin).
+    #[arg(long, default_value = "/opt/cni/bin", value_name = "DIR")]
+    pub bin_dir: PathBuf,
+
+    /// Also write kube-flannel's conflist here (e.g. /etc/cni/net.d).
+    #[arg(long, value_name = "DIR")]
+    pub conf_dir: Option<PathBuf>,
 }
 
 /// `twill docker-opts`: mk-docker-opts.sh's flags.

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod cni;
 mod config;
 mod demo;
 mod docker_opts;
@@ -15,6 +16,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Invoked as `flannel` (from a CNI bin directory): the CNI plugin, which speaks
+    // through CNI_* variables, stdin and stdout only.
+    if cni::invoked_as_plugin() {
+        return cni::main();
+    }
     let cli = cli::Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -33,6 +39,7 @@ fn main() -> ExitCode {
         cli::Command::Config(cli::ConfigCommand::Set(args)) => runtime.block_on(config::set(args)),
         cli::Command::Status(args) => runtime.block_on(status::run(args.api_addr)),
         cli::Command::DockerOpts(args) => docker_opts::run(&args),
+        cli::Command::InstallCni(args) => cni::install(&args.bin_dir, args.conf_dir.as_deref()),
         // Synchronous; needs no root, store or network namespace.
         cli::Command::Plugin(command) => return plugins::command(command),
     };
