@@ -166,6 +166,46 @@ fn demo_converges_on_the_embedded_store_and_leaves_nothing() {
     assert_nothing_left(&id, &dir, &links_before);
 }
 
+/// `--runtime docker|podman`: real containers are the pods, they converge, and the
+/// runtime's processes and mounts go with the demo.
+fn demo_with_runtime(runtime: &str) {
+    require_privileges_and_tools();
+    let links_before = host_links();
+    let mut demo = Demo::start(&["--nodes", "2", "--duration", "2", "--runtime", runtime]);
+    let (id, dir) = identity(&mut demo);
+    let (code, lines) = demo.finish(Duration::from_secs(240));
+    let text = lines.join("\n");
+    assert_eq!(code, 0, "demo failed:\n{text}");
+    for expected in [
+        format!("starting a {runtime} container on every node"),
+        format!("-n1: container 10.244."),
+        "reachable 2/2".to_owned(),
+        format!("explore: ip netns exec {id}-c1 ping 10.244."),
+        "done: nothing left behind".to_owned(),
+    ] {
+        assert!(text.contains(&expected), "no {expected:?} in:\n{text}");
+    }
+    assert_nothing_left(&id, &dir, &links_before);
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
+    assert!(!mounts.contains(&id), "mounts left:\n{mounts}");
+    let daemons = run(&["pgrep", "-af", &id]);
+    assert!(
+        String::from_utf8_lossy(&daemons.stdout).trim().is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&daemons.stdout)
+    );
+}
+
+#[test]
+fn demo_with_docker_containers() {
+    demo_with_runtime("docker");
+}
+
+#[test]
+fn demo_with_podman_containers() {
+    demo_with_runtime("podman");
+}
+
 #[test]
 fn demo_killed_with_sigterm_halfway_leaves_nothing() {
     require_privileges_and_tools();

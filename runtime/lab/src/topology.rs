@@ -85,6 +85,17 @@ impl Lab {
         Ok(ns)
     }
 
+    /// Name the network namespace of process `pid` (a container's) `<id>-<suffix>`
+    /// (`ip netns attach`), so that it can be entered like the lab's own; `Drop`
+    /// removes the name (and kills what runs inside).
+    pub fn attach_ns(&mut self, suffix: &str, pid: u32) -> Result<String> {
+        self.interrupt.check()?;
+        let ns = format!("{}-{suffix}", self.id);
+        sh(&["ip", "netns", "attach", &ns, &pid.to_string()])?;
+        self.namespaces.push(ns.clone());
+        Ok(ns)
+    }
+
     /// One underlay namespace `<id>-u<s>` with bridge `br0` per segment; with more than
     /// one, a router namespace `<id>-r` at .254 of each, forwarding.
     pub fn add_segments(&mut self, segments: usize) -> Result<()> {

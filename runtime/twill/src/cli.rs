@@ -525,6 +525,33 @@ pub struct DemoArgs {
     /// the embedded store. The demo writes under its own prefix and deletes it at exit.
     #[arg(long, value_delimiter = ',', value_name = "URLS")]
     pub etcd_endpoints: Vec<String>,
+
+    /// The pods: bare namespaces (`none`), or a real container per node from `docker`
+    /// (a dockerd per node, started with `twill docker-opts`) or `podman` (twill as
+    /// flannel's CNI plugin), when that runtime is installed.
+    #[arg(long, value_enum, default_value_t = Runtime::None, value_name = "RUNTIME")]
+    pub runtime: Runtime,
+}
+
+/// What runs the demo's pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// Bare network namespaces behind a bridge.
+    None,
+    /// dockerd on each node.
+    Docker,
+    /// podman on each node, with twill as its CNI plugin.
+    Podman,
+}
+
+impl Runtime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::None => "none",
+            Runtime::Docker => "docker",
+            Runtime::Podman => "podman",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

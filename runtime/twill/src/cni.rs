@@ -438,9 +438,8 @@ pub const KUBE_FLANNEL_CONFLIST: &str = r#"{
 }
 "#;
 
-/// `twill install-cni`: this binary as `<bin-dir>/flannel`, and with `--conf-dir` the
-/// conflist as `<conf-dir>/10-flannel.conflist`, each written atomically.
-pub fn install(bin_dir: &Path, conf_dir: Option<&Path>) -> anyhow::Result<()> {
+/// This binary as `<bin_dir>/flannel` (atomically).
+pub fn install_plugin(bin_dir: &Path) -> anyhow::Result<PathBuf> {
     use anyhow::Context;
     let me = std::env::current_exe().context("find this binary")?;
     std::fs::create_dir_all(bin_dir).with_context(|| format!("create {}", bin_dir.display()))?;
@@ -452,6 +451,14 @@ pub fn install(bin_dir: &Path, conf_dir: Option<&Path>) -> anyhow::Result<()> {
             let _ = std::fs::remove_file(&tmp);
         })
         .with_context(|| format!("install {} as {}", me.display(), target.display()))?;
+    Ok(target)
+}
+
+/// `twill install-cni`: this binary as `<bin-dir>/flannel`, and with `--conf-dir` the
+/// conflist as `<conf-dir>/10-flannel.conflist`, each written atomically.
+pub fn install(bin_dir: &Path, conf_dir: Option<&Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let target = install_plugin(bin_dir)?;
     println!("installed {}", target.display());
     if let Some(dir) = conf_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;

@@ -35,7 +35,7 @@ use twill_lab::traffic::{self, Matrix};
 use twill_lab::{Interrupt, Lab, NodeNet, process};
 use twill_store::{EtcdOptions, EtcdStore};
 
-use crate::cli::DemoArgs;
+use crate::cli::{DemoArgs, Runtime};
 
 /// The cluster network every demo uses (inside its own namespaces).
 const NETWORK: &str = "10.244.0.0/16";
@@ -99,7 +99,7 @@ fn run_blocking(
     println!("starting nodes (twill run on each) …");
     demo.start_nodes()?;
     demo.wait_for_leases()?;
-    demo.wire_pods()?;
+    demo.wire_pods(args.runtime)?;
     println!("waiting for convergence (every pod pinging every other) …");
     let reach = demo.converge()?;
     demo.print_matrix(&reach);
@@ -143,7 +143,9 @@ enum Store {
 struct Node {
     net: NodeNet,
     twill: Option<Child>,
-    pod: Option<PodNet>,
+    /// The pod (a bare namespace, or a container's namespace attached by name) and its
+    /// address, once wired.
+    pod: Option<(String, String)>,
 }
 
 impl Node {
@@ -160,7 +162,11 @@ impl Node {
     }
 
     fn pod_ip(&self) -> String {
-        self.pod.as_ref().map(PodNet::pod).unwrap_or_default()
+        self.pod.as_ref().map(|p| p.1.clone()).unwrap_or_default()
+    }
+
+    fn pod_ns(&self) -> String {
+        self.pod.as_ref().map(|p| p.0.clone()).unwrap_or_default()
     }
 }
 
@@ -171,6 +177,8 @@ struct Demo {
     nodes: Vec<Node>,
     proxies: Vec<Proxy>,
     rt: Option<tokio::runtime::Handle>,
+    /// dockerd or podman per node, with `--runtime`.
+    containers: Vec<crate::containers::Host>,
     // Dropped after Demo's own Drop: the namespaces and the directory.
     lab: Lab,
 }
@@ -197,6 +205,7 @@ impl Demo {
             nodes: Vec::new(),
             proxies: Vec::new(),
             rt: None,
+            containers: Vec::new(),
             lab,
         })
     }
@@ -357,13 +366,37 @@ impl Demo {
         }
     }
 
-    /// What a CNI plugin would do with subnet.env: `cni0` gets the subnet's first
-    /// address, the pod `.2` with a default route via it.
-    fn wire_pods(&mut self) -> anyhow::Result<()> {
-        for node in &mut self.nodes {
-            let (net, mtu) = PodNet::from_subnet_env(&node.subnet_file())?;
-            pods::wire(&node.net, &net, mtu)?;
-            node.pod = Some(net);
+    /// A pod per node. Without a runtime, what a CNI plugin would do with subnet.env:
+    /// `cni0` gets the subnet's first address, the pod `.2` with a default route via it.
+    /// With one, a real container per node (see [`crate::containers`]).
+    fn wire_pods(&mut self, runtime: Runtime) -> anyhow::Result<()> {
+        if runtime != Runtime::None {
+            println!("starting a {} container on every node …", runtime.name());
+        }
+        for k in 0..self.nodes.len() {
+            self.stop().check()?;
+            let node = &self.nodes[k];
+            let pod = match runtime {
+                Runtime::None => {
+                    let (net, mtu) = PodNet::from_subnet_env(&node.subnet_file())?;
+                    pods::wire(&node.net, &net, mtu)?;
+                    (node.net.pod_ns.clone(), net.pod())
+                }
+                runtime => {
+                    let (host, pid, ip) = crate::containers::start(
+                        runtime,
+                        &node.net,
+                        &node.subnet_file(),
+                        &self.lab.dir().join(format!("{}-{}", runtime.name(), k + 1)),
+                        &format!("{}-c{}", self.lab.id(), k + 1),
+                    )?;
+                    self.containers.push(host);
+                    let ns = self.lab.attach_ns(&format!("c{}", k + 1), pid)?;
+                    println!("  {}: container {ip} ({})", node.net.ns, runtime.name());
+                    (ns, ip)
+                }
+            };
+            self.nodes[k].pod = Some(pod);
         }
         Ok(())
     }
@@ -373,7 +406,7 @@ impl Demo {
         let pods: Vec<(String, String)> = self
             .nodes
             .iter()
-            .map(|n| (n.net.pod_ns.clone(), n.pod_ip()))
+            .map(|n| (n.pod_ns(), n.pod_ip()))
             .collect();
         let stop = self.stop().clone();
         traffic::converge(
@@ -422,7 +455,7 @@ impl Demo {
         self.stop().check()?;
         println!("measuring throughput pod 1 → pod 2 (iperf3, 2 s) …");
         let (src, dst) = (&self.nodes[0], &self.nodes[1]);
-        match traffic::iperf3(&dst.net.pod_ns, &src.net.pod_ns, &dst.pod_ip(), 2, 1) {
+        match traffic::iperf3(&dst.pod_ns(), &src.pod_ns(), &dst.pod_ip(), 2, 1) {
             Ok(r) => println!(
                 "throughput pod 1 → pod 2: {:.2} Gbit/s (iperf3, 2 s, one host's CPU)",
                 r.bits_per_second / 1e9
@@ -454,7 +487,7 @@ impl Demo {
         println!("inside a node: ip netns exec {ns} curl http://{NODE_API}/v1/status");
         println!(
             "explore: ip netns exec {} ping {}",
-            self.nodes[0].net.pod_ns,
+            self.nodes[0].pod_ns(),
             self.nodes[1].pod_ip()
         );
     }
@@ -478,6 +511,8 @@ impl Drop for Demo {
         for proxy in &mut self.proxies {
             proxy.stop();
         }
+        // Containers first (their runtimes unmount what they made), then the nodes.
+        self.containers.clear();
         // SIGTERM (as a node is stopped for real), then SIGKILL after STOP_TIMEOUT.
         let children = self.nodes.iter_mut().filter_map(|n| n.twill.take());
         process::terminate(children.collect(), STOP_TIMEOUT);

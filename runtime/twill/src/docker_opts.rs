@@ -40,6 +40,16 @@ pub fn render(env: &SubnetEnv, args: &DockerOptsArgs) -> String {
     out
 }
 
+/// dockerd's options for `env`, as separate arguments (`--bip=…`, `--ip-masq=…`,
+/// `--mtu=…`).
+pub fn options(env: &SubnetEnv) -> Vec<String> {
+    vec![
+        format!("--bip={}/{}", env.subnet.first_host(), env.subnet.prefix()),
+        format!("--ip-masq={}", !env.ip_masq),
+        format!("--mtu={}", env.mtu),
+    ]
+}
+
 /// Read subnet.env (waiting up to `--wait`), write the options.
 pub fn run(args: &DockerOptsArgs) -> anyhow::Result<()> {
     if args.combined_key.is_empty()

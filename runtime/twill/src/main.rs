@@ -6,6 +6,7 @@
 mod cli;
 mod cni;
 mod config;
+mod containers;
 mod demo;
 mod docker_opts;
 mod plugins;
