@@ -21,6 +21,10 @@ const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#
 fn conflist(installed: &str, name: &str, subnet_file: &Path, data: &Path) -> String {
     let mut v: Value = serde_json::from_str(installed).expect("the installed conflist is JSON");
     v["name"] = name.into();
+    if name.ends_with("-v1") {
+        // A CNI 1.0.0 network (kube-flannel's is 0.3.1, which has no CHECK).
+        v["cniVersion"] = "1.0.0".into();
+    }
     let flannel = &mut v["plugins"][0];
     assert_eq!(flannel["type"], "flannel");
     flannel["subnetFile"] = path_arg(subnet_file).into();
@@ -116,13 +120,19 @@ fn podman_containers_use_twill_as_flannels_cni_plugin() {
         });
         let dir = c.dir().join(format!("podman-{k}"));
         let p = Podman::new(&node.ns, &dir, &bin).expect("podman");
+        // Node 1: kube-flannel's conflist as it is (CNI 0.3.1); node 2: the same at 1.0.0.
+        let name = if k == 1 {
+            net.clone()
+        } else {
+            format!("{net}-v1")
+        };
         std::fs::write(
-            p.network_dir().join(format!("{net}.conflist")),
-            conflist(&installed, &net, &node.subnet_file, &dir),
+            p.network_dir().join(format!("{name}.conflist")),
+            conflist(&installed, &name, &node.subnet_file, &dir),
         )
         .expect("write the conflist");
         let ip = p
-            .run(&format!("c{k}"), &net, &["/bin/sleep", "600"])
+            .run(&format!("c{k}"), &name, &["/bin/sleep", "600"])
             .expect("podman run");
         let subnet = node.subnet();
         let prefix = subnet.rsplit_once('.').map(|(p, _)| p).expect("subnet");
@@ -145,6 +155,71 @@ fn podman_containers_use_twill_as_flannels_cni_plugin() {
     podmans[1]
         .podman(&["exec", "c2", "ping", "-c", "2", "-W", "2", &ips[0]])
         .expect("c2 reaches c1");
+
+    // CHECK, as a runtime calls it: the container's id, netns and the ADD's result as
+    // prevResult (from podman's CNI cache). It passes, and fails for a wrong address.
+    let id = podmans[1]
+        .podman(&["inspect", "-f", "{{.Id}}", "c2"])
+        .expect("id");
+    let netns = podmans[1]
+        .podman(&["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", "c2"])
+        .expect("netns");
+    let net2 = format!("{net}-v1");
+    let cache = std::fs::read_to_string(format!("/var/lib/cni/results/{net2}-{}-eth0", id.trim()))
+        .expect("podman's cached ADD result");
+    let cached: Value = serde_json::from_str(&cache).expect("cache JSON");
+    let mut conf: Value = serde_json::from_str(&conflist(
+        &installed,
+        &net2,
+        &c.nodes[1].subnet_file,
+        &c.dir().join("podman-2"),
+    ))
+    .expect("conf");
+    let mut flannel = conf["plugins"][0].take();
+    flannel["name"] = net2.clone().into();
+    flannel["cniVersion"] = conf["cniVersion"].clone();
+    flannel["prevResult"] = cached["result"].clone();
+    // CHECK runs in the node's namespace, as the runtime's plugin calls do.
+    let node2 = c.nodes[1].ns.clone();
+    let check = |conf: &Value| {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &node2])
+            .arg(bin.join("flannel"))
+            .env("CNI_COMMAND", "CHECK")
+            .env("CNI_CONTAINERID", id.trim())
+            .env("CNI_NETNS", netns.trim())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &bin)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run CHECK");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.to_string().as_bytes())
+            .expect("stdin");
+        let out = child.wait_with_output().expect("wait");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = check(&flannel);
+    assert!(ok, "CHECK of a healthy container fails: {out}");
+    let mut wrong = flannel.clone();
+    let addrs = wrong["prevResult"]["ips"]
+        .as_array_mut()
+        .expect("prevResult.ips");
+    addrs[0]["address"] = "10.244.254.9/24".into();
+    let (ok, out) = check(&wrong);
+    assert!(!ok, "CHECK passed a wrong address: {out}");
+    eprintln!("CHECK with a wrong address: {out}");
+    let mut old = flannel.clone();
+    old["cniVersion"] = "0.3.1".into();
+    let (ok, out) = check(&old);
+    assert!(!ok && out.contains("does not allow CHECK"), "{out}");
 
     // DEL releases the address and the saved delegate config.
     let dir1 = c.dir().join("podman-1");

@@ -181,7 +181,18 @@ fn delegate_config(conf: &NetConf, env: &SubnetEnv) -> Value {
         Some(Value::Array(r)) => r.clone(),
         _ => Vec::new(),
     };
-    routes.push(json!({"dst": env.network.to_string()}));
+    // flannel's route has no gateway; the bridge's ADD installs it via the bridge's
+    // address anyway, and its CHECK then looks for a route without one and fails. With
+    // the gateway written out, the route is the same and CHECK passes.
+    let via_bridge =
+        d.get("type") == Some(&json!("bridge")) && d.get("isGateway") == Some(&json!(true));
+    if via_bridge {
+        routes.push(
+            json!({"dst": env.network.to_string(), "gw": env.subnet.first_host().to_string()}),
+        );
+    } else {
+        routes.push(json!({"dst": env.network.to_string()}));
+    }
     ipam.insert("routes".into(), Value::Array(routes));
     d.insert("ipam".into(), Value::Object(ipam));
     if let Some(rc) = &conf.runtime_config {
@@ -348,6 +359,18 @@ fn handle(env: &Env, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
             Ok(Vec::new())
         }
         "CHECK" => {
+            if matches!(
+                conf.cni_version.as_str(),
+                "0.1.0" | "0.2.0" | "0.3.0" | "0.3.1"
+            ) {
+                return Err(CniError::new(
+                    code::INCOMPATIBLE_VERSION,
+                    format!(
+                        "cniVersion {} does not allow CHECK (0.4.0 and later do)",
+                        conf.cni_version
+                    ),
+                ));
+            }
             let mut d: Value = std::fs::read(&saved)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
@@ -498,7 +521,7 @@ mod tests {
                 "hairpinMode": true, "isDefaultGateway": true, "isGateway": true,
                 "ipMasq": true, "mtu": 1450,
                 "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}]],
-                         "routes": [{"dst": "10.244.0.0/16"}]}
+                         "routes": [{"dst": "10.244.0.0/16", "gw": "10.244.1.1"}]}
             })
         );
         // twill masquerades: the bridge does not; the config's own choices win.
