@@ -178,7 +178,7 @@ fn demo_with_runtime(runtime: &str) {
     assert_eq!(code, 0, "demo failed:\n{text}");
     for expected in [
         format!("starting a {runtime} container on every node"),
-        format!("-n1: container 10.244."),
+        "-n1: container 10.244.".to_owned(),
         "reachable 2/2".to_owned(),
         format!("explore: ip netns exec {id}-c1 ping 10.244."),
         "done: nothing left behind".to_owned(),
