@@ -103,6 +103,118 @@ fn denied_requests_change_nothing_and_are_counted() {
     assert_eq!(c.nodes[0].stop(), Some(0));
 }
 
+/// Security review H-3: a pod's address on a plugin's device would put a local route
+/// for it before the pod's, handing its traffic to the host's services.
+#[test]
+fn a_plugin_cannot_take_a_pods_address() {
+    let mut c = Cluster::new(2);
+    c.put_config(&config("hijack-address"));
+    start_all(&mut c, &[]);
+    c.assert_full_mesh(Duration::from_secs(30));
+    let node = &c.nodes[0];
+    let pod = node.pod_ip();
+    wait_for("the denial", WAIT, || {
+        node.metric_opt(r#"twill_plugin_denied_host_calls_total{capability="addresses"}"#)
+            .filter(|n| *n >= 1.0)
+    });
+    let route = node.exec(&["ip", "route", "get", &pod]);
+    assert!(
+        !route.starts_with("local") && route.contains("cni0"),
+        "the pod's address still routes to the pod: {route}"
+    );
+    let local = node.exec(&["ip", "route", "show", "table", "local"]);
+    assert!(
+        !local
+            .lines()
+            .any(|l| l.starts_with(&format!("local {pod} "))),
+        "no local route for the pod: {local}"
+    );
+    assert!(
+        node.log_text()
+            .lines()
+            .any(|l| l.contains("denied") && l.contains("is not the node's subnet address")),
+        "the denial is logged"
+    );
+    assert!(c.pod_ping(2, 1), "node 2's pod still reaches node 1's pod");
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}
+
+fn describe_attack_wasm() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| build_plugin_crate(&test_plugin_dir("describe-attack")))
+}
+
+/// `(ifindex, MAC)` of `dev` on `node`, from `ip -o link show`.
+fn link_identity(node: &Node, dev: &str) -> (String, String) {
+    let line = node.exec(&["ip", "-o", "link", "show", "dev", dev]);
+    let index = line.split(':').next().unwrap_or("").trim().to_owned();
+    let mac = line
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or("")
+        .to_owned();
+    (index, mac)
+}
+
+/// Security review H-1: every component in the plugin directory is asked to
+/// `describe()` itself, configured or not, at start and on every change of the
+/// directory. That call must not reach the kernel: the real backend's `flannel.1` stays
+/// as it is, no other device appears, twill runs on, the pods reach each other.
+#[test]
+fn describe_runs_without_kernel_access() {
+    let mut c = Cluster::new(2);
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    let dir = c.dir().join("plugins");
+    std::fs::create_dir_all(&dir).expect("plugin dir");
+    let dir_arg = dir.display().to_string();
+    let args = ["--iface", "eth0", "--plugin-dir", dir_arg.as_str()];
+    c.start_twill_with(1, &args);
+    c.start_twill_with(2, &args);
+    c.wire_pods();
+    c.assert_full_mesh(Duration::from_secs(30));
+    let before = link_identity(&c.nodes[0], "flannel.1");
+
+    // Dropped in while twill runs: the directory change makes twill describe it.
+    std::fs::copy(describe_attack_wasm(), dir.join("attack.wasm")).expect("copy");
+    wait_for("the attack's describe() to run", WAIT, || {
+        c.nodes[0]
+            .log_text()
+            .contains("describe-attack: flannel.99: refused")
+            .then_some(())
+    });
+    // And at the next start, with the file in place from the beginning.
+    assert_eq!(c.nodes[0].stop(), Some(0));
+    c.start_twill_with(1, &args);
+    wait_for("node 1 up again", WAIT, || {
+        (c.nodes[0].api_get("/readyz").0 == 200).then_some(())
+    });
+    assert_eq!(c.nodes[0].exited(), None, "twill runs");
+    let node = &c.nodes[0];
+    let log = node.log_text();
+    assert!(!log.contains("allowed (it should not be)"), "{log}");
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("describe-attack: flannel.1: refused"))
+            .count()
+            >= 2,
+        "describe() was refused both times:\n{log}"
+    );
+    assert_eq!(
+        link_identity(node, "flannel.1"),
+        before,
+        "flannel.1 is the same device"
+    );
+    assert!(
+        !link_names(node).iter().any(|n| n == "flannel.99"),
+        "describe() created no device"
+    );
+    c.assert_full_mesh(Duration::from_secs(30));
+    for (n, code) in c.stop_all_twill() {
+        assert_eq!(code, Some(0), "twill on node {n} exits 0");
+    }
+}
+
 /// The plugin's trap and restart counters on a node.
 const TRAPS: &str = r#"twill_plugin_traps_total{plugin="misbehave"}"#;
 const RESTARTS: &str = r#"twill_plugin_restarts_total{plugin="misbehave"}"#;

@@ -364,7 +364,15 @@ impl PluginHost {
         pre: &InstancePre<PluginState>,
         indices: &BackendIndices,
     ) -> Result<bindings::Info, String> {
+        // No kernel, fresh registries (no claim or slot outlives this Store), and the
+        // flag that refuses what does not go through the kernel: describe() answers
+        // who the plugin is and must not touch the machine (security review H-1).
         let mut store = self.store("describe", placeholder_grant(), Arc::default());
+        let state = store.data_mut();
+        state.kernel = Arc::new(twill_net::Refusing);
+        state.devices = DeviceRegistry::default();
+        state.datapath = DatapathSlots::default();
+        state.describing = true;
         let instance = pre.instantiate(&mut store).map_err(|e| format!("{e:#}"))?;
         let guest = indices
             .load(&mut store, &instance)
@@ -392,6 +400,7 @@ impl PluginHost {
             devices: self.devices.clone(),
             datapath: self.datapath.clone(),
             owned: Default::default(),
+            describing: false,
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory_bytes)
                 .instances(16)
@@ -439,7 +448,8 @@ pub(crate) fn placeholder_grant() -> Grant {
         own_subnet: None,
         external: ExternalIface {
             name: String::new(),
-            index: 0,
+            // No interface has it: no check comparing against it can pass.
+            index: u32::MAX,
             mtu: 0,
             addr: nowhere,
         },

@@ -158,6 +158,9 @@ pub(crate) struct PluginState {
     pub(crate) owned: BTreeSet<u32>,
     pub(crate) limits: StoreLimits,
     pub(crate) stats: Arc<PluginStats>,
+    /// A Store for `describe` only: no kernel, fresh registries, and every host call
+    /// that does not go through the kernel refused too (security review H-1).
+    pub(crate) describing: bool,
 }
 
 impl PluginState {

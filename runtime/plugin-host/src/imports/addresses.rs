@@ -1,4 +1,5 @@
-//! `twill:backend/addresses`: a /32 from the node's own subnet on the plugin's devices.
+//! `twill:backend/addresses`: the node's subnet address as a /32 on the plugin's devices
+//! (security review H-3: any other address of the subnet may be a pod's).
 
 use twill_net::AddrInfo;
 
@@ -14,10 +15,16 @@ impl PluginState {
         self.require_owned(CAP, index)?;
         let own = self.own_subnet(CAP)?;
         let addr = ip(addr);
-        if !own.contains(addr) {
+        // Only the subnet's own address (what flannel puts on flannel.<VNI>): any other
+        // /32 of the subnet is a pod's, and a local route for it would hand the pod's
+        // traffic to the host's services.
+        if addr != own.addr() {
             return self.deny(
                 CAP,
-                format!("address {addr} is not inside the node's subnet {own}"),
+                format!(
+                    "address {addr} is not the node's subnet address {} (any other address of {own} may be a pod's)",
+                    own.addr()
+                ),
             );
         }
         let want = AddrInfo {

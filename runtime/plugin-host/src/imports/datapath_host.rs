@@ -15,6 +15,9 @@ const CAP: &str = "datapath-host";
 
 impl PluginState {
     fn open_tun_checked(&mut self, name: String) -> Result<Link, Error> {
+        if self.describing {
+            return self.deny(CAP, "describe() must not call the host");
+        }
         self.check_device_name(CAP, &name)?;
         let mut slots = self.datapath.lock();
         let held = slots.get(&self.plugin).and_then(|r| r.tun.clone());
@@ -57,6 +60,9 @@ impl PluginState {
     }
 
     fn bind_udp_checked(&mut self, port: u16) -> Result<(), Error> {
+        if self.describing {
+            return self.deny(CAP, "describe() must not call the host");
+        }
         if port == 0 {
             return Err(Error::Invalid(
                 "UDP port 0 is not a port peers can send to".into(),

@@ -34,6 +34,7 @@ pub(super) fn state(kernel: Arc<FakeKernel>, devices: DeviceRegistry, plugin: &s
         owned: Default::default(),
         limits: StoreLimitsBuilder::new().build(),
         stats: Arc::new(PluginStats::default()),
+        describing: false,
     }
 }
 

@@ -11,6 +11,8 @@
 //!   then handles the replay, its first);
 //! - `trap-on-removal`: panic in any `on-leases` of an instance but its first that
 //!   carries a removal (so the fresh instance's replay, its first, goes through);
+//! - `hijack-address`: in `start`, create its own vxlan device and ask for a pod's
+//!   address (the subnet's `.2`) on it;
 //! - anything else (or no `Mode`): behave.
 
 use twill_plugin_sdk::host::{self, addresses, links, routes};
@@ -83,11 +85,17 @@ impl Backend for Misbehave {
         Info {
             name: "misbehave".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            config_hint: "Mode: deny | loop | alloc | trap-on-second | trap-on-removal".into(),
+            config_hint:
+                "Mode: deny | loop | alloc | trap-on-second | trap-on-removal | hijack-address"
+                    .into(),
         }
     }
 
-    fn init(config: &str, node: &Node, _previous: Option<&str>) -> Result<(Self, Registration), Error> {
+    fn init(
+        config: &str,
+        node: &Node,
+        _previous: Option<&str>,
+    ) -> Result<(Self, Registration), Error> {
         let value: serde_json::Value =
             serde_json::from_str(config).map_err(|e| Error::Invalid(e.to_string()))?;
         let mode = config_field(&value, "Mode")
@@ -113,6 +121,21 @@ impl Backend for Misbehave {
         if self.mode == "deny" {
             self.deny_all(own);
         }
+        if self.mode == "hijack-address" {
+            let dev = links::ensure_vxlan(&links::VxlanSpec {
+                name: "flannel.7".into(),
+                vni: 7,
+                port: 4797,
+                local: self.node.public_ip,
+                underlay: self.node.iface.index,
+                learning: false,
+                mac: None,
+            })?;
+            self.attempt(
+                "a pod's address on its own device",
+                addresses::ensure(dev.index, own.addr + 2),
+            );
+        }
         Ok(())
     }
 
@@ -129,7 +152,10 @@ impl Backend for Misbehave {
         };
         if add {
             routes::replace(route)?;
-            Ok(format!("route via {}", twill_plugin_sdk::ip(lease.public_ip)))
+            Ok(format!(
+                "route via {}",
+                twill_plugin_sdk::ip(lease.public_ip)
+            ))
         } else {
             routes::delete(route)?;
             Ok("removed".into())
