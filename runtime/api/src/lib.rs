@@ -17,6 +17,7 @@ mod time;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{FromRef, State};
 use axum::http::header::CONTENT_TYPE;
@@ -174,18 +175,113 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Serve `router` on `listener` until `shutdown` completes; requests in flight then
-/// finish.
+/// How many connections one listener serves at once; more are closed at accept
+/// (security review M-5: idle sockets must not exhaust the daemon's file descriptors).
+pub const MAX_CONNECTIONS: usize = 128;
+/// How long a client may take to send a request's head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a connection lives (keep-alive included); clients reconnect.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// The largest request body accepted (every endpoint is a GET).
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// Serve `router` on `listener` until `shutdown` completes: at most
+/// [`MAX_CONNECTIONS`] connections, each with [`HEADER_READ_TIMEOUT`] for a request's
+/// head and [`CONNECTION_LIFETIME`] in all, bodies up to [`BODY_LIMIT`]. On a loopback
+/// listener, a `Host` header that names neither an address nor `localhost` is refused
+/// (421), so a web page cannot read the API through DNS rebinding.
 pub async fn serve_on(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(ServeError::LocalAddr)?;
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| ServeError::Serve { addr, source })
+    let mut router = router.layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT));
+    if addr.ip().is_loopback() {
+        router = router.layer(axum::middleware::from_fn(loopback_host_only));
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut refused_logged = false;
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Out of descriptors or a connection reset before accept: wait a little.
+                Err(e) => {
+                    tracing::debug!(%addr, "accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if !refused_logged {
+                tracing::warn!(%addr, %peer, "{MAX_CONNECTIONS} connections open; closing new ones until some end");
+                refused_logged = true;
+            }
+            drop(stream);
+            continue;
+        };
+        refused_logged = false;
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            // A connection past its lifetime is simply dropped (closed).
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                tracing::debug!(%peer, "HTTP connection: {e}");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Refuse (421) a request whose `Host` is a name other than `localhost`.
+async fn loopback_host_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if host_is_local(host) {
+        next.run(request).await
+    } else {
+        (
+            axum::http::StatusCode::MISDIRECTED_REQUEST,
+            Json(model::ErrorBody {
+                error: format!(
+                    "Host {host:?} is not this node's loopback API (use 127.0.0.1 or localhost)"
+                ),
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// Whether a `Host` header value names an IP address or `localhost` (with any port).
+fn host_is_local(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest
+            .split(']')
+            .next()
+            .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        host.rsplit_once(':').map_or(
+            host,
+            |(h, port)| {
+                if port.parse::<u16>().is_ok() { h } else { host }
+            },
+        )
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// [`bind`] `addr`, then [`serve_on`] it.
