@@ -139,6 +139,50 @@ fn a_plugin_cannot_take_a_pods_address() {
     assert_eq!(c.nodes[0].stop(), Some(0));
 }
 
+/// Security review M-6: a plugin cannot flood the log or forge lines in it.
+#[test]
+fn a_plugin_cannot_flood_or_forge_the_log() {
+    let mut c = Cluster::new(2);
+    c.put_config(&config("log-flood"));
+    start_all(&mut c, &[]);
+    c.assert_full_mesh(Duration::from_secs(30));
+    let node = &c.nodes[0];
+    wait_for("the denials counted", WAIT, || {
+        node.metric_opt(r#"twill_plugin_denied_host_calls_total{capability="routes"}"#)
+            .filter(|n| *n >= 5000.0)
+    });
+    // One more second, for the report of the last window.
+    std::thread::sleep(Duration::from_millis(1500));
+    c.pod_ping(1, 2);
+    let log = node.log_text();
+    let ours: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("plugin=misbehave"))
+        .collect();
+    assert!(
+        ours.len() < 200,
+        "{} lines from the plugin (10,000 asked for)",
+        ours.len()
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("log lines a second from this plugin: suppressing")),
+        "no suppression report"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("2026-12-02T00:00:00.000000Z  INFO forged")),
+        "a forged line made it into the log"
+    );
+    assert!(
+        log.contains("\\n2026-12-02T00:00:00.000000Z  INFO forged line\\u{1b}[31m"),
+        "the newline and escape are written as escapes"
+    );
+    assert!(!log.contains('\x1b'), "no raw terminal escape");
+    assert!(log.len() < 2 << 20, "log is {} bytes", log.len());
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}
+
 fn describe_attack_wasm() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| build_plugin_crate(&test_plugin_dir("describe-attack")))

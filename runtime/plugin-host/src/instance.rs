@@ -97,7 +97,12 @@ impl From<wit::Error> for BackendError {
             wit::Error::Kernel(m) => (ErrorKind::Kernel, m),
             wit::Error::Unsupported(m) => (ErrorKind::Unsupported, m),
         };
-        Self { kind, message }
+        // The plugin's text reaches the log and the API: cut and escaped as its log
+        // lines are.
+        Self {
+            kind,
+            message: crate::imports::log::clean(&message),
+        }
     }
 }
 
@@ -114,7 +119,10 @@ impl PeerOutcome {
     fn from_wit(o: wit::PeerOutcome) -> Self {
         Self {
             subnet: subnet_from_wit(o.subnet),
-            result: o.outcome.map_err(BackendError::from),
+            result: o
+                .outcome
+                .map(|programmed| crate::imports::log::clean(&programmed))
+                .map_err(BackendError::from),
         }
     }
 }

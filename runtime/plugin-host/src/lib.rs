@@ -401,6 +401,7 @@ impl PluginHost {
             datapath: self.datapath.clone(),
             owned: Default::default(),
             describing: false,
+            log_budget: Default::default(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory_bytes)
                 .instances(16)

@@ -161,6 +161,8 @@ pub(crate) struct PluginState {
     /// A Store for `describe` only: no kernel, fresh registries, and every host call
     /// that does not go through the kernel refused too (security review H-1).
     pub(crate) describing: bool,
+    /// How many lines it may still log this second.
+    pub(crate) log_budget: Mutex<crate::imports::log::LogBudget>,
 }
 
 impl PluginState {
@@ -172,7 +174,9 @@ impl PluginState {
         reason: impl fmt::Display,
     ) -> Result<T, Error> {
         let reason = reason.to_string();
-        tracing::warn!(plugin = %self.plugin, capability, "denied: {reason}");
+        if self.log_allowed() {
+            tracing::warn!(plugin = %self.plugin, capability, "denied: {reason}");
+        }
         self.stats.count_denied(capability);
         Err(Error::Denied(reason))
     }

@@ -5,7 +5,7 @@ mod addresses;
 mod datapath_host;
 mod fdb;
 pub(crate) mod links;
-mod log;
+pub(crate) mod log;
 mod neighbours;
 mod route_lookup;
 mod routes;

@@ -35,6 +35,7 @@ pub(super) fn state(kernel: Arc<FakeKernel>, devices: DeviceRegistry, plugin: &s
         limits: StoreLimitsBuilder::new().build(),
         stats: Arc::new(PluginStats::default()),
         describing: false,
+        log_budget: Default::default(),
     }
 }
 

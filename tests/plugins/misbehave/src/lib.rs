@@ -11,6 +11,8 @@
 //!   then handles the replay, its first);
 //! - `trap-on-removal`: panic in any `on-leases` of an instance but its first that
 //!   carries a removal (so the fresh instance's replay, its first, goes through);
+//! - `log-flood`: in the first `on-leases`, log 5000 long lines that embed a newline,
+//!   a forged log line and a terminal escape, then make 5000 denied calls;
 //! - `hijack-address`: in `start`, create its own vxlan device and ask for a pod's
 //!   address (the subnet's `.2`) on it;
 //! - anything else (or no `Mode`): behave.
@@ -173,6 +175,27 @@ impl Backend for Misbehave {
                 loop {
                     hoard.push(vec![1; 1 << 20]);
                     std::hint::black_box(&hoard);
+                }
+            }
+            ("log-flood", 1) => {
+                let forged = format!(
+                    "{}\n2026-12-02T00:00:00.000000Z  INFO forged line\x1b[31m",
+                    "A".repeat(4000)
+                );
+                for _ in 0..5000 {
+                    host::error(&forged);
+                }
+                let outside = routes::Route {
+                    dst: Subnet {
+                        addr: ip_u32([172, 31, 0, 0].into()),
+                        prefix: 16,
+                    },
+                    gateway: None,
+                    dev: self.node.iface.index,
+                    onlink: false,
+                };
+                for _ in 0..5000 {
+                    let _ = routes::replace(outside);
                 }
             }
             ("trap-on-second", 2) => panic!("misbehave: trapping on purpose"),
