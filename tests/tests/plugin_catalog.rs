@@ -254,3 +254,76 @@ fn the_wit_v2_component_is_refused_by_load_with_its_version() {
         "v2.wasm: targets twill:backend 0.2; this host speaks 0.1"
     );
 }
+
+/// Security review M-3: what could be changed by another user is not loaded — a plugin
+/// directory writable by everyone, a plugin file writable by its group, a symbolic link
+/// to a file outside the directory — and a cache directory writable by others is not
+/// used (its entries would run as native code).
+#[test]
+fn files_and_directories_others_could_change_are_not_trusted() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).expect("chmod");
+    let dir = scratch("trust");
+    mode(&dir, 0o755);
+    fs::write(dir.join("good.wasm"), builtin("vxlan")).expect("write");
+    mode(&dir.join("good.wasm"), 0o644);
+    fs::write(dir.join("group.wasm"), builtin("host-gw")).expect("write");
+    mode(&dir.join("group.wasm"), 0o664);
+    let elsewhere = scratch("trust-elsewhere");
+    fs::write(elsewhere.join("x.wasm"), builtin("udp")).expect("write");
+    std::os::unix::fs::symlink(elsewhere.join("x.wasm"), dir.join("link.wasm")).expect("link");
+
+    let catalog = Catalog::scan(&host(), twill_builtin::BUILTIN, Some(&dir));
+    assert!(
+        matches!(catalog.dir, DirState::Read(_)),
+        "{:?}",
+        catalog.dir
+    );
+    assert!(
+        skipped(&catalog, "group.wasm")
+            .to_string()
+            .contains("writable by its group")
+    );
+    assert!(
+        skipped(&catalog, "link.wasm")
+            .to_string()
+            .contains("symbolic link out of the plugin directory")
+    );
+    assert!(matches!(
+        catalog
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("good.wasm"))
+            .map(|f| &f.outcome),
+        Some(FileOutcome::Loaded { .. })
+    ));
+
+    mode(&dir, 0o777);
+    let catalog = Catalog::scan(&host(), twill_builtin::BUILTIN, Some(&dir));
+    match &catalog.dir {
+        DirState::Untrusted { reason, .. } => {
+            assert!(reason.contains("writable by everyone"), "{reason}")
+        }
+        other => panic!("a 0777 directory was read: {other:?}"),
+    }
+    assert!(catalog.files.is_empty());
+
+    // A cache directory others can write is not used: nothing is read from it or
+    // written to it.
+    let cache = scratch("trust-cache");
+    mode(&cache, 0o777);
+    let host = PluginHost::with_cache(Arc::new(FakeKernel::new()), Limits::default(), Some(&cache))
+        .expect("engine");
+    assert_eq!(host.cache_dir(), None, "the cache is off");
+    let plugin = host.load("built-in:vxlan", builtin("vxlan")).expect("load");
+    assert!(!plugin.from_cache);
+    assert_eq!(
+        fs::read_dir(&cache).expect("cache dir").count(),
+        0,
+        "nothing written"
+    );
+    for d in [dir, elsewhere, cache] {
+        let _ = fs::remove_dir_all(d);
+    }
+}

@@ -56,6 +56,11 @@ fn log_catalog(catalog: &Catalog) {
             "cannot read plugin directory {}: {reason}; using the built-in plugins only",
             dir.display()
         ),
+        DirState::Untrusted { dir, reason } => tracing::warn!(
+            "plugin directory {} is not trusted ({reason}): it could run code as root; \
+             not reading it, using the built-in plugins only",
+            dir.display()
+        ),
         DirState::Read(dir) => tracing::info!(
             files = catalog.files.len(),
             "read plugin directory {}",

@@ -36,6 +36,13 @@ pub enum DirState {
         /// Why.
         reason: String,
     },
+    /// It may be changed by others than us or root: not read, built-ins only.
+    Untrusted {
+        /// The directory.
+        dir: PathBuf,
+        /// Who could change what.
+        reason: String,
+    },
     /// It was read.
     Read(PathBuf),
 }
@@ -163,6 +170,15 @@ impl Catalog {
         let Some(dir) = dir else {
             return catalog;
         };
+        if dir.exists()
+            && let Err(reason) = crate::trust::check_dir(dir)
+        {
+            catalog.dir = DirState::Untrusted {
+                dir: dir.to_owned(),
+                reason,
+            };
+            return catalog;
+        }
         let paths = match list_wasm_files(dir) {
             Ok(paths) => paths,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -187,7 +203,14 @@ impl Catalog {
 
     fn load_file(&self, host: &PluginHost, path: PathBuf) -> FileEntry {
         let source = path.display().to_string();
-        let bytes = match std::fs::read(&path) {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let readable = crate::trust::check_plugin_file(dir, &path).map_err(|why| {
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("not trusted: {why}"),
+            )
+        });
+        let bytes = match readable.and_then(std::fs::read) {
             Ok(bytes) => bytes,
             Err(e) => {
                 return FileEntry {
@@ -294,13 +317,16 @@ impl Catalog {
     }
 }
 
-/// The `*.wasm` files directly in `dir` (following symbolic links), sorted.
+/// The `*.wasm` entries directly in `dir` (files and symbolic links; each is checked
+/// when it is read), sorted.
 fn list_wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+        let entry = entry?;
+        let path = entry.path();
         let is_wasm = path.extension().is_some_and(|e| e == "wasm");
-        if is_wasm && path.is_file() {
+        let kind = entry.file_type()?;
+        if is_wasm && (kind.is_file() || kind.is_symlink()) {
             paths.push(path);
         }
     }

@@ -19,6 +19,7 @@ mod imports;
 mod instance;
 mod loading;
 mod state;
+pub mod trust;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -432,7 +433,11 @@ impl PluginHost {
 /// file can be written there.
 fn open_cache(dir: &Path) -> Result<wasmtime::Cache, String> {
     let dir: PathBuf = std::path::absolute(dir).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create it: {e}"))?;
+    // Created for us alone; an existing one must be ours (its entries are native code).
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&dir)
+        .map_err(|e| format!("cannot create it: {e}"))?;
+    trust::check_dir(&dir).map_err(|why| format!("not trusted: {why}"))?;
     let probe = dir.join(format!(".twill-write-test-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(|e| format!("cannot write to it: {e}"))?;
     let _ = std::fs::remove_file(&probe);

@@ -50,6 +50,10 @@ fn list(args: &PluginListArgs) -> anyhow::Result<()> {
             "plugin directory: {} (cannot be read: {reason}; built-in plugins only)",
             dir.display()
         ),
+        DirState::Untrusted { dir, reason } => println!(
+            "plugin directory: {} (not trusted: {reason}; built-in plugins only)",
+            dir.display()
+        ),
         DirState::Read(dir) => println!(
             "plugin directory: {} ({} *.wasm file{})",
             dir.display(),
