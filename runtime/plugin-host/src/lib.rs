@@ -404,10 +404,15 @@ impl PluginHost {
             describing: false,
             log_budget: Default::default(),
             limits: StoreLimitsBuilder::new()
+                // Per linear memory, so one memory in all keeps the total to the limit,
+                // and tables are bounded too: a table's elements are host memory
+                // (security review H-2). The built-ins use one memory and a few hundred
+                // table elements.
                 .memory_size(self.limits.memory_bytes)
+                .memories(1)
+                .table_elements(TABLE_ELEMENTS)
                 .instances(16)
                 .tables(16)
-                .memories(4)
                 .trap_on_grow_failure(true)
                 .build(),
             stats,
@@ -428,6 +433,9 @@ impl PluginHost {
         instance::spawn(self, plugin, grant)
     }
 }
+
+/// The most elements one table of a plugin may hold (8 bytes of host memory each).
+pub const TABLE_ELEMENTS: usize = 10_000;
 
 /// wasmtime's cache in `dir` (made absolute; created if missing), after checking that a
 /// file can be written there.
