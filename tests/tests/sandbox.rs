@@ -139,6 +139,43 @@ fn a_plugin_cannot_take_a_pods_address() {
     assert_eq!(c.nodes[0].stop(), Some(0));
 }
 
+/// Security review H-5: a plugin may send peers' traffic only to peers — not route a
+/// peer's subnet via another host, nor add an FDB entry towards one.
+#[test]
+fn next_hops_are_bound_to_peers() {
+    let mut c = Cluster::new(2);
+    let observer = "192.168.77.201";
+    c.add_outside_host("obs", observer);
+    c.put_config(&format!(
+        r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"misbehave","Mode":"exfil","Observer":"{observer}"}}}}"#
+    ));
+    start_all(&mut c, &[]);
+    c.assert_full_mesh(Duration::from_secs(30));
+    let node = &c.nodes[0];
+    for capability in ["routes", "fdb"] {
+        wait_for(&format!("a {capability} denial"), WAIT, || {
+            node.metric_opt(&format!(
+                r#"twill_plugin_denied_host_calls_total{{capability="{capability}"}}"#
+            ))
+            .filter(|n| *n >= 1.0)
+        });
+    }
+    let log = node.log_text();
+    assert!(!log.contains("allowed (it should not be)"), "{log}");
+    assert!(log.contains("is not a current peer's public IP"), "{log}");
+    let route = node.exec(&["ip", "route", "get", &c.nodes[1].pod_ip()]);
+    assert!(
+        route.contains(&format!("via {}", c.nodes[1].ip())) && !route.contains(observer),
+        "pod 2 is reached via node 2: {route}"
+    );
+    let fdb = node.exec(&["bridge", "fdb", "show", "dev", "flannel.8"]);
+    assert!(
+        !fdb.contains(observer),
+        "no FDB entry to the observer: {fdb}"
+    );
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}
+
 /// Security review M-6: a plugin cannot flood the log or forge lines in it.
 #[test]
 fn a_plugin_cannot_flood_or_forge_the_log() {

@@ -313,10 +313,31 @@ impl Worker {
                     let _ = reply.send(result);
                 }
                 Command::OnLeases(events, reply) => {
+                    // The next hops the plugin may program: every peer this batch
+                    // names, during the call (a removal must be undone, also by a fresh
+                    // instance that never saw the addition); afterwards only those still
+                    // present.
+                    let peers = &mut self.guest.store.data_mut().peers;
+                    for e in &events {
+                        let l = e.lease();
+                        peers.insert(l.subnet, l.attrs.public_ip);
+                    }
+                    let after: Vec<LeaseEvent> = events.clone();
                     let events: Vec<wit::LeaseEvent> = events.iter().map(event_to_wit).collect();
                     let result = self
                         .guest
                         .call("on-leases", |b, s| b.call_on_leases(s, &events).map(Ok));
+                    let peers = &mut self.guest.store.data_mut().peers;
+                    for e in &after {
+                        match e {
+                            LeaseEvent::Added(l) => {
+                                peers.insert(l.subnet, l.attrs.public_ip);
+                            }
+                            LeaseEvent::Removed(l) => {
+                                peers.remove(&l.subnet);
+                            }
+                        }
+                    }
                     let _ =
                         reply.send(result.map(|outcomes| {
                             outcomes.into_iter().map(PeerOutcome::from_wit).collect()

@@ -161,6 +161,10 @@ pub(crate) struct PluginState {
     /// A Store for `describe` only: no kernel, fresh registries, and every host call
     /// that does not go through the kernel refused too (security review H-1).
     pub(crate) describing: bool,
+    /// The peers this instance was handed (subnet → PublicIP), the only next hops it may
+    /// program (security review H-5). Additions count from the batch that brings them,
+    /// removals once that batch is answered (so the plugin can still undo them).
+    pub(crate) peers: std::collections::BTreeMap<Subnet, std::net::Ipv4Addr>,
     /// How many lines it may still log this second.
     pub(crate) log_budget: Mutex<crate::imports::log::LogBudget>,
 }
@@ -179,6 +183,11 @@ impl PluginState {
         }
         self.stats.count_denied(capability);
         Err(Error::Denied(reason))
+    }
+
+    /// Whether `addr` is the PublicIP of a peer this instance was handed.
+    pub(crate) fn is_peer_ip(&self, addr: std::net::Ipv4Addr) -> bool {
+        self.peers.values().any(|ip| *ip == addr)
     }
 
     /// Whether `index` is a device this plugin created or adopted.

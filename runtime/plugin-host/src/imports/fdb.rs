@@ -18,6 +18,20 @@ impl PluginState {
         }
         Ok(())
     }
+
+    /// A new FDB entry sends encapsulated pod traffic to `dst`: only to a peer
+    /// (security review H-5).
+    fn check_fdb_destination(&self, dst: u32) -> Result<(), Error> {
+        let dst = ip(dst);
+        if self.is_peer_ip(dst) {
+            Ok(())
+        } else {
+            self.deny(
+                CAP,
+                format!("FDB destination {dst} is not a current peer's public IP"),
+            )
+        }
+    }
 }
 
 impl Host for PluginState {
@@ -27,11 +41,14 @@ impl Host for PluginState {
         mac: (u8, u8, u8, u8, u8, u8),
         dst: u32,
     ) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self.check_fdb(dev, dst).and_then(|()| {
-            self.kernel
-                .replace_fdb(dev, mac_from_wit(mac), ip(dst))
-                .map_err(kernel_error)
-        }))
+        Ok(self
+            .check_fdb(dev, dst)
+            .and_then(|()| self.check_fdb_destination(dst))
+            .and_then(|()| {
+                self.kernel
+                    .replace_fdb(dev, mac_from_wit(mac), ip(dst))
+                    .map_err(kernel_error)
+            }))
     }
 
     fn delete(

@@ -31,11 +31,27 @@ impl Host for PluginState {
         addr: u32,
         mac: (u8, u8, u8, u8, u8, u8),
     ) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self.check_neighbour(dev, addr).and_then(|()| {
-            self.kernel
-                .replace_neighbour(dev, ip(addr), mac_from_wit(mac))
-                .map_err(kernel_error)
-        }))
+        let unicast = {
+            let m = mac_from_wit(mac);
+            m.0[0] & 1 == 0 && m.0 != [0; 6]
+        };
+        Ok(self
+            .check_neighbour(dev, addr)
+            .and_then(|()| {
+                if unicast {
+                    Ok(())
+                } else {
+                    Err(Error::Invalid(format!(
+                        "neighbour MAC {} is not a unicast address",
+                        mac_from_wit(mac)
+                    )))
+                }
+            })
+            .and_then(|()| {
+                self.kernel
+                    .replace_neighbour(dev, ip(addr), mac_from_wit(mac))
+                    .map_err(kernel_error)
+            }))
     }
 
     fn delete(&mut self, dev: u32, addr: u32) -> wasmtime::Result<Result<(), Error>> {

@@ -62,6 +62,19 @@ impl PluginState {
                 ),
             );
         }
+        // The next hop must be a peer (security review H-5): on the external interface
+        // its PublicIP; on a tunnel device that, or an address of the route's own
+        // destination (vxlan's `via 10.244.2.0 onlink`).
+        if let Some(gw) = r.gateway.map(ip) {
+            let peer = self.is_peer_ip(gw);
+            let inside = r.dev != external.index && dst.contains(gw);
+            if !peer && !inside {
+                return self.deny(
+                    CAP,
+                    format!("gateway {gw} of the route to {dst} is not a current peer's public IP"),
+                );
+            }
+        }
         Ok(Route {
             dst,
             gateway: r.gateway.map(ip),

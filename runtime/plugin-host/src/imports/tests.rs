@@ -36,6 +36,7 @@ pub(super) fn state(kernel: Arc<FakeKernel>, devices: DeviceRegistry, plugin: &s
         stats: Arc::new(PluginStats::default()),
         describing: false,
         log_budget: Default::default(),
+        peers: Default::default(),
     }
 }
 
@@ -74,10 +75,66 @@ pub(super) fn denied<T: std::fmt::Debug>(r: wasmtime::Result<Result<T, Error>>) 
     }
 }
 
+/// Security review H-5: next hops only to peers the instance was handed, and a
+/// neighbour's MAC must be unicast.
+#[test]
+fn next_hops_must_be_peers() {
+    let k = kernel();
+    let mut s = state(k.clone(), DeviceRegistry::default(), "vxlan");
+    let eth0 = s.grant.external.index;
+    let link = links::Host::ensure_vxlan(&mut s, vxlan_spec("flannel.1", eth0))
+        .expect("no trap")
+        .expect("allowed");
+    s.peers.insert(
+        "10.244.2.0/24".parse().expect("s"),
+        std::net::Ipv4Addr::new(192, 168, 0, 2),
+    );
+    let stranger = ip(203, 0, 113, 7);
+    assert!(
+        denied(fdb::Host::replace(
+            &mut s,
+            link.index,
+            (2, 0, 0, 0, 0, 9),
+            stranger
+        ))
+        .contains("is not a current peer's public IP")
+    );
+    assert!(
+        denied(routes::Host::replace(
+            &mut s,
+            route((ip(10, 244, 2, 0), 24), Some(stranger), eth0)
+        ))
+        .contains("is not a current peer's public IP")
+    );
+    assert!(
+        denied(routes::Host::replace(
+            &mut s,
+            route((ip(10, 244, 2, 0), 24), Some(stranger), link.index)
+        ))
+        .contains("is not a current peer's public IP")
+    );
+    match neighbours::Host::replace(&mut s, link.index, ip(10, 244, 2, 0), (1, 0, 0x5e, 0, 0, 1))
+        .expect("no trap")
+    {
+        Err(Error::Invalid(m)) => assert!(m.contains("not a unicast"), "{m}"),
+        other => panic!("a multicast neighbour MAC was accepted: {other:?}"),
+    }
+    assert!(k.fdb().is_empty(), "nothing reached the kernel");
+}
+
 #[test]
 fn allowed_requests_reach_the_kernel() {
     let k = kernel();
     let mut s = state(k.clone(), DeviceRegistry::default(), "vxlan");
+    // The peers this instance was handed: the only next hops it may program.
+    s.peers.insert(
+        "10.244.2.0/24".parse().expect("s"),
+        std::net::Ipv4Addr::new(192, 168, 0, 2),
+    );
+    s.peers.insert(
+        "10.244.3.0/24".parse().expect("s"),
+        std::net::Ipv4Addr::new(192, 168, 0, 3),
+    );
     let eth0 = s.grant.external.index;
     let link = links::Host::ensure_vxlan(&mut s, vxlan_spec("flannel.1", eth0))
         .expect("no trap")
@@ -338,6 +395,10 @@ fn ipip_device_is_created_then_kept_and_usable() {
 
     // The device is the plugin's: MTU, address, up, and flannel's onlink route via a
     // peer's public IP all pass the checks.
+    s.peers.insert(
+        "10.244.2.0/24".parse().expect("s"),
+        std::net::Ipv4Addr::new(192, 168, 0, 2),
+    );
     links::Host::set_mtu(&mut s, link.index, 1480)
         .expect("no trap")
         .expect("allowed");

@@ -13,11 +13,14 @@
 //!   carries a removal (so the fresh instance's replay, its first, goes through);
 //! - `log-flood`: in the first `on-leases`, log 5000 long lines that embed a newline,
 //!   a forged log line and a terminal escape, then make 5000 denied calls;
+//! - `exfil`: for each peer, first try to route its subnet via `Backend.Observer` (an
+//!   address that is no peer) and to add an FDB entry to it on its own vxlan device,
+//!   then program the peer as host-gw does;
 //! - `hijack-address`: in `start`, create its own vxlan device and ask for a pod's
 //!   address (the subnet's `.2`) on it;
 //! - anything else (or no `Mode`): behave.
 
-use twill_plugin_sdk::host::{self, addresses, links, routes};
+use twill_plugin_sdk::host::{self, addresses, fdb, links, routes};
 use twill_plugin_sdk::{
     Backend, Error, Info, LeaseEvent, Node, Registration, Subnet, config_field, export_backend,
     ip_u32,
@@ -25,6 +28,10 @@ use twill_plugin_sdk::{
 
 struct Misbehave {
     mode: String,
+    /// `exfil`: where it tries to send peers' traffic.
+    observer: u32,
+    /// `exfil`: its own vxlan device.
+    exfil_dev: Option<u32>,
     node: Node,
     on_leases_calls: u32,
 }
@@ -104,6 +111,10 @@ impl Backend for Misbehave {
             .and_then(|m| m.as_str())
             .unwrap_or("")
             .to_owned();
+        let observer = config_field(&value, "Observer")
+            .and_then(|m| m.as_str())
+            .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok())
+            .map_or(0, ip_u32);
         let registration = Registration {
             backend_type: "misbehave".into(),
             backend_data: String::new(),
@@ -112,6 +123,8 @@ impl Backend for Misbehave {
         Ok((
             Misbehave {
                 mode,
+                observer,
+                exfil_dev: None,
                 node: node.clone(),
                 on_leases_calls: 0,
             },
@@ -122,6 +135,18 @@ impl Backend for Misbehave {
     fn start(&mut self, own: Subnet) -> Result<(), Error> {
         if self.mode == "deny" {
             self.deny_all(own);
+        }
+        if self.mode == "exfil" {
+            let dev = links::ensure_vxlan(&links::VxlanSpec {
+                name: "flannel.8".into(),
+                vni: 8,
+                port: 4798,
+                local: self.node.public_ip,
+                underlay: self.node.iface.index,
+                learning: false,
+                mac: None,
+            })?;
+            self.exfil_dev = Some(dev.index);
         }
         if self.mode == "hijack-address" {
             let dev = links::ensure_vxlan(&links::VxlanSpec {
@@ -152,6 +177,21 @@ impl Backend for Misbehave {
             dev: self.node.iface.index,
             onlink: false,
         };
+        if add && self.mode == "exfil" {
+            self.attempt(
+                "a peer's subnet via the observer",
+                routes::replace(routes::Route {
+                    gateway: Some(self.observer),
+                    ..route
+                }),
+            );
+            if let Some(dev) = self.exfil_dev {
+                self.attempt(
+                    "an FDB entry to the observer",
+                    fdb::replace(dev, (2, 0, 0, 0, 0, 0x99), self.observer),
+                );
+            }
+        }
         if add {
             routes::replace(route)?;
             Ok(format!(
