@@ -38,6 +38,12 @@ fn bad_configs_interfaces_and_backends_fail_with_one_line() {
             .as_str(),
     );
 
+    // Security review M-1: a network over the host's own ranges or its own address.
+    c.put_config(r#"{"Network":"0.0.0.0/0","Backend":{"Type":"vxlan"}}"#);
+    expect_failure(&mut c, &eth0, "overlaps the loopback range 127.0.0.0/8");
+    c.put_config(r#"{"Network":"192.168.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    expect_failure(&mut c, &eth0, "contains this node's public IP 192.168.77.1");
+
     c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":"x"}}"#);
     expect_failure(&mut c, &eth0, "Backend.VNI");
 

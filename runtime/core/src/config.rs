@@ -183,7 +183,27 @@ fn parse_network(obj: &Map<String, Value>) -> Result<Subnet, ConfigError> {
         .filter(|p| *p <= 32)
         .ok_or_else(|| bad("Network", format!("{text:?} is not an IPv4 CIDR")))?;
     // Go's net.ParseCIDR masks the host bits; flannel accepts 10.244.1.5/16 as 10.244.0.0/16.
-    Subnet::containing(addr, prefix).map_err(|e| bad("Network", e.to_string()))
+    let network = Subnet::containing(addr, prefix).map_err(|e| bad("Network", e.to_string()))?;
+    // Every address, or a network holding loopback, multicast or the reserved range:
+    // peers' routes would take over the host's own traffic (security review M-1).
+    let forbidden = [
+        (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback"),
+        (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast"),
+        (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved"),
+        (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\" (0.0.0.0/8)"),
+    ];
+    for (addr, len, what) in forbidden {
+        let range = Subnet::containing(addr, len).map_err(|e| bad("Network", e.to_string()))?;
+        if network.overlaps(&range) {
+            return Err(bad(
+                "Network",
+                format!(
+                    "{network} overlaps the {what} range {range}: the cluster network must be a range of ordinary unicast addresses"
+                ),
+            ));
+        }
+    }
+    Ok(network)
 }
 
 fn check_subnet_len(network: Subnet, len: u8) -> Result<u8, ConfigError> {
@@ -318,6 +338,8 @@ mod tests {
         assert!(err(r#"{"Backend":{"Type":"vxlan"}}"#).contains("Network is missing"));
         assert!(err(r#"{"Network":"10.0.0.0"}"#).contains("Network"));
         assert!(err(r#"{"Network":"10.0.0.0/29"}"#).contains("too small"));
+        assert!(err(r#"{"Network":"0.0.0.0/0"}"#).contains("overlaps the loopback range"));
+        assert!(err(r#"{"Network":"224.0.0.0/16"}"#).contains("overlaps the multicast range"));
         assert!(err(r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#).contains("SubnetLen"));
         assert!(
             err(r#"{"Network":"10.0.0.0/16","SubnetLen":17}"#).contains("at least four subnets")

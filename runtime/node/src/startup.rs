@@ -53,6 +53,7 @@ async fn with_store<S: LeaseStore>(
 ) -> anyhow::Result<Node<S>> {
     let config = wait_for_config(&store, &args.etcd_prefix).await?;
     report.api.set_store_state(StoreState::Connected);
+    check_network_apart_from_underlay(&config, &external, public_ip)?;
     tracing::info!(
         network = %config.network, subnet_len = config.subnet_len,
         subnet_min = %config.subnet_min, subnet_max = %config.subnet_max,
@@ -373,6 +374,30 @@ async fn wait_for_config(store: &impl LeaseStore, prefix: &str) -> anyhow::Resul
             }
         }
     }
+}
+
+/// The cluster network must not contain the node's own addresses: routes to peers'
+/// subnets would then take over the underlay (security review M-1).
+fn check_network_apart_from_underlay(
+    config: &Config,
+    external: &ExternalIface,
+    public_ip: std::net::Ipv4Addr,
+) -> anyhow::Result<()> {
+    for (addr, what) in [
+        (public_ip, "public IP"),
+        (external.addr, "interface address"),
+    ] {
+        if config.network.contains(addr) {
+            anyhow::bail!(
+                "network config field Network: {} contains this node's {what} {addr} (on {}): \
+                 routes to peers' subnets would take over the underlay; the cluster network \
+                 must not include the nodes' own addresses",
+                config.network,
+                external.name
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `acquire`, retried while the store is unreachable; a full network is fatal.
