@@ -176,6 +176,41 @@ fn next_hops_are_bound_to_peers() {
     assert_eq!(c.nodes[0].stop(), Some(0));
 }
 
+/// Security review M-2: the kernel objects a plugin may hold are bounded — four
+/// devices, and per kind two entries per peer plus 64.
+#[test]
+fn kernel_objects_a_plugin_holds_are_bounded() {
+    let mut c = Cluster::new(2);
+    c.put_config(&config("flood"));
+    start_all(&mut c, &[]);
+    c.assert_full_mesh(Duration::from_secs(30));
+    let node = &c.nodes[0];
+    // Six devices and 1000 − (2 × 1 + 64) FDB entries refused, counted (their log
+    // lines mostly suppressed by the log budget).
+    wait_for("the FDB flood refused", WAIT, || {
+        node.metric_opt(r#"twill_plugin_denied_host_calls_total{capability="fdb"}"#)
+            .filter(|n| *n >= 934.0)
+    });
+    assert_eq!(
+        node.metric(r#"twill_plugin_denied_host_calls_total{capability="fdb"}"#),
+        934.0
+    );
+    assert_eq!(
+        node.metric(r#"twill_plugin_denied_host_calls_total{capability="links"}"#),
+        6.0
+    );
+    let devices = link_names(node)
+        .iter()
+        .filter(|n| n.starts_with("flannel.f"))
+        .count();
+    assert_eq!(devices, 4);
+    let fdb = node.exec(&["bridge", "fdb", "show", "dev", "flannel.f0"]);
+    let entries = fdb.lines().filter(|l| l.contains(" dst ")).count();
+    assert_eq!(entries, 66, "{fdb}");
+    assert!(c.pod_ping(1, 2), "the plugin keeps working");
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}
+
 /// Security review M-6: a plugin cannot flood the log or forge lines in it.
 #[test]
 fn a_plugin_cannot_flood_or_forge_the_log() {

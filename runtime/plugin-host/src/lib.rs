@@ -404,6 +404,7 @@ impl PluginHost {
             describing: false,
             log_budget: Default::default(),
             peers: Default::default(),
+            held: Default::default(),
             limits: StoreLimitsBuilder::new()
                 // Per linear memory, so one memory in all keeps the total to the limit,
                 // and tables are bounded too: a table's elements are host memory

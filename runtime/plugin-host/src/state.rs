@@ -71,6 +71,13 @@ impl DeviceRegistry {
     }
 
     /// Forget `device`.
+    /// How many devices `plugin` holds, and whether `device` is one of them.
+    pub(crate) fn held_by(&self, plugin: &str, device: &str) -> (usize, bool) {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = map.values().filter(|p| *p == plugin).count();
+        (count, map.get(device).is_some_and(|p| p == plugin))
+    }
+
     pub(crate) fn release(&self, device: &str) {
         self.0
             .lock()
@@ -165,11 +172,49 @@ pub(crate) struct PluginState {
     /// program (security review H-5). Additions count from the batch that brings them,
     /// removals once that batch is answered (so the plugin can still undo them).
     pub(crate) peers: std::collections::BTreeMap<Subnet, std::net::Ipv4Addr>,
+    /// The kernel entries this instance asked for and did not delete, to bound their
+    /// number (security review M-2).
+    pub(crate) held: Held,
     /// How many lines it may still log this second.
     pub(crate) log_budget: Mutex<crate::imports::log::LogBudget>,
 }
 
+/// The most devices one plugin may hold (flannel's backends use one or two).
+pub const MAX_DEVICES: usize = 4;
+
+/// Kernel entries an instance holds, by kind and key.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    pub(crate) routes: BTreeSet<Subnet>,
+    pub(crate) fdb: BTreeSet<(u32, [u8; 6])>,
+    pub(crate) neighbours: BTreeSet<(u32, std::net::Ipv4Addr)>,
+}
+
 impl PluginState {
+    /// How many entries of one kind (routes, FDB entries, neighbours) an instance may
+    /// hold: two per peer it was handed, plus 64.
+    pub(crate) fn entry_quota(&self) -> usize {
+        2 * self.peers.len() + 64
+    }
+
+    /// Refuse a new entry of `kind` when the instance holds its quota already.
+    pub(crate) fn check_quota(
+        &self,
+        capability: &'static str,
+        kind: &str,
+        held: usize,
+        known: bool,
+    ) -> Result<(), Error> {
+        let quota = self.entry_quota();
+        if !known && held >= quota {
+            return self.deny(
+                capability,
+                format!("this plugin holds {held} {kind} already, the most it may with {} peers (2 per peer + 64)", self.peers.len()),
+            );
+        }
+        Ok(())
+    }
+
     /// Refuse a request: logged with the plugin's name, counted, and returned to the
     /// guest as `error::denied`.
     pub(crate) fn deny<T>(

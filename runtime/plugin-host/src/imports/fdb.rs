@@ -41,14 +41,21 @@ impl Host for PluginState {
         mac: (u8, u8, u8, u8, u8, u8),
         dst: u32,
     ) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self
+        let key = (dev, mac_from_wit(mac).0);
+        let known = self.held.fdb.contains(&key);
+        let result = self
             .check_fdb(dev, dst)
             .and_then(|()| self.check_fdb_destination(dst))
+            .and_then(|()| self.check_quota(CAP, "FDB entries", self.held.fdb.len(), known))
             .and_then(|()| {
                 self.kernel
                     .replace_fdb(dev, mac_from_wit(mac), ip(dst))
                     .map_err(kernel_error)
-            }))
+            });
+        if result.is_ok() {
+            self.held.fdb.insert(key);
+        }
+        Ok(result)
     }
 
     fn delete(
@@ -57,8 +64,12 @@ impl Host for PluginState {
         mac: (u8, u8, u8, u8, u8, u8),
         dst: u32,
     ) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self
+        let result = self
             .check_fdb(dev, dst)
-            .and_then(|()| deleted(self.kernel.del_fdb(dev, mac_from_wit(mac), ip(dst)))))
+            .and_then(|()| deleted(self.kernel.del_fdb(dev, mac_from_wit(mac), ip(dst))));
+        if result.is_ok() {
+            self.held.fdb.remove(&(dev, mac_from_wit(mac).0));
+        }
+        Ok(result)
     }
 }

@@ -166,6 +166,15 @@ impl PluginState {
         compatible: impl FnOnce(&LinkInfo) -> bool,
         create: impl FnOnce(&dyn Kernel) -> Result<LinkInfo, NetError>,
     ) -> Result<Link, Error> {
+        let (held, ours) = self.devices.held_by(&self.plugin, name);
+        if !ours && held >= crate::state::MAX_DEVICES {
+            return self.deny(
+                CAP,
+                format!(
+                    "this plugin holds {held} devices already, the most a plugin may (security review M-2)"
+                ),
+            );
+        }
         if let Err(owner) = self.devices.claim(name, &self.plugin) {
             return self.deny(CAP, format!("device {name} belongs to plugin {owner}"));
         }

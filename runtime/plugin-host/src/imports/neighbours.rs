@@ -35,8 +35,11 @@ impl Host for PluginState {
             let m = mac_from_wit(mac);
             m.0[0] & 1 == 0 && m.0 != [0; 6]
         };
-        Ok(self
+        let key = (dev, ip(addr));
+        let known = self.held.neighbours.contains(&key);
+        let result = self
             .check_neighbour(dev, addr)
+            .and_then(|()| self.check_quota(CAP, "neighbours", self.held.neighbours.len(), known))
             .and_then(|()| {
                 if unicast {
                     Ok(())
@@ -51,12 +54,20 @@ impl Host for PluginState {
                 self.kernel
                     .replace_neighbour(dev, ip(addr), mac_from_wit(mac))
                     .map_err(kernel_error)
-            }))
+            });
+        if result.is_ok() {
+            self.held.neighbours.insert(key);
+        }
+        Ok(result)
     }
 
     fn delete(&mut self, dev: u32, addr: u32) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self
+        let result = self
             .check_neighbour(dev, addr)
-            .and_then(|()| deleted(self.kernel.del_neighbour(dev, ip(addr)))))
+            .and_then(|()| deleted(self.kernel.del_neighbour(dev, ip(addr))));
+        if result.is_ok() {
+            self.held.neighbours.remove(&(dev, ip(addr)));
+        }
+        Ok(result)
     }
 }

@@ -86,14 +86,23 @@ impl PluginState {
 
 impl Host for PluginState {
     fn replace(&mut self, route: WitRoute) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self
-            .checked_route(&route)
-            .and_then(|r| self.kernel.replace_route(&r).map_err(kernel_error)))
+        let result = self.checked_route(&route).and_then(|r| {
+            let known = self.held.routes.contains(&r.dst);
+            self.check_quota(CAP, "routes", self.held.routes.len(), known)?;
+            self.kernel.replace_route(&r).map_err(kernel_error)?;
+            Ok(r.dst)
+        });
+        Ok(result.map(|dst| {
+            self.held.routes.insert(dst);
+        }))
     }
 
     fn delete(&mut self, route: WitRoute) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self
+        let result = self
             .checked_route(&route)
-            .and_then(|r| deleted(self.kernel.del_route(&r))))
+            .and_then(|r| deleted(self.kernel.del_route(&r)).map(|()| r.dst));
+        Ok(result.map(|dst| {
+            self.held.routes.remove(&dst);
+        }))
     }
 }

@@ -37,6 +37,7 @@ pub(super) fn state(kernel: Arc<FakeKernel>, devices: DeviceRegistry, plugin: &s
         describing: false,
         log_budget: Default::default(),
         peers: Default::default(),
+        held: Default::default(),
     }
 }
 

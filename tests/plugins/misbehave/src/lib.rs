@@ -16,6 +16,8 @@
 //! - `exfil`: for each peer, first try to route its subnet via `Backend.Observer` (an
 //!   address that is no peer) and to add an FDB entry to it on its own vxlan device,
 //!   then program the peer as host-gw does;
+//! - `flood`: in the first `on-leases`, create ten vxlan devices and a thousand FDB
+//!   entries towards a peer;
 //! - `hijack-address`: in `start`, create its own vxlan device and ask for a pod's
 //!   address (the subnet's `.2`) on it;
 //! - anything else (or no `Mode`): behave.
@@ -236,6 +238,40 @@ impl Backend for Misbehave {
                 };
                 for _ in 0..5000 {
                     let _ = routes::replace(outside);
+                }
+            }
+            ("flood", 1) => {
+                let mut devices = Vec::new();
+                for i in 0..10u32 {
+                    if let Ok(link) = links::ensure_vxlan(&links::VxlanSpec {
+                        name: format!("flannel.f{i}"),
+                        vni: 100 + i,
+                        port: 4800 + u16::try_from(i).unwrap_or(0),
+                        local: self.node.public_ip,
+                        underlay: self.node.iface.index,
+                        learning: false,
+                        mac: None,
+                    }) {
+                        devices.push(link.index);
+                    }
+                }
+                host::info(&format!(
+                    "misbehave: flood: {} devices created",
+                    devices.len()
+                ));
+                let peer = events.iter().find_map(|e| match e {
+                    LeaseEvent::Added(l) => Some(l.public_ip),
+                    LeaseEvent::Removed(_) => None,
+                });
+                if let (Some(dev), Some(peer)) = (devices.first(), peer) {
+                    let mut allowed = 0;
+                    for i in 0..1000u32 {
+                        let [_, _, a, b] = i.to_be_bytes();
+                        if fdb::replace(*dev, (2, 0, 0, 0, a, b), peer).is_ok() {
+                            allowed += 1;
+                        }
+                    }
+                    host::info(&format!("misbehave: flood: {allowed} FDB entries allowed"));
                 }
             }
             ("trap-on-second", 2) => panic!("misbehave: trapping on purpose"),
