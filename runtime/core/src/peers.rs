@@ -383,4 +383,54 @@ mod tests {
         assert_eq!(out.skipped[0].1, Skip::PublicIp);
         assert!(set.is_empty());
     }
+
+    /// Property (issue 14's bounded fuzzing): mutated lease values never panic the
+    /// parser or the admission rule; what parses writes back to what it parsed.
+    #[test]
+    fn mutated_lease_values_parse_or_fail_cleanly() {
+        use crate::lease::{Lease, LeaseAttrs};
+        let seeds = [
+            r#"{"PublicIP":"192.168.1.2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:42:ac:11:00:02"}}"#,
+            r#"{"PublicIP":"10.0.0.1","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#,
+            r#"{"PublicIP":"172.16.0.9"}"#,
+        ];
+        let alphabet: &[u8] =
+            b"{}[]:,\"\\0123456789.abcdefPublicIPBackendTypeDataVtepMAC-nulltruefalse \x00\xff";
+        let set = set_for("10.244.1.0/24");
+        let mut state: u64 = 0x6c65_6173_652d_667a;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for case in 0..5_000u32 {
+            let mut bytes = seeds[case as usize % seeds.len()].as_bytes().to_vec();
+            for _ in 0..(1 + next() % 6) {
+                let at = (next() as usize) % (bytes.len() + 1);
+                match next() % 3 {
+                    0 if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    1 => bytes.insert(at, alphabet[(next() as usize) % alphabet.len()]),
+                    _ if at < bytes.len() => {
+                        bytes[at] = alphabet[(next() as usize) % alphabet.len()]
+                    }
+                    _ => {}
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(attrs) = LeaseAttrs::from_json(&text) {
+                let again = LeaseAttrs::from_json(&attrs.to_json())
+                    .unwrap_or_else(|e| panic!("case {case}: {text} wrote back unparsable: {e}"));
+                assert_eq!(again, attrs, "case {case}: {text}");
+                let lease = Lease {
+                    subnet: "10.244.2.0/24".parse().expect("subnet"),
+                    attrs,
+                    expires: None,
+                };
+                let _ = set.check(&lease);
+            }
+        }
+    }
 }
