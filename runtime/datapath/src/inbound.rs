@@ -38,6 +38,11 @@ impl Shared {
             self.counters.dropped(DropReason::Oversize, oversize);
             let out = dp.decap(&batch.arena()[..used], &packets)?;
             count_plugin_drops(&*self.counters, &out.drops);
+            self.denied(
+                dp.take_excess(),
+                "answer more packets than two per packet given",
+                &mut warned,
+            );
             self.write_to_tun(&out, dp.confinement(), Some(Direction::In), &mut warned);
         }
         Ok(())

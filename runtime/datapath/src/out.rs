@@ -44,6 +44,11 @@ impl Shared {
             }
             let out = dp.encap(&arena, &packets)?;
             count_plugin_drops(&*self.counters, &out.drops);
+            self.denied(
+                dp.take_excess(),
+                "answer more packets than two per packet given",
+                &mut warned,
+            );
             let confinement = dp.confinement();
             let gso = self.gso.load(Ordering::Relaxed);
             let refused =

@@ -24,6 +24,8 @@ pub struct Datapath {
     plugin: String,
     guest: Guarded<DatapathGuest>,
     confinement: Confinement,
+    /// Answer descriptors cut off by [`cap_answer`] and not yet taken.
+    excess: u64,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -81,6 +83,7 @@ impl PluginHost {
             plugin: plugin.name.clone(),
             guest: Guarded::new(&plugin.name, store, guest, self.deadline_ticks()),
             confinement,
+            excess: 0,
         };
         datapath.guest.call("attach", |g, s| {
             g.call_attach(s, config, &node, subnet_to_wit(own))
@@ -112,15 +115,73 @@ impl Datapath {
             .call("update", |g, s| g.call_update(s, &events).map(Ok))
     }
 
-    /// A batch read from the TUN device.
+    /// A batch read from the TUN device (its answer capped, see [`cap_answer`]).
     pub fn encap(&mut self, arena: &[u8], packets: &[Packet]) -> Result<BatchOut, CallError> {
-        self.guest
-            .call("encap", |g, s| g.call_encap(s, arena, packets).map(Ok))
+        let mut out = self
+            .guest
+            .call("encap", |g, s| g.call_encap(s, arena, packets).map(Ok))?;
+        self.excess += cap_answer(&mut out, packets.len());
+        Ok(out)
     }
 
-    /// A batch received on the UDP socket.
+    /// A batch received on the UDP socket (its answer capped, see [`cap_answer`]).
     pub fn decap(&mut self, arena: &[u8], packets: &[Packet]) -> Result<BatchOut, CallError> {
-        self.guest
-            .call("decap", |g, s| g.call_decap(s, arena, packets).map(Ok))
+        let mut out = self
+            .guest
+            .call("decap", |g, s| g.call_decap(s, arena, packets).map(Ok))?;
+        self.excess += cap_answer(&mut out, packets.len());
+        Ok(out)
+    }
+
+    /// How many answer descriptors were cut off since the last call (to be counted as
+    /// denied by the caller).
+    pub fn take_excess(&mut self) -> u64 {
+        std::mem::take(&mut self.excess)
+    }
+}
+
+/// A batch's answer may hold at most two packets per packet given (an ICMP error and
+/// the packet, or one cut in two) plus [`ANSWER_SLACK`]: descriptors may all alias one
+/// slice, and each costs the host memory when it is grouped and sent (security review
+/// H-2). Returns how many were cut off.
+pub fn cap_answer(out: &mut BatchOut, given: usize) -> u64 {
+    let cap = 2 * given + ANSWER_SLACK;
+    let excess = out.packets.len().saturating_sub(cap);
+    out.packets.truncate(cap);
+    u64::try_from(excess).unwrap_or(u64::MAX)
+}
+
+/// Extra answer descriptors a batch may hold beyond two per packet.
+pub const ANSWER_SLACK: usize = 64;
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_beyond_two_per_packet_plus_slack_is_cut() {
+        let descriptor = OutPacket {
+            offset: 0,
+            len: 20,
+            action: Action::ToTun,
+        };
+        let mut out = BatchOut {
+            arena: vec![0; 20],
+            packets: vec![descriptor; 10_000],
+            drops: Drops {
+                unknown_peer: 0,
+                spoofed_source: 0,
+                no_route: 0,
+                ttl_expired: 0,
+                malformed: 0,
+            },
+        };
+        assert_eq!(cap_answer(&mut out, 8), 10_000 - (16 + ANSWER_SLACK) as u64);
+        assert_eq!(out.packets.len(), 16 + ANSWER_SLACK);
+        assert_eq!(
+            cap_answer(&mut out, 100),
+            0,
+            "within the cap nothing is cut"
+        );
     }
 }
