@@ -97,7 +97,29 @@ fn udp_three_nodes_reach_each_other_and_move_data() {
         "udp counters: node 1 out {out}, node 2 in {inbound}"
     );
 
-    // SIGHUP swaps the plugin, data path included, on the same flannel0 and socket.
+    // SIGHUP swaps the plugin, data path included, on the same flannel0 and socket —
+    // under traffic (audit F-2): a live TCP connection and a ping run across it.
+    let ifindex = |c: &Cluster| {
+        c.nodes[0]
+            .exec(&["ip", "-o", "link", "show", "dev", "flannel0"])
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let sockets = |c: &Cluster| c.nodes[0].exec(&["ss", "-H", "-uln", "sport", "= :8285"]);
+    let (index_before, sockets_before) = (ifindex(&c), sockets(&c));
+    assert!(sockets_before.contains(":8285"), "{sockets_before}");
+    let probe = twill_lab::tcp_probe::TcpProbe::start(
+        &c.nodes[0].pod_ns,
+        &c.nodes[1].pod_ns,
+        &c.nodes[1].pod_ip(),
+        7779,
+    )
+    .expect("open a connection");
+    std::thread::sleep(Duration::from_millis(500));
+    probe.take();
+    let ping = c.start_ping(2, 1, 60);
     let pid = c.nodes[0].twill_pid().expect("running");
     twill_e2e::sh(&["kill", "-HUP", &pid.to_string()]);
     wait_for("the reload", Duration::from_secs(20), || {
@@ -106,6 +128,29 @@ fn udp_three_nodes_reach_each_other_and_move_data() {
             .contains("backend plugin reloaded")
             .then_some(())
     });
+    let (sent, received, summary) = ping.finish();
+    let seen = probe.take();
+    drop(probe);
+    eprintln!(
+        "udp reload under traffic: {received}/{sent} pings, TCP longest stall {:?}",
+        seen.longest_gap
+    );
+    assert!(
+        seen.error.is_none(),
+        "the connection broke: {:?}",
+        seen.error
+    );
+    assert!(
+        seen.longest_gap < Duration::from_secs(2),
+        "stalled {:?}",
+        seen.longest_gap
+    );
+    assert!(
+        sent - received <= 1,
+        "pings lost across the reload: {summary}"
+    );
+    assert_eq!(ifindex(&c), index_before, "the same flannel0");
+    assert_eq!(sockets(&c), sockets_before, "the same socket");
     let before = c.nodes[0].metric(r#"twill_udp_packets_total{direction="out"}"#);
     c.assert_full_mesh(Duration::from_secs(10));
     assert!(c.nodes[0].metric(r#"twill_udp_packets_total{direction="out"}"#) > before);
