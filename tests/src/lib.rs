@@ -631,6 +631,15 @@ impl Cluster {
         traffic::ping(&self.nodes[from - 1].pod_ns, &self.nodes[to - 1].pod_ip())
     }
 
+    /// Wait (up to 30 s) until the pods of nodes `a` and `b` reach each other both ways.
+    pub fn wait_pair(&self, a: usize, b: usize) {
+        wait_for(
+            &format!("pods {a} and {b} reach each other"),
+            Duration::from_secs(30),
+            || (self.pod_ping(a, b) && self.pod_ping(b, a)).then_some(()),
+        );
+    }
+
     /// Assert that every pod reaches every other pod (waiting up to `timeout` for the
     /// overlay to converge).
     pub fn assert_full_mesh(&self, timeout: Duration) {

@@ -13,6 +13,19 @@ const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#
 /// The longest an event may stall the connection (a retransmission or two).
 const MAX_STALL: Duration = Duration::from_secs(2);
 
+/// A long-lived connection from node 1's pod to node 2's, running for a second.
+fn open_probe(c: &Cluster, port: u16) -> TcpProbe {
+    let probe = TcpProbe::start(
+        &c.nodes[0].pod_ns,
+        &c.nodes[1].pod_ns,
+        &c.nodes[1].pod_ip(),
+        port,
+    )
+    .expect("open the connection");
+    std::thread::sleep(Duration::from_secs(1));
+    probe
+}
+
 fn ready(c: &Cluster, k: usize) {
     wait_for(&format!("node {k} ready"), Duration::from_secs(60), || {
         (c.nodes[k - 1].api_get("/readyz").0 == 200).then_some(())
@@ -27,19 +40,8 @@ fn a_pod_connection_survives_everything_twill_does() {
     c.start_twill(2);
     c.wire_pod(1);
     c.wire_pod(2);
-    wait_for(
-        "pods 1 and 2 reach each other",
-        Duration::from_secs(30),
-        || (c.pod_ping(1, 2) && c.pod_ping(2, 1)).then_some(()),
-    );
-    let probe = TcpProbe::start(
-        &c.nodes[0].pod_ns,
-        &c.nodes[1].pod_ns,
-        &c.nodes[1].pod_ip(),
-        7777,
-    )
-    .expect("open the connection");
-    std::thread::sleep(Duration::from_secs(1));
+    c.wait_pair(1, 2);
+    let probe = open_probe(&c, 7777);
     let baseline = probe.take();
     assert!(
         baseline.error.is_none() && baseline.echoes > 10,
@@ -140,19 +142,8 @@ fn a_pod_connection_survives_a_plugin_trap_and_restart() {
     c.start_twill_with(2, &args);
     c.wire_pod(1);
     c.wire_pod(2);
-    wait_for(
-        "pods 1 and 2 reach each other",
-        Duration::from_secs(30),
-        || (c.pod_ping(1, 2) && c.pod_ping(2, 1)).then_some(()),
-    );
-    let probe = TcpProbe::start(
-        &c.nodes[0].pod_ns,
-        &c.nodes[1].pod_ns,
-        &c.nodes[1].pod_ip(),
-        7778,
-    )
-    .expect("open the connection");
-    std::thread::sleep(Duration::from_secs(1));
+    c.wait_pair(1, 2);
+    let probe = open_probe(&c, 7778);
     probe.take();
     let traps = r#"twill_plugin_traps_total{plugin="misbehave"}"#;
     let before = c.nodes[0].metric_opt(traps).unwrap_or(0.0);

@@ -48,11 +48,7 @@ fn losing_one_member_disturbs_nothing_losing_quorum_is_reported_and_survived() {
     c.start_twill_with(2, &args);
     c.wire_pod(1);
     c.wire_pod(2);
-    wait_for(
-        "nodes 1 and 2 reach each other",
-        Duration::from_secs(30),
-        || (c.pod_ping(1, 2) && c.pod_ping(2, 1)).then_some(()),
-    );
+    c.wait_pair(1, 2);
     let leases_before = c.leases();
     assert_eq!(leases_before.len(), 2);
 

@@ -20,11 +20,7 @@ fn a_node_whose_subnet_is_taken_moves_to_a_new_one_and_says_so() {
     c.start_twill(2);
     c.wire_pod(1);
     c.wire_pod(2);
-    wait_for(
-        "nodes 1 and 2 reach each other",
-        Duration::from_secs(30),
-        || (c.pod_ping(1, 2) && c.pod_ping(2, 1)).then_some(()),
-    );
+    c.wait_pair(1, 2);
     let old = c.nodes[0].subnet();
     let old_key = old.replace('/', "-");
     let ours: Value = serde_json::from_str(&c.leases()[&old_key]).expect("lease JSON");

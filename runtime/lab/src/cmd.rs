@@ -81,3 +81,19 @@ pub fn require(who: &str, tools: &[(&str, &str)]) -> Result<()> {
         None => Ok(()),
     }
 }
+
+/// Unmount (lazily, deepest first) every mount point under `dir`: what a container
+/// runtime left behind in its state directory.
+pub fn unmount_all_under(dir: &std::path::Path) {
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = output(&["umount", "-l", &m]);
+    }
+}

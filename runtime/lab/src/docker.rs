@@ -173,17 +173,7 @@ impl Dockerd {
             let _ = process::stop(&mut child, Duration::from_secs(10));
         }
         // Mounts dockerd and containerd left under the state directory, deepest first.
-        let prefix = self.dir.to_string_lossy().into_owned();
-        let mut mounts: Vec<String> = fs::read_to_string("/proc/mounts")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = output(&["umount", "-l", &m]);
-        }
+        crate::cmd::unmount_all_under(&self.dir);
     }
 }
 

@@ -7,7 +7,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::cmd::output;
 use crate::{Error, Result};
 
 /// The busybox applets the root filesystem links.
@@ -154,17 +153,7 @@ impl Podman {
     /// Remove every container (podman calls the CNI DEL) and unmount what is left.
     pub fn clean(&self) {
         let _ = self.podman_output(&["rm", "-a", "-f", "-t", "0"]);
-        let prefix = self.dir.to_string_lossy().into_owned();
-        let mut mounts: Vec<String> = fs::read_to_string("/proc/mounts")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = output(&["umount", "-l", &m]);
-        }
+        crate::cmd::unmount_all_under(&self.dir);
         // podman's CNI library caches results under /var/lib/cni; once our containers
         // are gone the directories are empty unless someone else uses them (then
         // remove_dir fails and they stay).
