@@ -231,9 +231,12 @@ fn a_plugin_directory_overrides_a_built_in_and_skips_every_bad_file_with_its_rea
 
 #[test]
 fn a_missing_plugin_directory_means_the_built_ins_only() {
-    let dir = scratch("missing").join("not-there");
+    let scratch_dir = scratch("missing");
+    let dir = scratch_dir.join("not-there");
     let host = host();
     let catalog = Catalog::scan(&host, twill_builtin::BUILTIN, Some(&dir));
+    // Removed before the checks, so a failure leaves nothing behind either.
+    let _ = fs::remove_dir_all(&scratch_dir);
     assert_eq!(catalog.dir, DirState::Missing(dir));
     assert!(catalog.files.is_empty());
     let plugin = catalog.resolve(&host, "vxlan").expect("built-in vxlan");
