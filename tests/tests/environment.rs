@@ -11,7 +11,7 @@ use twill_e2e::{Cluster, ETCD_IP, twill_bin, wait_for};
 
 #[test]
 fn flanneld_environment_variables_alone_configure_a_node() {
-    let mut c = Cluster::new(2);
+    let c = Cluster::new(2);
     let prefix = "/custom/network";
     c.etcdctl(&[
         "put",
