@@ -129,15 +129,18 @@ impl EtcdOptions {
 /// every endpoint that answers is a [`StoreError::Tls`]; when none answers, a
 /// [`StoreError::Unreachable`] to retry; one refusal among acceptances is a warning.
 async fn check_handshakes(urls: &[String], opts: &EtcdOptions) -> Result<(), StoreError> {
+    // Without a CA file the system's roots are the transport's business: no probe.
+    let Some(config) = tls::probe_config(opts)? else {
+        return Ok(());
+    };
     let mut refused = Vec::new();
     let mut unreachable = Vec::new();
     let mut accepted = false;
     for url in urls.iter().filter(|u| u.starts_with("https://")) {
-        match tls::probe(url, opts).await? {
-            None => return Ok(()),
-            Some(Probe::Accepted) => accepted = true,
-            Some(Probe::Refused(reason)) => refused.push((url.clone(), reason)),
-            Some(Probe::Unreachable(reason)) => unreachable.push(format!("{url}: {reason}")),
+        match tls::probe(url, &config).await? {
+            Probe::Accepted => accepted = true,
+            Probe::Refused(reason) => refused.push((url.clone(), reason)),
+            Probe::Unreachable(reason) => unreachable.push(format!("{url}: {reason}")),
         }
     }
     if accepted {

@@ -93,7 +93,9 @@ pub(crate) fn transport(opts: &EtcdOptions) -> Result<TlsOptions, StoreError> {
 
 /// A rustls client config equal to [`transport`]'s, for the probe; `None` without a CA
 /// file (the system's roots are the transport's business).
-fn probe_config(opts: &EtcdOptions) -> Result<Option<rustls::ClientConfig>, StoreError> {
+pub(crate) fn probe_config(
+    opts: &EtcdOptions,
+) -> Result<Option<Arc<rustls::ClientConfig>>, StoreError> {
     let Some(ca) = &opts.ca_file else {
         return Ok(None);
     };
@@ -132,7 +134,7 @@ fn probe_config(opts: &EtcdOptions) -> Result<Option<rustls::ClientConfig>, Stor
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Some(config))
+    Ok(Some(Arc::new(config)))
 }
 
 /// `host:port` of an https URL (no path).
@@ -173,12 +175,12 @@ fn describe(e: &rustls::Error) -> String {
     }
 }
 
-/// Connect to `url`, complete a TLS handshake with `opts`' settings, and wait briefly
-/// for the server to refuse our certificate. `None` when `opts` has no CA file.
-pub(crate) async fn probe(url: &str, opts: &EtcdOptions) -> Result<Option<Probe>, StoreError> {
-    let Some(config) = probe_config(opts)? else {
-        return Ok(None);
-    };
+/// Connect to `url`, complete a TLS handshake with `config` ([`probe_config`]), and
+/// wait briefly for the server to refuse our certificate.
+pub(crate) async fn probe(
+    url: &str,
+    config: &Arc<rustls::ClientConfig>,
+) -> Result<Probe, StoreError> {
     let authority = authority(url);
     let Some(name) = server_name(authority) else {
         return Err(StoreError::Options(format!(
@@ -187,22 +189,22 @@ pub(crate) async fn probe(url: &str, opts: &EtcdOptions) -> Result<Option<Probe>
     };
     let connect = async {
         let tcp = tokio::net::TcpStream::connect(authority).await?;
-        tokio_rustls::TlsConnector::from(Arc::new(config))
+        tokio_rustls::TlsConnector::from(config.clone())
             .connect(name, tcp)
             .await
     };
     let mut stream = match tokio::time::timeout(PROBE_CONNECT, connect).await {
-        Err(_) => return Ok(Some(Probe::Unreachable("timed out".into()))),
+        Err(_) => return Ok(Probe::Unreachable("timed out".into())),
         Ok(Err(e)) => {
-            return Ok(Some(match rustls_error(&e) {
+            return Ok(match rustls_error(&e) {
                 Some(tls) => Probe::Refused(describe(tls)),
                 None => Probe::Unreachable(e.to_string()),
-            }));
+            });
         }
         Ok(Ok(stream)) => stream,
     };
     let mut byte = [0u8; 1];
-    Ok(Some(
+    Ok(
         match tokio::time::timeout(PROBE_VERDICT, stream.read(&mut byte)).await {
             Err(_) => Probe::Accepted,
             Ok(Ok(0)) => Probe::Refused(
@@ -216,7 +218,7 @@ pub(crate) async fn probe(url: &str, opts: &EtcdOptions) -> Result<Option<Probe>
                 None => Probe::Unreachable(e.to_string()),
             },
         },
-    ))
+    )
 }
 
 /// Whether a client error is a failed TLS handshake, found as a `rustls::Error` in
