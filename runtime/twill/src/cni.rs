@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use twill_core::subnet_env::SubnetEnv;
@@ -203,28 +203,23 @@ fn delegate_config(conf: &NetConf, env: &SubnetEnv) -> Value {
 
 /// subnet.env, waiting up to [`SUBNET_ENV_WAIT`] for it to appear.
 fn load_subnet_env(path: &Path, wait: Duration) -> Result<SubnetEnv, CniError> {
-    let start = Instant::now();
-    let text = loop {
-        match std::fs::read_to_string(path) {
-            Ok(text) => break text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && start.elapsed() < wait => {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(CniError::new(
-                    code::TRY_AGAIN_LATER,
-                    format!(
-                        "{} does not exist after {}s: twill is not running on this node, or \
-                         has not leased a subnet yet (see its log: twill run, or its pod's)",
-                        path.display(),
-                        wait.as_secs()
-                    ),
-                ));
-            }
-            Err(e) => {
-                return Err(CniError::new(code::IO, format!("read {}", path.display()))
-                    .details(e.to_string()));
-            }
+    let text = match crate::files::read_waiting(path, wait) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                format!(
+                    "{} does not exist after {}s: twill is not running on this node, or \
+                     has not leased a subnet yet (see its log: twill run, or its pod's)",
+                    path.display(),
+                    wait.as_secs()
+                ),
+            ));
+        }
+        Err(e) => {
+            return Err(
+                CniError::new(code::IO, format!("read {}", path.display())).details(e.to_string())
+            );
         }
     };
     SubnetEnv::parse(&text).map_err(|e| {
@@ -254,12 +249,7 @@ fn save(path: &Path, conf: &Value) -> Result<(), CniError> {
         )
         .details(e.to_string())
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, conf.to_string()).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::files::write_atomically(path, conf.to_string().as_bytes()).map_err(io)
 }
 
 /// Run the delegate plugin `kind` from `CNI_PATH` with our environment (its
@@ -484,11 +474,8 @@ pub fn install(bin_dir: &Path, conf_dir: Option<&Path>) -> anyhow::Result<()> {
     let target = install_plugin(bin_dir)?;
     println!("installed {}", target.display());
     if let Some(dir) = conf_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let conf = dir.join("10-flannel.conflist");
-        let tmp = dir.join(".10-flannel.conflist.tmp");
-        std::fs::write(&tmp, KUBE_FLANNEL_CONFLIST)
-            .and_then(|()| std::fs::rename(&tmp, &conf))
+        crate::files::write_atomically(&conf, KUBE_FLANNEL_CONFLIST.as_bytes())
             .with_context(|| format!("write {}", conf.display()))?;
         println!("installed {}", conf.display());
     }

@@ -2,7 +2,7 @@
 //! writing Docker daemon options for a systemd `EnvironmentFile`.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use twill_core::subnet_env::SubnetEnv;
@@ -13,15 +13,12 @@ use crate::cli::DockerOptsArgs;
 /// variables (with `-i`, or when neither `-i` nor `-c` is given), then the combined one
 /// (with `-c`, or neither).
 pub fn render(env: &SubnetEnv, args: &DockerOptsArgs) -> String {
-    let bip = format!("--bip={}/{}", env.subnet.first_host(), env.subnet.prefix());
-    // dockerd masquerades only when twill does not.
-    let masq = format!("--ip-masq={}", !env.ip_masq);
-    let mtu = format!("--mtu={}", env.mtu);
-    let mut vars = vec![("DOCKER_OPT_BIP", &bip)];
-    if !args.no_ip_masq {
-        vars.push(("DOCKER_OPT_IPMASQ", &masq));
-    }
-    vars.push(("DOCKER_OPT_MTU", &mtu));
+    let names = ["DOCKER_OPT_BIP", "DOCKER_OPT_IPMASQ", "DOCKER_OPT_MTU"];
+    let vars: Vec<(&str, String)> = names
+        .into_iter()
+        .zip(options(env))
+        .filter(|(name, _)| !(args.no_ip_masq && *name == "DOCKER_OPT_IPMASQ"))
+        .collect();
     let both = !args.individual && !args.combined;
     let mut out = String::new();
     if args.individual || both {
@@ -41,10 +38,11 @@ pub fn render(env: &SubnetEnv, args: &DockerOptsArgs) -> String {
 }
 
 /// dockerd's options for `env`, as separate arguments (`--bip=…`, `--ip-masq=…`,
-/// `--mtu=…`).
+/// `--mtu=…`, in that order).
 pub fn options(env: &SubnetEnv) -> Vec<String> {
     vec![
         format!("--bip={}/{}", env.subnet.first_host(), env.subnet.prefix()),
+        // dockerd masquerades only when twill does not.
         format!("--ip-masq={}", !env.ip_masq),
         format!("--mtu={}", env.mtu),
     ]
@@ -68,45 +66,24 @@ pub fn run(args: &DockerOptsArgs) -> anyhow::Result<()> {
         print!("{out}");
         return Ok(());
     }
-    write_atomically(&args.docker_env_file, &out)
+    crate::files::write_atomically(&args.docker_env_file, out.as_bytes())
+        .with_context(|| format!("write {}", args.docker_env_file.display()))
 }
 
 /// The file's text, waiting up to `wait` for it to appear.
 fn read_waiting(path: &Path, wait: Duration) -> anyhow::Result<String> {
-    let start = Instant::now();
-    loop {
-        match std::fs::read_to_string(path) {
-            Ok(text) => return Ok(text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && start.elapsed() < wait => {
-                std::thread::sleep(Duration::from_millis(200));
+    match crate::files::read_waiting(path, wait) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{} does not exist{}: is twill running on this node (twill run writes it once it holds its lease)?",
+            path.display(),
+            if wait.is_zero() {
+                String::new()
+            } else {
+                format!(" after {}s", wait.as_secs())
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-                "{} does not exist{}: is twill running on this node (twill run writes it once it holds its lease)?",
-                path.display(),
-                if wait.is_zero() {
-                    String::new()
-                } else {
-                    format!(" after {}s", wait.as_secs())
-                }
-            ),
-            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-        }
+        ),
+        result => result.with_context(|| format!("read {}", path.display())),
     }
-}
-
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let tmp = dir.join(format!(".docker-opts.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
-        .with_context(|| format!("write {}", path.display()))
 }
 
 #[cfg(test)]

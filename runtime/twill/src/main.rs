@@ -9,6 +9,7 @@ mod config;
 mod containers;
 mod demo;
 mod docker_opts;
+mod files;
 mod plugins;
 mod status;
 
