@@ -76,10 +76,7 @@ fn podman_containers_use_twill_as_flannels_cni_plugin() {
         "--conf-dir",
         &path_arg(&conf_dir),
     ]);
-    for plugin in ["bridge", "host-local", "portmap", "loopback"] {
-        std::os::unix::fs::symlink(format!("/usr/lib/cni/{plugin}"), bin.join(plugin))
-            .expect("link a CNI plugin");
-    }
+    twill_lab::podman::link_cni_plugins(&bin).expect("link the CNI plugins");
     let installed = std::fs::read_to_string(conf_dir.join("10-flannel.conflist"))
         .expect("install-cni wrote the conflist");
     assert!(installed.contains(r#""type": "flannel""#), "{installed}");

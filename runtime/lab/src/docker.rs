@@ -14,9 +14,6 @@ use crate::cmd::{output, spawn};
 use crate::process;
 use crate::{Error, Result};
 
-/// The busybox applets the image links.
-const APPLETS: [&str; 8] = ["sh", "ping", "sleep", "ip", "cat", "hostname", "wget", "nc"];
-
 /// One containerd + dockerd pair in a namespace.
 pub struct Dockerd {
     dir: PathBuf,
@@ -112,17 +109,7 @@ impl Dockerd {
     /// Import a busybox image tagged `tag` from `/bin/busybox` (busybox-static).
     pub fn import_busybox(&self, tag: &str) -> Result<()> {
         let root = self.dir.join("rootfs");
-        let bin = root.join("bin");
-        fs::create_dir_all(&bin).map_err(|e| Error::io(format!("create {}", bin.display()), e))?;
-        fs::copy("/bin/busybox", bin.join("busybox"))
-            .map_err(|e| Error::io("copy /bin/busybox (Debian package busybox-static)", e))?;
-        for applet in APPLETS {
-            let link = bin.join(applet);
-            if !link.exists() {
-                std::os::unix::fs::symlink("busybox", &link)
-                    .map_err(|e| Error::io(format!("link {}", link.display()), e))?;
-            }
-        }
+        crate::rootfs::busybox(&root)?;
         let tar = self.dir.join("rootfs.tar");
         output(&[
             "tar",

@@ -27,6 +27,7 @@ pub mod pki;
 pub mod podman;
 pub mod pods;
 pub mod process;
+pub mod rootfs;
 pub mod tcp_probe;
 pub mod topology;
 pub mod traffic;

@@ -9,8 +9,18 @@ use std::process::{Command, Output, Stdio};
 
 use crate::{Error, Result};
 
-/// The busybox applets the root filesystem links.
-const APPLETS: [&str; 6] = ["sh", "ping", "sleep", "ip", "cat", "hostname"];
+/// Link Debian's CNI plugins that a flannel-style network delegates to (`bridge`,
+/// `host-local`, `portmap`, `loopback` from containernetworking-plugins) into `bin`.
+pub fn link_cni_plugins(bin: &Path) -> Result<()> {
+    for plugin in ["bridge", "host-local", "portmap", "loopback"] {
+        let link = bin.join(plugin);
+        if !link.exists() {
+            std::os::unix::fs::symlink(format!("/usr/lib/cni/{plugin}"), &link)
+                .map_err(|e| Error::io(format!("link {}", link.display()), e))?;
+        }
+    }
+    Ok(())
+}
 
 /// podman for one node namespace.
 pub struct Podman {
@@ -36,7 +46,7 @@ impl Podman {
         let mkdir = |p: &Path| {
             fs::create_dir_all(p).map_err(|e| Error::io(format!("create {}", p.display()), e))
         };
-        for sub in ["cni", "tmp", "rootfs/bin"] {
+        for sub in ["cni", "tmp"] {
             mkdir(&dir.join(sub))?;
         }
         let conf = format!(
@@ -50,15 +60,7 @@ impl Podman {
         fs::write(&conf_path, conf)
             .map_err(|e| Error::io(format!("write {}", conf_path.display()), e))?;
         let rootfs = dir.join("rootfs");
-        fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-            .map_err(|e| Error::io("copy /bin/busybox (Debian package busybox-static)", e))?;
-        for applet in APPLETS {
-            let link = rootfs.join("bin").join(applet);
-            if !link.exists() {
-                std::os::unix::fs::symlink("busybox", &link)
-                    .map_err(|e| Error::io(format!("link {}", link.display()), e))?;
-            }
-        }
+        crate::rootfs::busybox(&rootfs)?;
         Ok(Podman {
             ns: ns.to_owned(),
             dir: dir.to_owned(),

@@ -45,13 +45,7 @@ pub fn start(
         Runtime::Podman => {
             let bin = dir.join("cni-bin");
             crate::cni::install_plugin(&bin)?;
-            for plugin in ["bridge", "host-local", "portmap", "loopback"] {
-                let link = bin.join(plugin);
-                if !link.exists() {
-                    std::os::unix::fs::symlink(format!("/usr/lib/cni/{plugin}"), &link)
-                        .with_context(|| format!("link {}", link.display()))?;
-                }
-            }
+            twill_lab::podman::link_cni_plugins(&bin)?;
             let p = Podman::new(&node.ns, dir, &bin)?;
             let network = format!("{name}-net");
             let mut conf: serde_json::Value =
