@@ -457,12 +457,7 @@ impl Cluster {
     /// Run etcdctl against the cluster's etcd (the first member that runs); panic if
     /// it fails.
     pub fn etcdctl(&self, args: &[&str]) -> String {
-        let member = self
-            .etcd
-            .iter()
-            .find(|m| m.running())
-            .expect("an etcd member runs");
-        member.etcdctl(args).must("etcdctl")
+        self.try_etcdctl(args).must("etcdctl")
     }
 
     /// etcdctl against the first running member; its stdout or the failure.

@@ -318,24 +318,21 @@ impl Worker {
                     // instance that never saw the addition); afterwards only those still
                     // present.
                     let peers = &mut self.guest.store.data_mut().peers;
+                    // Subnets whose last event in the batch is a removal.
+                    let mut removed_last = std::collections::BTreeMap::new();
                     for e in &events {
                         let l = e.lease();
                         peers.insert(l.subnet, l.attrs.public_ip);
+                        removed_last.insert(l.subnet, matches!(e, LeaseEvent::Removed(_)));
                     }
-                    let after: Vec<LeaseEvent> = events.clone();
                     let events: Vec<wit::LeaseEvent> = events.iter().map(event_to_wit).collect();
                     let result = self
                         .guest
                         .call("on-leases", |b, s| b.call_on_leases(s, &events).map(Ok));
                     let peers = &mut self.guest.store.data_mut().peers;
-                    for e in &after {
-                        match e {
-                            LeaseEvent::Added(l) => {
-                                peers.insert(l.subnet, l.attrs.public_ip);
-                            }
-                            LeaseEvent::Removed(l) => {
-                                peers.remove(&l.subnet);
-                            }
+                    for (subnet, removed) in removed_last {
+                        if removed {
+                            peers.remove(&subnet);
                         }
                     }
                     let _ =
