@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 pub use error::{ApiError, ServeError};
 pub use metrics::{Direction, LeaseEventKind, Metrics};
 pub use model::{PeerState, Plugin, StoreState};
-pub use state::{ApiState, NodeInfo, NotReady};
+pub use state::{ApiState, NodeInfo, NotReady, ProbeResult};
 
 /// What every handler of the full router can reach.
 #[derive(Clone)]

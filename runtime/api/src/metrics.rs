@@ -5,8 +5,10 @@
 //! `/v1/leases` and `/v1/peers` show.
 //!
 //! Label values come from the daemon and must be drawn from small fixed sets (function
-//! names, capability names, netlink operation kinds, drop reasons), never from peer
-//! addresses or error text: every value is a time series.
+//! names, capability names, netlink operation kinds, drop reasons), never from error
+//! text: every value is a time series. The one exception is the per-peer health
+//! (`twill_peer_reachable`, `twill_peer_rtt_seconds`): one series per peer subnet, as
+//! many as there are peers, and gone with the peer.
 
 use std::time::Duration;
 
@@ -99,6 +101,16 @@ struct DirectionLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubnetLabel {
+    subnet: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
 }
@@ -133,6 +145,10 @@ pub struct Metrics {
     udp_packets: Family<DirectionLabel, Counter>,
     udp_bytes: Family<DirectionLabel, Counter>,
     udp_drops: Family<ReasonLabel, Counter>,
+    peer_reachable: Family<SubnetLabel, Gauge>,
+    peer_rtt: Family<SubnetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    peers_unreachable: Gauge,
+    peer_probes: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -167,6 +183,10 @@ impl Metrics {
             udp_packets: Family::default(),
             udp_bytes: Family::default(),
             udp_drops: Family::default(),
+            peer_reachable: Family::default(),
+            peer_rtt: Family::default(),
+            peers_unreachable: Gauge::default(),
+            peer_probes: Family::default(),
         };
         metrics.register_all()
     }
@@ -272,7 +292,33 @@ impl Metrics {
             "Packets the udp backend dropped, by reason",
             self.udp_drops.clone(),
         );
+        r.register(
+            "twill_peer_reachable",
+            "Whether the peer answers this node's probes through the overlay (1) or left the last 3 unanswered (0), by peer subnet; no series until decided",
+            self.peer_reachable.clone(),
+        );
+        r.register_with_unit(
+            "twill_peer_rtt",
+            "Round-trip time of the last answered probe through the overlay, by peer subnet",
+            Unit::Seconds,
+            self.peer_rtt.clone(),
+        );
+        r.register(
+            "twill_peers_unreachable",
+            "Peers that left the last 3 probes unanswered",
+            self.peers_unreachable.clone(),
+        );
+        r.register(
+            "twill_peer_probes",
+            "Probes sent to peers through the overlay, by result (answered, lost)",
+            self.peer_probes.clone(),
+        );
 
+        for result in ["answered", "lost"] {
+            self.peer_probes
+                .get_or_create(&ResultLabel { result })
+                .inc_by(0);
+        }
         for state in PeerState::ALL {
             self.peers
                 .get_or_create(&StateLabel {
@@ -384,6 +430,14 @@ impl Metrics {
             .inc_by(n);
     }
 
+    /// Count one probe of a peer that was answered (or not).
+    pub fn peer_probe(&self, answered: bool) {
+        let result = if answered { "answered" } else { "lost" };
+        self.peer_probes
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
     /// The registry in the Prometheus text format (version 0.0.4), with the state
     /// gauges taken from `state` first.
     pub fn encode(&self, state: &ApiState) -> Result<String, std::fmt::Error> {
@@ -421,6 +475,20 @@ impl Metrics {
         self.own_lease_expiry.set(expiry);
         self.store_unreachable
             .set(view.store_unreachable.as_secs_f64());
+        // A peer that went away (or is undecided) has no series.
+        self.peer_reachable.clear();
+        self.peer_rtt.clear();
+        for (subnet, reachable, rtt_ms) in view.health {
+            let label = SubnetLabel { subnet };
+            if let Some(ms) = rtt_ms {
+                self.peer_rtt.get_or_create(&label).set(ms / 1000.0);
+            }
+            self.peer_reachable
+                .get_or_create(&label)
+                .set(i64::from(reachable));
+        }
+        self.peers_unreachable
+            .set(saturating_i64(view.health_counts.unreachable));
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Status {
     /// Set when another node took this node's subnet and it moved to a new one: the
     /// node's containers need addresses in the new subnet.
     pub subnet_moved: Option<SubnetMoved>,
+    /// Peers by what this node's probes say (`reachable`, `unreachable`, `unchecked`).
+    pub peer_health: HealthCounts,
     /// Whether `/readyz` answers 200.
     pub ready: bool,
     /// Why not, when not ready.
@@ -153,6 +155,41 @@ pub struct Peer {
     pub state_since: String,
     /// The last error programming it; stays after a later success.
     pub last_error: Option<ErrorInfo>,
+    /// Whether packets pass to it through the overlay, from this node's probes;
+    /// `null` until the first probe answers or enough are lost to call it unreachable.
+    pub health: Option<PeerHealth>,
+}
+
+/// What this node's probes say about the data path to one peer: an ICMP echo from our
+/// subnet's address to the peer's, through the overlay (see `docs/api.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerHealth {
+    /// Whether the peer answers: `true` after an answer, `false` after
+    /// [`PROBE_LOSSES_UNREACHABLE`] probes in a row went unanswered.
+    pub reachable: bool,
+    /// The round-trip time of the last answered probe, in milliseconds; `null` while
+    /// the peer is unreachable.
+    pub rtt_ms: Option<f64>,
+    /// When the last probe was answered or given up.
+    pub checked_at: String,
+    /// When `reachable` last changed (or was first set).
+    pub since: String,
+    /// Probes unanswered since the last answer.
+    pub lost_in_a_row: u32,
+}
+
+/// How many probes in a row a peer may leave unanswered before it is unreachable.
+pub const PROBE_LOSSES_UNREACHABLE: u32 = 3;
+
+/// `/v1/status`'s count of peers by probe result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCounts {
+    /// Peers whose last probe was answered.
+    pub reachable: usize,
+    /// Peers that left the last probes unanswered.
+    pub unreachable: usize,
+    /// Peers not decided yet (new, or probes off).
+    pub unchecked: usize,
 }
 
 /// Whether a peer's routes are in place.

@@ -12,7 +12,8 @@ use serde_json::Value;
 use twill_core::{Lease, LeaseEvent, Subnet};
 
 use crate::model::{
-    ErrorInfo, LeaseEntry, Peer, PeerState, Plugin, Status, StoreState, StoreStatus, SubnetMoved,
+    ErrorInfo, HealthCounts, LeaseEntry, PROBE_LOSSES_UNREACHABLE, Peer, PeerHealth, PeerState,
+    Plugin, Status, StoreState, StoreStatus, SubnetMoved,
 };
 use crate::time::{rfc3339, unix_seconds};
 
@@ -69,11 +70,13 @@ struct Inner {
     subnet_env_written: bool,
     leases: BTreeMap<Subnet, LeaseEntry>,
     peers: BTreeMap<Subnet, Peer>,
+    /// Probes of each peer unanswered since its last answer.
+    probe_losses: BTreeMap<Subnet, u32>,
     plugins: BTreeMap<String, Plugin>,
 }
 
 /// Counts that the metrics gauges mirror, read in one go at scrape time.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct GaugeView {
     pub leases: usize,
     pub pending: usize,
@@ -84,6 +87,19 @@ pub(crate) struct GaugeView {
     pub store_unreachable: Duration,
     /// Leases this node does not program, by reason.
     pub invalid: BTreeMap<String, usize>,
+    /// Each peer whose health is decided: its subnet, whether it answers, the last RTT.
+    pub health: Vec<(String, bool, Option<f64>)>,
+    /// Peers by probe result.
+    pub health_counts: HealthCounts,
+}
+
+/// What one probe of a peer found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ProbeResult {
+    /// Answered after this round-trip time.
+    Answered(Duration),
+    /// Not answered in time.
+    Lost,
 }
 
 impl Default for ApiState {
@@ -114,6 +130,7 @@ impl ApiState {
                 subnet_env_written: false,
                 leases: BTreeMap::new(),
                 peers: BTreeMap::new(),
+                probe_losses: BTreeMap::new(),
                 plugins: BTreeMap::new(),
             })),
         }
@@ -246,10 +263,11 @@ impl ApiState {
     pub fn peer_pending(&self, lease: &Lease) {
         let now = rfc3339(SystemTime::now());
         let mut inner = self.write();
-        let last_error = inner
+        let (last_error, health) = inner
             .peers
             .get(&lease.subnet)
-            .and_then(|p| p.last_error.clone());
+            .map(|p| (p.last_error.clone(), p.health.clone()))
+            .unwrap_or_default();
         inner.peers.insert(
             lease.subnet,
             Peer {
@@ -261,6 +279,7 @@ impl ApiState {
                 state: PeerState::Pending,
                 state_since: now,
                 last_error,
+                health,
             },
         );
     }
@@ -287,7 +306,59 @@ impl ApiState {
 
     /// The peer's lease went away.
     pub fn peer_removed(&self, subnet: Subnet) {
-        self.write().peers.remove(&subnet);
+        let mut inner = self.write();
+        inner.peers.remove(&subnet);
+        inner.probe_losses.remove(&subnet);
+    }
+
+    /// What the probes need: our subnet (once leased) and every peer's.
+    pub fn probe_targets(&self) -> (Option<Subnet>, Vec<Subnet>) {
+        let inner = self.read();
+        (inner.subnet, inner.peers.keys().copied().collect())
+    }
+
+    /// A probe of `subnet`'s peer ended. Returns the peer's reachability when this
+    /// result changed it (or decided it for the first time); unknown subnets are
+    /// ignored.
+    pub fn peer_probed(&self, subnet: Subnet, result: ProbeResult) -> Option<bool> {
+        let now = rfc3339(SystemTime::now());
+        let mut inner = self.write();
+        let Inner {
+            peers,
+            probe_losses,
+            ..
+        } = &mut *inner;
+        let peer = peers.get_mut(&subnet)?;
+        let lost = probe_losses.entry(subnet).or_default();
+        let previous = peer.health.as_ref();
+        let (reachable, rtt_ms) = match result {
+            ProbeResult::Answered(rtt) => {
+                *lost = 0;
+                (true, Some(rtt.as_secs_f64() * 1000.0))
+            }
+            ProbeResult::Lost => {
+                *lost = lost.saturating_add(1);
+                match previous {
+                    _ if *lost >= PROBE_LOSSES_UNREACHABLE => (false, None),
+                    Some(h) => (h.reachable, h.rtt_ms),
+                    // Not decided yet: the loss is counted, nothing shown.
+                    None => return None,
+                }
+            }
+        };
+        let changed = previous.map(|h| h.reachable) != Some(reachable);
+        let since = match previous {
+            Some(h) if !changed => h.since.clone(),
+            _ => now.clone(),
+        };
+        peer.health = Some(PeerHealth {
+            reachable,
+            rtt_ms,
+            checked_at: now,
+            since,
+            lost_in_a_row: *lost,
+        });
+        changed.then_some(reachable)
     }
 
     // ---- plugins ----------------------------------------------------------------------
@@ -366,6 +437,7 @@ impl ApiState {
             lease_expires_at: inner.own_lease_expiry.map(rfc3339),
             lease_expires_in_seconds: inner.own_lease_expiry.map(|t| seconds_between(now, t)),
             subnet_moved: inner.subnet_moved.clone(),
+            peer_health: inner.health_counts(),
             ready: ready.is_ok(),
             not_ready_reason: ready.err().map(|e| e.to_string()),
         }
@@ -409,11 +481,32 @@ impl ApiState {
                     *m.entry(r).or_default() += 1;
                     m
                 }),
+            health: inner
+                .peers
+                .values()
+                .filter_map(|p| {
+                    let h = p.health.as_ref()?;
+                    Some((p.subnet.clone(), h.reachable, h.rtt_ms))
+                })
+                .collect(),
+            health_counts: inner.health_counts(),
         }
     }
 }
 
 impl Inner {
+    fn health_counts(&self) -> HealthCounts {
+        let mut counts = HealthCounts::default();
+        for peer in self.peers.values() {
+            match peer.health.as_ref().map(|h| h.reachable) {
+                Some(true) => counts.reachable += 1,
+                Some(false) => counts.unreachable += 1,
+                None => counts.unchecked += 1,
+            }
+        }
+        counts
+    }
+
     /// How long the store has been unreachable; zero while it answers.
     fn store_unreachable(&self) -> Duration {
         if self.store_state == StoreState::Disconnected {

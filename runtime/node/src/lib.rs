@@ -20,6 +20,7 @@
 //! in one log line and the exit code, and no caller matches on them.
 #![forbid(unsafe_code)]
 
+mod health;
 mod iface;
 mod own;
 mod peers;
@@ -110,6 +111,10 @@ pub struct Options {
     pub healthz_addr: Option<SocketAddr>,
     pub plugin_dir: Option<PathBuf>,
     pub plugin_cache_dir: Option<PathBuf>,
+    /// How often each peer is probed through the overlay (at most); zero: never.
+    pub peer_probe_interval: Duration,
+    /// At most this many peer probes a second.
+    pub peer_probe_rate: u32,
 }
 
 /// Ask the store for the config every [`STORE_PROBE`] and send whether it answered;
@@ -223,12 +228,19 @@ struct Traffic {
     last_error: Option<String>,
 }
 
+/// What the peer probes need (`health.rs`).
+struct Probes {
+    kernel: Arc<dyn twill_net::Kernel>,
+    settings: health::ProbeSettings,
+}
+
 /// A running node: its lease, its backend, its peers, and where it reports.
 struct Node<S> {
     own: OwnLease<S>,
     backend: Supervised,
     peers: Peers,
     traffic: Traffic,
+    probes: Probes,
     report: Report,
 }
 
@@ -237,6 +249,15 @@ impl<S: LeaseStore> Node<S> {
         let mut watch = pin!(self.own.store.watch_leases());
         let (probe_tx, mut probed) = tokio::sync::mpsc::channel(1);
         let _probe = AbortOnDrop(tokio::spawn(probe_store(self.own.store.clone(), probe_tx)));
+        let _peer_probes = (!self.probes.settings.interval.is_zero()).then(|| {
+            AbortOnDrop(tokio::spawn(health::run(
+                self.report.api.clone(),
+                self.report.metrics.clone(),
+                self.probes.kernel.clone(),
+                self.own.config.network,
+                self.probes.settings,
+            )))
+        });
         let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
         let mut sighup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;

@@ -129,6 +129,13 @@ async fn with_store<S: LeaseStore>(
         backend: Supervised::new(host, plugin, grant, backend, datapath, args.plugin_dir),
         peers,
         traffic,
+        probes: crate::Probes {
+            kernel,
+            settings: crate::health::ProbeSettings {
+                interval: args.peer_probe_interval,
+                rate: args.peer_probe_rate,
+            },
+        },
         report,
     })
 }

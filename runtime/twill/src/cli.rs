@@ -303,6 +303,29 @@ pub struct RunArgs {
     )]
     pub store_unready_after: u64,
 
+    /// How often each peer is probed through the overlay (an ICMP echo from this
+    /// node's subnet address to the peer's; results in /v1/peers, /metrics and `twill
+    /// doctor`); 0 turns the probes off.
+    #[arg(
+        long,
+        env = "TWILL_PEER_PROBE_INTERVAL",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(0..=3600),
+        value_name = "SECONDS"
+    )]
+    pub peer_probe_interval: u64,
+
+    /// At most this many peer probes a second, however many peers there are (a round
+    /// over all peers then takes peers/rate seconds).
+    #[arg(
+        long,
+        env = "TWILL_PEER_PROBE_RATE",
+        default_value_t = 200,
+        value_parser = clap::value_parser!(u32).range(1..=10000),
+        value_name = "PER_SECOND"
+    )]
+    pub peer_probe_rate: u32,
+
     /// Masquerade traffic from the cluster network to destinations outside it with the
     /// node's address (flannel's rules, in iptables chain TWILL-POSTRTG of the nat
     /// table); subnet.env then says FLANNEL_IPMASQ=true.
@@ -503,6 +526,8 @@ impl RunArgs {
                 .then(|| SocketAddr::new(self.healthz_ip, self.healthz_port)),
             plugin_dir: self.plugin_dir.dir().map(Into::into),
             plugin_cache_dir: self.plugin_cache.dir().map(Into::into),
+            peer_probe_interval: std::time::Duration::from_secs(self.peer_probe_interval),
+            peer_probe_rate: self.peer_probe_rate,
         }
     }
 }
