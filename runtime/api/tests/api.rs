@@ -101,6 +101,7 @@ async fn status_shows_the_node() {
             "mtu",
             "node_name",
             "not_ready_reason",
+            "peer_health",
             "plugin",
             "public_ip",
             "ready",
@@ -211,6 +212,7 @@ async fn peers_show_state_programming_and_errors() {
         [
             "backend_data",
             "backend_type",
+            "health",
             "last_error",
             "programmed",
             "public_ip",
@@ -339,7 +341,7 @@ async fn a_query_string_is_ignored() {
 }
 
 /// Every family the issue asks for, with its type, as the text format names it.
-const FAMILIES: [(&str, &str); 18] = [
+const FAMILIES: [(&str, &str); 22] = [
     ("twill_leases_known", "gauge"),
     ("twill_peers", "gauge"),
     ("twill_lease_events_total", "counter"),
@@ -358,11 +360,21 @@ const FAMILIES: [(&str, &str); 18] = [
     ("twill_udp_packets_total", "counter"),
     ("twill_udp_bytes_total", "counter"),
     ("twill_udp_dropped_packets_total", "counter"),
+    ("twill_peer_reachable", "gauge"),
+    ("twill_peer_rtt_seconds", "gauge"),
+    ("twill_peers_unreachable", "gauge"),
+    ("twill_peer_probes_total", "counter"),
 ];
 
 #[tokio::test]
 async fn metrics_has_every_family_in_the_text_format() {
-    let answer = get(&populated_router(), "/metrics").await;
+    // The per-peer health families have series (and so appear) once a probe decided.
+    let (state, metrics) = populated();
+    state.peer_probed(
+        "10.244.2.0/24".parse().unwrap(),
+        twill_api::ProbeResult::Answered(std::time::Duration::from_millis(1)),
+    );
+    let answer = get(&router(state, metrics), "/metrics").await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(
         answer.content_type(),
@@ -569,4 +581,78 @@ async fn a_lease_the_node_does_not_program_says_why_and_is_counted() {
         !text.contains("twill_leases_invalid{"),
         "no reason has a lease any more:\n{text}"
     );
+}
+
+#[tokio::test]
+async fn peer_health_follows_the_probes() {
+    use std::time::Duration;
+    use twill_api::ProbeResult;
+    let (state, metrics) = populated();
+    let router = router(state.clone(), metrics.clone());
+    let two: twill_core::Subnet = "10.244.2.0/24".parse().unwrap();
+    let three: twill_core::Subnet = "10.244.3.0/24".parse().unwrap();
+    let health = |body: &Value, i: usize| body["peers"][i]["health"].clone();
+
+    // Undecided: no health, no series, counted as unchecked.
+    let peers = get(&router, "/v1/peers").await.json();
+    assert_eq!(health(&peers, 0), Value::Null);
+    let status = get(&router, "/v1/status").await.json();
+    assert_eq!(
+        status["peer_health"],
+        json!({"reachable": 0, "unreachable": 0, "unchecked": 3})
+    );
+
+    // An answer decides at once.
+    assert_eq!(
+        state.peer_probed(two, ProbeResult::Answered(Duration::from_micros(1500))),
+        Some(true)
+    );
+    let peers = get(&router, "/v1/peers").await.json();
+    let h = health(&peers, 0);
+    assert_eq!(h["reachable"], true);
+    assert_eq!(h["rtt_ms"], 1.5);
+    assert_eq!(h["lost_in_a_row"], 0);
+    let since = h["since"].clone();
+
+    // Two losses keep it reachable (with the last RTT); the third makes it unreachable.
+    assert_eq!(state.peer_probed(two, ProbeResult::Lost), None);
+    assert_eq!(state.peer_probed(two, ProbeResult::Lost), None);
+    let h = health(&get(&router, "/v1/peers").await.json(), 0);
+    assert_eq!((h["reachable"].clone(), h["lost_in_a_row"].clone()), (json!(true), json!(2)));
+    assert_eq!(h["since"], since, "since stays while reachability does");
+    assert_eq!(state.peer_probed(two, ProbeResult::Lost), Some(false));
+    let h = health(&get(&router, "/v1/peers").await.json(), 0);
+    assert_eq!(h["reachable"], false);
+    assert_eq!(h["rtt_ms"], Value::Null);
+
+    // A new peer that never answers is decided only after three losses.
+    assert_eq!(state.peer_probed(three, ProbeResult::Lost), None);
+    assert_eq!(state.peer_probed(three, ProbeResult::Lost), None);
+    assert_eq!(health(&get(&router, "/v1/peers").await.json(), 1), Value::Null);
+    assert_eq!(state.peer_probed(three, ProbeResult::Lost), Some(false));
+
+    let text = metrics.encode(&state).expect("encode");
+    assert_eq!(sample(&text, r#"twill_peer_reachable{subnet="10.244.2.0/24"}"#), 0.0);
+    assert_eq!(sample(&text, "twill_peers_unreachable"), 2.0);
+    assert!(!text.contains("twill_peer_rtt_seconds{"), "no RTT while unreachable");
+
+    // Answers again; a removed peer takes its series with it.
+    assert_eq!(
+        state.peer_probed(two, ProbeResult::Answered(Duration::from_millis(2))),
+        Some(true)
+    );
+    state.peer_removed(three);
+    let text = metrics.encode(&state).expect("encode");
+    assert_eq!(sample(&text, r#"twill_peer_reachable{subnet="10.244.2.0/24"}"#), 1.0);
+    assert_eq!(sample(&text, r#"twill_peer_rtt_seconds{subnet="10.244.2.0/24"}"#), 0.002);
+    assert!(!text.contains("10.244.3.0/24"), "{text}");
+    assert_eq!(sample(&text, "twill_peers_unreachable"), 0.0);
+    let status = get(&router, "/v1/status").await.json();
+    assert_eq!(
+        status["peer_health"],
+        json!({"reachable": 1, "unreachable": 0, "unchecked": 1})
+    );
+    // The resync's re-handing of a peer keeps its health.
+    let peers = get(&router, "/v1/peers").await.json();
+    assert_eq!(health(&peers, 0)["reachable"], true);
 }

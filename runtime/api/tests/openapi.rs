@@ -88,6 +88,9 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str, errors: &mut Vec<
             (None, Some(_)) => true, // above i64::MAX, so above any minimum
             (None, None) => false,
         },
+        "number" => value
+            .as_f64()
+            .is_some_and(|n| schema["minimum"].as_f64().is_none_or(|min| n >= min)),
         "boolean" => value.is_boolean(),
         other => panic!("{at}: schema type {other} not handled by this check"),
     };
@@ -245,6 +248,15 @@ fn every_documented_property_is_required() {
 #[tokio::test]
 async fn a_busy_node_answers_as_documented() {
     check_every_path(&populated_router(), &openapi()).await;
+    // With probe results: one peer reachable, one unreachable.
+    let (state, metrics) = common::populated();
+    let (two, three) = ("10.244.2.0/24".parse().unwrap(), "10.244.3.0/24".parse().unwrap());
+    let rtt = std::time::Duration::from_millis(3);
+    state.peer_probed(two, twill_api::ProbeResult::Answered(rtt));
+    for _ in 0..3 {
+        state.peer_probed(three, twill_api::ProbeResult::Lost);
+    }
+    check_every_path(&router(state, metrics), &openapi()).await;
 }
 
 #[tokio::test]
@@ -296,7 +308,7 @@ fn the_checker_catches_mismatches() {
     let mut good: Map<String, Value> = serde_json::from_value(serde_json::json!({
         "subnet": "10.244.2.0/24", "public_ip": "192.168.1.2", "backend_type": "vxlan",
         "backend_data": null, "programmed": "", "state": "pending",
-        "state_since": "2026-01-01T00:00:00Z", "last_error": null
+        "state_since": "2026-01-01T00:00:00Z", "last_error": null, "health": null
     }))
     .expect("object");
     let mut errors = Vec::new();

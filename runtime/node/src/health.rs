@@ -419,14 +419,13 @@ mod tests {
 
     #[test]
     fn the_probe_address_goes_on_lo_only_while_no_device_holds_it() {
-        let kernel = twill_net::FakeKernel::new();
+        let kernel = twill_net::fake::FakeKernel::new();
         let network: Subnet = "10.244.0.0/16".parse().unwrap();
         let own: Subnet = "10.244.1.0/24".parse().unwrap();
         let lo = kernel.link_by_name("lo").unwrap().unwrap().index;
         assert!(ensure_probe_address(&kernel, network, own).unwrap());
-        let on_lo = |k: &twill_net::FakeKernel| {
+        let on_lo = |k: &twill_net::fake::FakeKernel| {
             k.addrs()
-                .unwrap()
                 .into_iter()
                 .filter(|a| a.index == lo)
                 .map(|a| a.addr)
