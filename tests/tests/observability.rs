@@ -36,6 +36,9 @@ fn require(tool: &str, package: &str) {
 /// A cluster of `n` vxlan nodes, each serving its API, every peer programmed.
 fn vxlan_cluster(n: u8) -> Cluster {
     let mut c = Cluster::new(n);
+    // Probes every second, so the dashboard's health shows within seconds.
+    c.twill_env
+        .push(("TWILL_PEER_PROBE_INTERVAL".into(), "1".into()));
     c.put_config(CONFIG);
     for k in 1..=usize::from(n) {
         c.start_twill(k);
@@ -307,6 +310,7 @@ struct Tile {
     subnet: String,
     public_ip: String,
     state: String,
+    health: String,
     text: String,
 }
 
@@ -328,6 +332,7 @@ fn tiles(dom: &str) -> Vec<Tile> {
                 subnet: attr(tag, "data-subnet"),
                 public_ip: attr(tag, "data-public-ip"),
                 state: attr(tag, "data-state"),
+                health: attr(tag, "data-health"),
                 text: inner.to_owned(),
             }
         })
@@ -367,6 +372,60 @@ fn chromium_shows_every_node_of_the_cluster_on_the_dashboard() {
         "the summary counts the cluster"
     );
     browser.screenshot(DASHBOARD_URL, &artefact("dashboard.png"), "1280,900");
+
+    // Health: every peer reachable with its round-trip time; then node 3's overlay
+    // traffic from node 1 is dropped, and its tile turns unreachable and comes first.
+    let peer_health = |want: &str, subnet: &str| {
+        let (_, body) = node.api_get("/v1/peers");
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["peers"]
+            .as_array()?
+            .iter()
+            .any(|p| p["subnet"] == subnet && p["health"]["reachable"] == (want == "reachable"))
+            .then_some(())
+    };
+    let (two, three) = (c.nodes[1].subnet(), c.nodes[2].subnet());
+    wait_for("both peers reachable", Duration::from_secs(30), || {
+        peer_health("reachable", &two).and(peer_health("reachable", &three))
+    });
+    let shown = tiles(&browser.dom(DASHBOARD_URL));
+    for t in shown.iter().filter(|t| t.state != "own") {
+        assert_eq!(t.health, "reachable", "{t:?}");
+        assert!(
+            t.text.contains(" ms<"),
+            "a reachable tile shows its RTT: {t:?}"
+        );
+    }
+    let rule = [
+        "INPUT",
+        "-s",
+        &node.ip(),
+        "-p",
+        "udp",
+        "--dport",
+        "8472",
+        "-j",
+        "DROP",
+    ];
+    c.nodes[2].iptables(&[&["-I"][..], &rule].concat());
+    wait_for("node 3 unreachable", Duration::from_secs(30), || {
+        peer_health("unreachable", &three)
+    });
+    let dom = browser.dom(DASHBOARD_URL);
+    let shown = tiles(&dom);
+    assert_eq!(
+        shown[0].subnet, three,
+        "the unreachable peer comes first: {shown:#?}"
+    );
+    assert_eq!(shown[0].health, "unreachable");
+    assert!(shown[0].text.contains("unreachable"), "{:?}", shown[0]);
+    assert!(dom.contains(" · 1 unreachable"), "the summary counts it");
+    browser.screenshot(
+        DASHBOARD_URL,
+        &artefact("dashboard-unreachable.png"),
+        "1280,900",
+    );
+    c.nodes[2].iptables(&[&["-D"][..], &rule].concat());
 }
 
 /// A lease for subnet `10.<a>.<b>.0/24` of a node that does not exist; `bad_mac` gives it

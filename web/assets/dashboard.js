@@ -44,18 +44,29 @@
     c.classList.toggle("lost", lost);
   }
 
-  // Every lease is a node; a peer adds its state. A peer without a lease (briefly, while
-  // a removal is handled) is still shown.
+  // What the probes say of a peer: reachable, unreachable, or unchecked (not decided,
+  // probes off); null for our own node and for a lease that is no peer.
+  const healthOf = (peer) => !peer ? null : !peer.health ? "unchecked" : peer.health.reachable ? "reachable" : "unreachable";
+
+  // Every lease is a node; a peer adds its state and health. A peer without a lease
+  // (briefly, while a removal is handled) is still shown. Unreachable peers come first.
   function nodesOf(leases, peers) {
     const bySubnet = new Map(peers.map((p) => [p.subnet, p]));
     const nodes = leases.map((l) => {
       const peer = bySubnet.get(l.subnet);
       bySubnet.delete(l.subnet);
-      return { ...l, peer, state: l.own ? "own" : peer ? peer.state : "unknown" };
+      return { ...l, peer, state: l.own ? "own" : peer ? peer.state : "unknown", health: l.own ? null : healthOf(peer) };
     });
-    for (const p of bySubnet.values()) nodes.push({ ...p, own: false, expires_at: null, peer: p, state: p.state });
-    return nodes;
+    for (const p of bySubnet.values()) nodes.push({ ...p, own: false, expires_at: null, peer: p, state: p.state, health: healthOf(p) });
+    const rank = (n) => (n.health === "unreachable" ? 0 : 1);
+    return nodes.map((n, i) => [n, i]).sort(([a, i], [b, j]) => rank(a) - rank(b) || i - j).map(([n]) => n);
   }
+
+  const rttText = (node) => {
+    const h = node.peer?.health;
+    if (!h) return "";
+    return h.reachable ? `${h.rtt_ms.toFixed(1)} ms` : "unreachable";
+  };
 
   function render(status, leases, peers, plugins) {
     view.nodes = nodesOf(leases, peers);
@@ -157,6 +168,7 @@
     push(history.leases, leases.length);
     push(history.callRate, rate);
     push(history.errors, by.error);
+    const unreachable = peers.filter((p) => p.health && !p.health.reachable).length;
 
     const card = (label, value, cls, series) => {
       const c = el("div", `metric ${cls ?? ""}`);
@@ -170,21 +182,25 @@
       card("peers programmed", by.programmed, "programmed"),
       card("peers pending", by.pending, "pending"),
       card("peers in error", by.error, "error", history.errors),
+      card("peers unreachable", unreachable, "error"),
       card("plugin calls", calls),
       card("calls / s", rate.toFixed(1), null, history.callRate),
     );
   }
 
   function stateCounts() {
-    const n = { programmed: 0, pending: 0, error: 0, unknown: 0 };
-    for (const node of view.nodes) if (!node.own) n[node.state] = (n[node.state] ?? 0) + 1;
+    const n = { programmed: 0, pending: 0, error: 0, unknown: 0, unreachable: 0 };
+    for (const node of view.nodes) {
+      if (!node.own) n[node.state] = (n[node.state] ?? 0) + 1;
+      if (node.health === "unreachable") n.unreachable += 1;
+    }
     return n;
   }
 
   function renderCluster() {
     const n = stateCounts();
     $("summary").textContent = `${view.nodes.length} nodes · ${n.programmed} programmed · ${n.pending} pending · ${n.error} error` +
-      (n.unknown ? ` · ${n.unknown} not a peer` : "");
+      (n.unknown ? ` · ${n.unknown} not a peer` : "") + ` · ${n.unreachable} unreachable`;
 
     const bar = $("state-bar");
     bar.replaceChildren(...STATES.concat("unknown").filter((s) => n[s]).map((s) => {
@@ -220,27 +236,36 @@
     const lines = [`${node.subnet} — ${node.public_ip} (${node.backend_type || "udp"})`,
       node.own ? "this node" : `state: ${node.state}`];
     if (node.peer?.state === "error" && node.peer.last_error) lines.push(`error: ${node.peer.last_error.message}`);
+    if (node.health) lines.push(`probes: ${node.health}${node.peer?.health?.reachable ? `, ${rttText(node)}` : ""}`);
     return lines.join("\n");
   }
 
   // Rebuilt only when something shown changed, so hover and focus survive a poll.
   function renderGrid() {
     const shown = view.nodes.filter(visible);
-    const key = JSON.stringify([view.selected, shown.map((x) => [x.subnet, x.public_ip, x.backend_type, x.state, x.peer?.last_error?.message])]);
-    if (key === view.gridKey) return;
+    const key = JSON.stringify([view.selected, shown.map((x) => [x.subnet, x.public_ip, x.backend_type, x.state, x.health, x.peer?.last_error?.message])]);
+    if (key === view.gridKey) {
+      // Only the round-trip times moved: change their text in place (hover and focus stay).
+      for (const node of shown) {
+        const rtt = $("nodes").querySelector(`.node[data-subnet="${node.subnet}"] .rtt`);
+        if (rtt) rtt.textContent = rttText(node);
+      }
+      return;
+    }
     view.gridKey = key;
     const frag = document.createDocumentFragment();
     for (const node of shown) {
-      const t = el("div", `node ${node.own ? "own" : node.state}`);
+      const t = el("div", `node ${node.own ? "own" : node.state}${node.health ? ` h-${node.health}` : ""}`);
       t.setAttribute("role", "listitem");
       t.tabIndex = 0;
       t.dataset.subnet = node.subnet;
       t.dataset.publicIp = node.public_ip;
       t.dataset.state = node.state;
+      if (node.health) t.dataset.health = node.health;
       if (node.subnet === view.selected) t.classList.add("selected");
       t.title = tileTitle(node);
       t.append(el("span", "subnet", node.subnet), el("span", "type", node.backend_type || "udp"),
-        el("span", "ip", node.public_ip));
+        el("span", "ip", node.public_ip), el("span", "rtt", rttText(node)));
       frag.append(t);
     }
     $("nodes").replaceChildren(frag);
@@ -260,6 +285,10 @@
       ["backend data", node.backend_data === null ? null : JSON.stringify(node.backend_data)],
       ["lease expires", node.expires_at ?? "no TTL"],
       ["state", node.own ? "this node" : p ? `${p.state} since ${p.state_since}` : "not a peer", p?.state === "error" ? "error" : null],
+      ["probes", p?.health ? (p.health.reachable
+        ? `reachable since ${p.health.since}, ${rttText(node)} (checked ${p.health.checked_at})`
+        : `unreachable since ${p.health.since}: ${p.health.lost_in_a_row} probes unanswered`) : p ? "not decided yet" : null,
+      p?.health && !p.health.reachable ? "error" : null],
       ["programmed", p?.programmed || null],
       ["last error", p?.last_error ? `${p.last_error.message} (since ${p.last_error.since})` : null, p?.state === "error" ? "error" : null],
     ]);

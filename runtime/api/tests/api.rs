@@ -618,7 +618,10 @@ async fn peer_health_follows_the_probes() {
     assert_eq!(state.peer_probed(two, ProbeResult::Lost), None);
     assert_eq!(state.peer_probed(two, ProbeResult::Lost), None);
     let h = health(&get(&router, "/v1/peers").await.json(), 0);
-    assert_eq!((h["reachable"].clone(), h["lost_in_a_row"].clone()), (json!(true), json!(2)));
+    assert_eq!(
+        (h["reachable"].clone(), h["lost_in_a_row"].clone()),
+        (json!(true), json!(2))
+    );
     assert_eq!(h["since"], since, "since stays while reachability does");
     assert_eq!(state.peer_probed(two, ProbeResult::Lost), Some(false));
     let h = health(&get(&router, "/v1/peers").await.json(), 0);
@@ -628,13 +631,22 @@ async fn peer_health_follows_the_probes() {
     // A new peer that never answers is decided only after three losses.
     assert_eq!(state.peer_probed(three, ProbeResult::Lost), None);
     assert_eq!(state.peer_probed(three, ProbeResult::Lost), None);
-    assert_eq!(health(&get(&router, "/v1/peers").await.json(), 1), Value::Null);
+    assert_eq!(
+        health(&get(&router, "/v1/peers").await.json(), 1),
+        Value::Null
+    );
     assert_eq!(state.peer_probed(three, ProbeResult::Lost), Some(false));
 
     let text = metrics.encode(&state).expect("encode");
-    assert_eq!(sample(&text, r#"twill_peer_reachable{subnet="10.244.2.0/24"}"#), 0.0);
+    assert_eq!(
+        sample(&text, r#"twill_peer_reachable{subnet="10.244.2.0/24"}"#),
+        0.0
+    );
     assert_eq!(sample(&text, "twill_peers_unreachable"), 2.0);
-    assert!(!text.contains("twill_peer_rtt_seconds{"), "no RTT while unreachable");
+    assert!(
+        !text.contains("twill_peer_rtt_seconds{"),
+        "no RTT while unreachable"
+    );
 
     // Answers again; a removed peer takes its series with it.
     assert_eq!(
@@ -643,8 +655,14 @@ async fn peer_health_follows_the_probes() {
     );
     state.peer_removed(three);
     let text = metrics.encode(&state).expect("encode");
-    assert_eq!(sample(&text, r#"twill_peer_reachable{subnet="10.244.2.0/24"}"#), 1.0);
-    assert_eq!(sample(&text, r#"twill_peer_rtt_seconds{subnet="10.244.2.0/24"}"#), 0.002);
+    assert_eq!(
+        sample(&text, r#"twill_peer_reachable{subnet="10.244.2.0/24"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, r#"twill_peer_rtt_seconds{subnet="10.244.2.0/24"}"#),
+        0.002
+    );
     assert!(!text.contains("10.244.3.0/24"), "{text}");
     assert_eq!(sample(&text, "twill_peers_unreachable"), 0.0);
     let status = get(&router, "/v1/status").await.json();

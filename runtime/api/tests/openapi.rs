@@ -250,7 +250,10 @@ async fn a_busy_node_answers_as_documented() {
     check_every_path(&populated_router(), &openapi()).await;
     // With probe results: one peer reachable, one unreachable.
     let (state, metrics) = common::populated();
-    let (two, three) = ("10.244.2.0/24".parse().unwrap(), "10.244.3.0/24".parse().unwrap());
+    let (two, three) = (
+        "10.244.2.0/24".parse().unwrap(),
+        "10.244.3.0/24".parse().unwrap(),
+    );
     let rtt = std::time::Duration::from_millis(3);
     state.peer_probed(two, twill_api::ProbeResult::Answered(rtt));
     for _ in 0..3 {
