@@ -48,6 +48,16 @@ pub enum Command {
     /// Reads the node's HTTP API (`twill run --api-addr`).
     Status(StatusArgs),
 
+    /// Check this node for what makes an overlay fail silently.
+    ///
+    /// The daemon up and ready, subnet.env matching the lease, MTUs along the path, IP
+    /// forwarding, reverse-path filtering, the FORWARD policy, vxlan checksum offload,
+    /// peers that do not answer the probes, and routes or FDB entries left by nodes
+    /// without a lease. One line per check (ok / warn / FAIL, with the fix); exit status
+    /// 1 when a check fails. Run it on the node (as root, in the node's network
+    /// namespace).
+    Doctor(DoctorArgs),
+
     /// Write Docker daemon options from subnet.env (what flannel's mk-docker-opts.sh
     /// does): DOCKER_OPT_BIP, DOCKER_OPT_IPMASQ, DOCKER_OPT_MTU and the combined
     /// DOCKER_OPTS, for a systemd EnvironmentFile (see docs/containers.md).
@@ -235,6 +245,32 @@ pub struct StatusArgs {
         value_name = "ADDR:PORT"
     )]
     pub api_addr: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Address of the node's HTTP API.
+    #[arg(
+        long,
+        env = "TWILL_API_ADDR",
+        default_value = "127.0.0.1:9465",
+        value_name = "ADDR:PORT"
+    )]
+    pub api_addr: SocketAddr,
+
+    /// The subnet.env twill writes (as `twill run --subnet-file`).
+    #[arg(
+        long,
+        env = "FLANNELD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env",
+        value_name = "PATH"
+    )]
+    pub subnet_file: PathBuf,
+
+    /// Print the checks as JSON (`{"checks": [{check, result, message, fix}], "failed",
+    /// "warned"}`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The embedded store's file unless --store-path says otherwise.

@@ -9,6 +9,7 @@ mod config;
 mod containers;
 mod demo;
 mod docker_opts;
+mod doctor;
 mod files;
 mod plugins;
 mod status;
@@ -40,6 +41,21 @@ fn main() -> ExitCode {
         cli::Command::Demo(args) => runtime.block_on(demo::run(args)),
         cli::Command::Config(cli::ConfigCommand::Set(args)) => runtime.block_on(config::set(args)),
         cli::Command::Status(args) => runtime.block_on(status::run(args.api_addr)),
+        cli::Command::Doctor(args) => {
+            let args = doctor::Args {
+                api_addr: args.api_addr,
+                subnet_file: args.subnet_file,
+                json: args.json,
+            };
+            return match runtime.block_on(doctor::run(args)) {
+                Ok(0) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         cli::Command::DockerOpts(args) => docker_opts::run(&args),
         cli::Command::InstallCni(args) => cni::install(&args.bin_dir, args.conf_dir.as_deref()),
         // Synchronous; needs no root, store or network namespace.

@@ -15,7 +15,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// GET `path` from the API at `addr` (HTTP/1.1, one request per connection) and decode
 /// the JSON body.
-async fn get<T: DeserializeOwned>(addr: SocketAddr, path: &str) -> anyhow::Result<T> {
+pub(crate) async fn get<T: DeserializeOwned>(addr: SocketAddr, path: &str) -> anyhow::Result<T> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         let request = format!(
