@@ -1,7 +1,9 @@
 //! End to end (issue 15, "no connection broken"): a long-lived TCP connection between
 //! pods on two nodes (an 8-byte echo every 20 ms) across everything twill does to a
 //! running node — a SIGTERM restart, a SIGKILL restart, a hot reload (SIGHUP), an etcd
-//! outage, a peer joining and a peer leaving, and a plugin that traps and is restarted.
+//! outage, a peer joining and a peer leaving, the backend's periodic resync (every 2 s
+//! here, so it also runs during every other event), and a plugin that traps and is
+//! restarted.
 //! Not one reset; each event's longest stall is printed and bounded.
 
 use std::time::Duration;
@@ -35,6 +37,8 @@ fn ready(c: &Cluster, k: usize) {
 #[test]
 fn a_pod_connection_survives_everything_twill_does() {
     let mut c = Cluster::new(3);
+    c.twill_env
+        .push(("TWILL_RESYNC_INTERVAL".into(), "2".into()));
     c.put_config(CONFIG);
     c.start_twill(1);
     c.start_twill(2);
@@ -115,6 +119,17 @@ fn a_pod_connection_survives_everything_twill_does() {
         (!body.contains(&c.nodes[2].subnet())).then_some(())
     });
     check("a peer leaves", &probe);
+
+    // Resyncs (init, start, every peer again) ran all along; see two more on node 1.
+    let resyncs = |c: &Cluster| c.nodes[0].log_text().matches("periodic resync").count();
+    let before = resyncs(&c);
+    assert!(before > 0, "node 1 logs its resyncs");
+    wait_for(
+        "two more resyncs on node 1",
+        Duration::from_secs(30),
+        || (resyncs(&c) >= before + 2).then_some(()),
+    );
+    check("two backend resyncs on node 1", &probe);
 
     drop(probe);
     eprintln!("longest stall per event: {report:?}");

@@ -52,8 +52,6 @@ use report::Report;
 use retry::{error_chain, sleep_until};
 use supervisor::Supervised;
 
-/// How often every known peer is re-applied, repairing kernel state that went missing.
-const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 /// How often counters kept elsewhere (the store's watch connects) reach the metrics.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the store is asked whether it answers (for `/readyz` and
@@ -115,6 +113,9 @@ pub struct Options {
     pub peer_probe_interval: Duration,
     /// At most this many peer probes a second.
     pub peer_probe_rate: u32,
+    /// How often the backend is given `init`, `start` and every peer again (repairing
+    /// kernel state that went missing).
+    pub resync_interval: Duration,
 }
 
 /// Ask the store for the config every [`STORE_PROBE`] and send whether it answered;
@@ -241,6 +242,7 @@ struct Node<S> {
     peers: Peers,
     traffic: Traffic,
     probes: Probes,
+    resync_interval: Duration,
     report: Report,
 }
 
@@ -262,7 +264,7 @@ impl<S: LeaseStore> Node<S> {
         let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
         let mut sighup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
         let mut plugin_files = tokio::time::interval(PLUGIN_DIR_POLL);
-        let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+        let mut resync = tokio::time::interval(self.resync_interval);
         let mut stats = tokio::time::interval(STATS_INTERVAL);
         let mut rules_check = tokio::time::interval(self.traffic.resync);
         rules_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -136,6 +136,7 @@ async fn with_store<S: LeaseStore>(
                 rate: args.peer_probe_rate,
             },
         },
+        resync_interval: args.resync_interval,
         report,
     })
 }

@@ -339,6 +339,17 @@ pub struct RunArgs {
     )]
     pub store_unready_after: u64,
 
+    /// How often the backend is initialised and started again and given every peer,
+    /// repairing a deleted device, address, route, neighbour or FDB entry.
+    #[arg(
+        long,
+        env = "TWILL_RESYNC_INTERVAL",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+        value_name = "SECONDS"
+    )]
+    pub resync_interval: u64,
+
     /// How often each peer is probed through the overlay (an ICMP echo from this
     /// node's subnet address to the peer's; results in /v1/peers, /metrics and `twill
     /// doctor`); 0 turns the probes off.
@@ -564,6 +575,7 @@ impl RunArgs {
             plugin_cache_dir: self.plugin_cache.dir().map(Into::into),
             peer_probe_interval: std::time::Duration::from_secs(self.peer_probe_interval),
             peer_probe_rate: self.peer_probe_rate,
+            resync_interval: std::time::Duration::from_secs(self.resync_interval),
         }
     }
 }
