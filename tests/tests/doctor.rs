@@ -235,9 +235,9 @@ fn doctor_names_each_broken_thing_on_the_node() {
         "FLANNEL_SUBNET=10.244.251.1/24",
     );
     assert_ne!(wrong, good, "subnet.env has FLANNEL_SUBNET: {good}");
-    std::fs::write(&path, wrong).unwrap();
+    std::fs::write(&path, wrong).expect("write subnet.env");
     assert_finds(&c, 1, "subnet.env", "fail", &["10.244.251.1/24", &own]);
-    std::fs::write(&path, &good).unwrap();
+    std::fs::write(&path, &good).expect("restore subnet.env");
 
     assert_healthy(&c, 1);
 

@@ -20,7 +20,7 @@ fn health_of(c: &Cluster) -> Vec<(String, Value)> {
         .iter()
         .map(|p| {
             (
-                p["subnet"].as_str().unwrap().to_owned(),
+                p["subnet"].as_str().expect("subnet").to_owned(),
                 p["health"].clone(),
             )
         })
@@ -123,7 +123,7 @@ fn probes_follow_the_overlay(backend: &str) {
         "an unreachable peer has no RTT series"
     );
     let (_, status) = node1.api_get("/v1/status");
-    let status: Value = serde_json::from_str(&status).unwrap();
+    let status: Value = serde_json::from_str(&status).expect("status JSON");
     assert_eq!(
         status["peer_health"],
         serde_json::json!({"reachable": 1, "unreachable": 1, "unchecked": 0}),
@@ -134,6 +134,20 @@ fn probes_follow_the_overlay(backend: &str) {
             .log_text()
             .contains("peer unreachable through the overlay"),
         "a warning names the unreachable peer"
+    );
+    let bin = twill_e2e::twill_bin();
+    let summary = node1.exec(&[bin.to_str().expect("utf-8 path"), "status"]);
+    assert!(
+        summary.contains("probes: 1 reachable, 1 unreachable, 0 not decided"),
+        "{summary}"
+    );
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with(&three))
+        .unwrap_or_else(|| panic!("no line for {three}: {summary}"));
+    assert!(
+        line.contains("UNREACHABLE"),
+        "twill status marks it: {line}"
     );
 
     c.nodes[2].iptables(&with("-D"));

@@ -371,7 +371,7 @@ async fn metrics_has_every_family_in_the_text_format() {
     // The per-peer health families have series (and so appear) once a probe decided.
     let (state, metrics) = populated();
     state.peer_probed(
-        "10.244.2.0/24".parse().unwrap(),
+        "10.244.2.0/24".parse().expect("subnet"),
         twill_api::ProbeResult::Answered(std::time::Duration::from_millis(1)),
     );
     let answer = get(&router(state, metrics), "/metrics").await;
@@ -589,8 +589,8 @@ async fn peer_health_follows_the_probes() {
     use twill_api::ProbeResult;
     let (state, metrics) = populated();
     let router = router(state.clone(), metrics.clone());
-    let two: twill_core::Subnet = "10.244.2.0/24".parse().unwrap();
-    let three: twill_core::Subnet = "10.244.3.0/24".parse().unwrap();
+    let two: twill_core::Subnet = "10.244.2.0/24".parse().expect("subnet");
+    let three: twill_core::Subnet = "10.244.3.0/24".parse().expect("subnet");
     let health = |body: &Value, i: usize| body["peers"][i]["health"].clone();
 
     // Undecided: no health, no series, counted as unchecked.

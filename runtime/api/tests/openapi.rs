@@ -251,8 +251,8 @@ async fn a_busy_node_answers_as_documented() {
     // With probe results: one peer reachable, one unreachable.
     let (state, metrics) = common::populated();
     let (two, three) = (
-        "10.244.2.0/24".parse().unwrap(),
-        "10.244.3.0/24".parse().unwrap(),
+        "10.244.2.0/24".parse().expect("subnet"),
+        "10.244.3.0/24".parse().expect("subnet"),
     );
     let rtt = std::time::Duration::from_millis(3);
     state.peer_probed(two, twill_api::ProbeResult::Answered(rtt));

@@ -420,10 +420,10 @@ mod tests {
     #[test]
     fn the_probe_address_goes_on_lo_only_while_no_device_holds_it() {
         let kernel = twill_net::fake::FakeKernel::new();
-        let network: Subnet = "10.244.0.0/16".parse().unwrap();
-        let own: Subnet = "10.244.1.0/24".parse().unwrap();
-        let lo = kernel.link_by_name("lo").unwrap().unwrap().index;
-        assert!(ensure_probe_address(&kernel, network, own).unwrap());
+        let network: Subnet = "10.244.0.0/16".parse().expect("subnet");
+        let own: Subnet = "10.244.1.0/24".parse().expect("subnet");
+        let lo = kernel.link_by_name("lo").expect("links").expect("lo").index;
+        assert!(ensure_probe_address(&kernel, network, own).expect("ensure"));
         let on_lo = |k: &twill_net::fake::FakeKernel| {
             k.addrs()
                 .into_iter()
@@ -433,10 +433,10 @@ mod tests {
         };
         assert_eq!(on_lo(&kernel), vec![own.addr()]);
         // Unchanged the second time.
-        assert!(!ensure_probe_address(&kernel, network, own).unwrap());
+        assert!(!ensure_probe_address(&kernel, network, own).expect("ensure"));
         // The subnet moved: the old address goes, the new one comes.
-        let moved: Subnet = "10.244.9.0/24".parse().unwrap();
-        assert!(ensure_probe_address(&kernel, network, moved).unwrap());
+        let moved: Subnet = "10.244.9.0/24".parse().expect("subnet");
+        assert!(ensure_probe_address(&kernel, network, moved).expect("ensure"));
         assert_eq!(on_lo(&kernel), vec![moved.addr()]);
     }
 }

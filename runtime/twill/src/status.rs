@@ -99,27 +99,37 @@ pub fn render(status: &Status, peers: &[Peer]) -> String {
         .iter()
         .filter(|p| p.state == PeerState::Programmed)
         .count();
+    let h = &status.peer_health;
     out.push_str(&format!(
-        "\n{} peers, {programmed} programmed\n",
-        peers.len()
+        "\n{} peers, {programmed} programmed; probes: {} reachable, {} unreachable, {} not decided\n",
+        peers.len(),
+        h.reachable,
+        h.unreachable,
+        h.unchecked
     ));
     if peers.is_empty() {
         return out;
     }
     out.push_str(&format!(
-        "{:<20} {:<16} {:<11} {}\n",
-        "SUBNET", "PUBLIC IP", "STATE", "DETAIL"
+        "{:<20} {:<16} {:<11} {:<13} {}\n",
+        "SUBNET", "PUBLIC IP", "STATE", "PROBE", "DETAIL"
     ));
     for p in peers {
         let detail = match (&p.last_error, p.state) {
             (Some(e), PeerState::Error) => format!("{} (since {})", e.message, e.since),
             _ => p.programmed.clone(),
         };
+        let probe = match &p.health {
+            None => "-".to_owned(),
+            Some(h) if h.reachable => format!("{:.1} ms", h.rtt_ms.unwrap_or_default()),
+            Some(_) => "UNREACHABLE".to_owned(),
+        };
         out.push_str(&format!(
-            "{:<20} {:<16} {:<11} {}\n",
+            "{:<20} {:<16} {:<11} {:<13} {}\n",
             p.subnet,
             p.public_ip.to_string(),
             state_word(p.state),
+            probe,
             detail
         ));
     }
