@@ -160,9 +160,12 @@ impl Prober {
             }
             Err(e) => {
                 // No route, the address gone for a moment (a device re-created): the
-                // probe is lost, and the socket bound again next round.
+                // probe is lost, and the socket bound again next round (a full send
+                // buffer only loses the probe).
                 tracing::debug!(%subnet, "peer probe not sent: {e}");
-                self.bound = None;
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    self.bound = None;
+                }
                 self.result(subnet, ProbeResult::Lost);
             }
         }
@@ -427,7 +430,7 @@ mod tests {
         let on_lo = |k: &twill_net::fake::FakeKernel| {
             k.addrs()
                 .into_iter()
-                .filter(|a| a.index == lo)
+                .filter(|a| a.index == lo && network.contains(a.addr))
                 .map(|a| a.addr)
                 .collect::<Vec<_>>()
         };
@@ -438,5 +441,10 @@ mod tests {
         let moved: Subnet = "10.244.9.0/24".parse().expect("subnet");
         assert!(ensure_probe_address(&kernel, network, moved).expect("ensure"));
         assert_eq!(on_lo(&kernel), vec![moved.addr()]);
+        // A device of the backend takes the address (a switch to vxlan): lo lets go.
+        kernel.add_link("flannel.1", 1450, moved.addr(), 32);
+        assert!(ensure_probe_address(&kernel, network, moved).expect("ensure"));
+        assert_eq!(on_lo(&kernel), Vec::<Ipv4Addr>::new());
+        assert!(!ensure_probe_address(&kernel, network, moved).expect("ensure"));
     }
 }
