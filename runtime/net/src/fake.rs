@@ -160,6 +160,9 @@ struct State {
     next_index: u32,
     addrs: Vec<AddrInfo>,
     routes: Vec<Route>,
+    /// Each route's protocol: [`crate::ROUTE_PROTOCOL`] once replaced through the
+    /// seam, boot for routes given to the fake (unless said otherwise).
+    route_protocols: std::collections::BTreeMap<Subnet, u8>,
     neighbours: Vec<Neighbour>,
     fdb: Vec<FdbEntry>,
     calls: Vec<Call>,
@@ -293,7 +296,16 @@ impl FakeKernel {
     /// Seed a route, as a builder (e.g. the default route via the NIC, so that
     /// [`Kernel::route_get`] can answer). Not recorded.
     pub fn with_route(self, route: Route) -> Self {
-        self.lock().routes.push(route);
+        self.with_route_protocol(route, crate::RTPROT_BOOT)
+    }
+
+    /// Seed a main-table route with this protocol (4 for `ip route add … proto static`).
+    pub fn with_route_protocol(self, route: Route, protocol: u8) -> Self {
+        {
+            let mut st = self.lock();
+            st.routes.push(route);
+            st.route_protocols.insert(route.dst, protocol);
+        }
         self
     }
 
@@ -488,6 +500,24 @@ impl Kernel for FakeKernel {
         Ok(self.lock().routes.clone())
     }
 
+    fn table_routes(&self) -> Result<Vec<crate::TableRoute>, NetError> {
+        let st = self.lock();
+        Ok(st
+            .routes
+            .iter()
+            .map(|r| crate::TableRoute {
+                route: *r,
+                protocol: st
+                    .route_protocols
+                    .get(&r.dst)
+                    .copied()
+                    .unwrap_or(crate::RTPROT_BOOT),
+                metric: 0,
+                unicast: true,
+            })
+            .collect())
+    }
+
     fn replace_route(&self, route: &Route) -> Result<(), NetError> {
         let route = *route;
         self.mutate(Call::ReplaceRoute(route), |st| {
@@ -503,6 +533,7 @@ impl Kernel for FakeKernel {
                 Some(existing) => *existing = route,
                 None => st.routes.push(route),
             }
+            st.route_protocols.insert(route.dst, crate::ROUTE_PROTOCOL);
             Ok(())
         })
     }

@@ -136,6 +136,28 @@ pub struct Route {
     pub onlink: bool,
 }
 
+/// The route protocol (`rtm_protocol`) of every route twill writes: `ip route` shows
+/// `proto 167`. A route of the main table with another protocol is not twill's and is
+/// never replaced or deleted for a plugin, except one that flannel itself made (see
+/// the plugin host's route checks).
+pub const ROUTE_PROTOCOL: u8 = 167;
+/// `RTPROT_BOOT`: what flannel's routes (and `ip route add` without `proto`) carry.
+pub const RTPROT_BOOT: u8 = 3;
+
+/// A route of the main table as it stands, with what tells its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableRoute {
+    /// Destination and next hop (for a route that is not unicast, what it carries).
+    pub route: Route,
+    /// `rtm_protocol`: [`ROUTE_PROTOCOL`] for twill's, [`RTPROT_BOOT`] for flannel's and
+    /// most operators', 2 (`kernel`) for connected routes, 4 (`static`), …
+    pub protocol: u8,
+    /// The route's priority (metric); twill writes 0.
+    pub metric: u32,
+    /// Whether it is a unicast route (not blackhole, unreachable, …).
+    pub unicast: bool,
+}
+
 /// What `ip route get` answers for a destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteLookup {
@@ -239,6 +261,8 @@ pub trait Kernel: Send + Sync + 'static {
     fn del_addr(&self, addr: AddrInfo) -> Result<(), NetError>;
     /// Every IPv4 unicast route in the main table.
     fn routes(&self) -> Result<Vec<Route>, NetError>;
+    /// Every IPv4 route of the main table, of any type, with its protocol and metric.
+    fn table_routes(&self) -> Result<Vec<TableRoute>, NetError>;
     /// Add or replace a route (`ip route replace`), protocol boot, scope universe.
     fn replace_route(&self, route: &Route) -> Result<(), NetError>;
     /// Delete a route (ESRCH/ENOENT when absent).

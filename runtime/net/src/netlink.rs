@@ -33,8 +33,8 @@ use tracing::debug;
 use twill_core::{MacAddr, Subnet};
 
 use crate::{
-    AddrInfo, FdbEntry, IpipInfo, IpipSpec, Kernel, LinkInfo, Neighbour, NetError, Route,
-    RouteLookup, VxlanInfo, VxlanSpec,
+    AddrInfo, FdbEntry, IpipInfo, IpipSpec, Kernel, LinkInfo, Neighbour, NetError, ROUTE_PROTOCOL,
+    Route, RouteLookup, TableRoute, VxlanInfo, VxlanSpec,
 };
 
 use crate::{TunDevice, datapath, io_error};
@@ -371,10 +371,25 @@ impl Kernel for Netlink {
         })
     }
 
+    fn table_routes(&self) -> Result<Vec<TableRoute>, NetError> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        self.run(|h| async move {
+            let msgs: Vec<RouteMessage> = h
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| request_error("list routes", String::new(), e))?;
+            Ok(msgs.iter().filter_map(table_route_from_message).collect())
+        })
+    }
+
     fn replace_route(&self, route: &Route) -> Result<(), NetError> {
         debug!(?route, "replace route");
         let mut msg = route_message(route);
-        msg.header.protocol = RouteProtocol::Boot;
+        // Tagged as twill's, so that no route without the tag is ever taken for ours.
+        msg.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
         msg.header.scope = RouteScope::Universe;
         msg.header.kind = RouteType::Unicast;
         let object = describe_route(route);

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use twill_core::MacAddr;
 
 use crate::{
-    AddrInfo, IpipSpec, Kernel, LinkInfo, NetError, Route, RouteLookup, TunDevice, VxlanSpec,
+    AddrInfo, IpipSpec, Kernel, LinkInfo, NetError, Route, RouteLookup, TableRoute, TunDevice,
+    VxlanSpec,
 };
 
 /// Which [`Kernel`] method a request is.
@@ -37,7 +38,7 @@ pub enum KernelOp {
     AddAddr,
     /// [`Kernel::del_addr`].
     DelAddr,
-    /// [`Kernel::routes`].
+    /// [`Kernel::routes`], [`Kernel::table_routes`].
     ListRoutes,
     /// [`Kernel::replace_route`].
     ReplaceRoute,
@@ -128,6 +129,7 @@ macro_rules! kernel_methods {
             add_addr(addr: AddrInfo) -> () = AddAddr;
             del_addr(addr: AddrInfo) -> () = DelAddr;
             routes() -> Vec<Route> = ListRoutes;
+            table_routes() -> Vec<TableRoute> = ListRoutes;
             replace_route(route: &Route) -> () = ReplaceRoute;
             del_route(route: &Route) -> () = DelRoute;
             route_get(dst: Ipv4Addr) -> RouteLookup = RouteGet;

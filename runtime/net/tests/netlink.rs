@@ -312,10 +312,23 @@ fn overlay_entries_replace_idempotently_and_delete() {
         let route_show = run("ip", &["-d", "route", "show", "10.244.2.0/24"]);
         assert!(
             route_show.contains(
-                "unicast 10.244.2.0/24 via 10.244.2.0 dev flannel.1 proto boot scope global onlink"
+                "unicast 10.244.2.0/24 via 10.244.2.0 dev flannel.1 proto 167 scope global onlink"
             ),
             "{route_show}"
         );
+        // The table as the ownership checks read it: ours tagged, the connected
+        // route the kernel's (protocol 2).
+        let table = nl.table_routes().unwrap();
+        let ours = table
+            .iter()
+            .find(|t| t.route.dst == subnet("10.244.2.0/24"))
+            .expect("our route listed");
+        assert_eq!((ours.protocol, ours.metric, ours.unicast), (167, 0, true));
+        let connected = table
+            .iter()
+            .find(|t| t.route.dst == subnet("192.168.100.0/24"))
+            .expect("connected route listed");
+        assert_eq!(connected.protocol, 2, "{connected:?}");
 
         let lookup = nl.route_get(ip4("10.244.2.7")).unwrap();
         assert_eq!(lookup.gateway, Some(peer_vtep));

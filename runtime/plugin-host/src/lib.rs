@@ -405,6 +405,7 @@ impl PluginHost {
             log_budget: Default::default(),
             peers: Default::default(),
             held: Default::default(),
+            route_table: None,
             limits: StoreLimitsBuilder::new()
                 // Per linear memory, so one memory in all keeps the total to the limit,
                 // and tables are bounded too: a table's elements are host memory

@@ -175,6 +175,10 @@ pub(crate) struct PluginState {
     /// The kernel entries this instance asked for and did not delete, to bound their
     /// number (security review M-2).
     pub(crate) held: Held,
+    /// The main table's metric-0 routes inside the network, read at this call's first
+    /// route request and kept up to date by its own requests (one dump per call, not
+    /// per route); `None` outside a call.
+    pub(crate) route_table: Option<std::collections::BTreeMap<Subnet, twill_net::TableRoute>>,
     /// How many lines it may still log this second.
     pub(crate) log_budget: Mutex<crate::imports::log::LogBudget>,
 }

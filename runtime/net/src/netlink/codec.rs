@@ -140,14 +140,34 @@ pub(super) fn route_addr_v4(addr: &RouteAddress) -> Option<Ipv4Addr> {
 
 /// An IPv4 unicast route of the main table, or `None` for anything else.
 pub(super) fn route_from_message(msg: &RouteMessage) -> Option<Route> {
+    if msg.header.kind != RouteType::Unicast {
+        return None;
+    }
+    main_table_route(msg).map(|(route, _)| route)
+}
+
+/// An IPv4 route of the main table of any type, with its protocol and metric.
+pub(super) fn table_route_from_message(msg: &RouteMessage) -> Option<TableRoute> {
+    let (route, metric) = main_table_route(msg)?;
+    Some(TableRoute {
+        route,
+        protocol: u8::from(msg.header.protocol),
+        metric,
+        unicast: msg.header.kind == RouteType::Unicast,
+    })
+}
+
+/// The destination, next hop and metric of an IPv4 route of the main table.
+fn main_table_route(msg: &RouteMessage) -> Option<(Route, u32)> {
     let h = &msg.header;
-    if h.address_family != AddressFamily::Inet || h.kind != RouteType::Unicast {
+    if h.address_family != AddressFamily::Inet {
         return None;
     }
     let mut table = u32::from(h.table);
     let mut dst = Ipv4Addr::UNSPECIFIED;
     let mut gateway = None;
     let mut oif = None;
+    let mut metric = 0;
     let mut onlink = h.flags.contains(RouteFlags::Onlink);
     for attr in &msg.attributes {
         match attr {
@@ -155,6 +175,7 @@ pub(super) fn route_from_message(msg: &RouteMessage) -> Option<Route> {
             RouteAttribute::Destination(a) => dst = route_addr_v4(a)?,
             RouteAttribute::Gateway(a) => gateway = route_addr_v4(a),
             RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Priority(p) => metric = *p,
             RouteAttribute::MultiPath(hops) => {
                 // twill never writes multipath routes; report the first hop.
                 if let Some(hop) = hops.first() {
@@ -175,12 +196,15 @@ pub(super) fn route_from_message(msg: &RouteMessage) -> Option<Route> {
         return None;
     }
     let dst = Subnet::containing(dst, h.destination_prefix_length).ok()?;
-    Some(Route {
-        dst,
-        gateway,
-        oif,
-        onlink,
-    })
+    Some((
+        Route {
+            dst,
+            gateway,
+            oif,
+            onlink,
+        },
+        metric,
+    ))
 }
 
 pub(super) fn describe_route(route: &Route) -> String {

@@ -1,6 +1,18 @@
 //! `twill:backend/routes`: routes to peers' subnets, inside the cluster network only.
+//!
+//! Ownership (security review M-1): twill's routes carry protocol
+//! [`twill_net::ROUTE_PROTOCOL`]. A request for a destination that already has a
+//! metric-0 route in the main table goes through only if that route is twill's, or one
+//! flannel made (protocol boot, through a device of the plugin or via a peer on the
+//! external interface: adopted, so a node moving from flannel keeps its traffic).
+//! Any other route — an operator's static route, a connected route, another daemon's,
+//! a blackhole — is neither replaced (`error::exists`, which the backend reports as
+//! that peer's error) nor deleted (the delete does nothing).
 
-use twill_net::Route;
+use std::collections::BTreeMap;
+
+use twill_core::Subnet;
+use twill_net::{ROUTE_PROTOCOL, RTPROT_BOOT, Route, TableRoute};
 
 use crate::bindings::Error;
 use crate::bindings::twill::backend::routes::{Host, Route as WitRoute};
@@ -84,25 +96,116 @@ impl PluginState {
     }
 }
 
+/// Who holds the metric-0 route of a destination.
+enum Holder {
+    /// No route: free.
+    Nobody,
+    /// twill's own, or flannel's (adopted).
+    Us,
+    /// Anyone else; the text says what the route is.
+    Other(String),
+}
+
+impl PluginState {
+    /// The main table's metric-0 routes inside the network, read once per call.
+    fn route_table(&mut self) -> Result<&mut BTreeMap<Subnet, TableRoute>, Error> {
+        if self.route_table.is_none() {
+            let network = self.grant.network;
+            let table = self
+                .kernel
+                .table_routes()
+                .map_err(kernel_error)?
+                .into_iter()
+                .filter(|t| t.metric == 0 && network.contains_subnet(&t.route.dst))
+                .map(|t| (t.route.dst, t))
+                .collect();
+            self.route_table = Some(table);
+        }
+        Ok(self.route_table.get_or_insert_default())
+    }
+
+    fn holder(&mut self, dst: Subnet) -> Result<Holder, Error> {
+        let Some(t) = self.route_table()?.get(&dst).copied() else {
+            return Ok(Holder::Nobody);
+        };
+        let r = &t.route;
+        let ours = t.protocol == ROUTE_PROTOCOL
+            || (t.protocol == RTPROT_BOOT
+                && t.unicast
+                && r.oif.is_some_and(|dev| {
+                    self.owns(dev)
+                        || (dev == self.grant.external.index
+                            && r.gateway.is_some_and(|gw| self.is_peer_ip(gw)))
+                }));
+        if ours {
+            return Ok(Holder::Us);
+        }
+        let mut what = dst.to_string();
+        if !t.unicast {
+            what.push_str(" (not unicast)");
+        }
+        if let Some(gw) = r.gateway {
+            what.push_str(&format!(" via {gw}"));
+        }
+        if let Some(dev) = r.oif {
+            what.push_str(&format!(" dev #{dev}"));
+        }
+        what.push_str(&format!(" proto {}", t.protocol));
+        Ok(Holder::Other(what))
+    }
+}
+
 impl Host for PluginState {
     fn replace(&mut self, route: WitRoute) -> wasmtime::Result<Result<(), Error>> {
         let result = self.checked_route(&route).and_then(|r| {
             let known = self.held.routes.contains(&r.dst);
             self.check_quota(CAP, "routes", self.held.routes.len(), known)?;
+            if let Holder::Other(what) = self.holder(r.dst)? {
+                return Err(Error::Exists(format!(
+                    "the route {what} is not twill's: left in place (remove it, or take \
+                     {} out of the cluster network)",
+                    r.dst
+                )));
+            }
             self.kernel.replace_route(&r).map_err(kernel_error)?;
-            Ok(r.dst)
+            Ok(r)
         });
-        Ok(result.map(|dst| {
-            self.held.routes.insert(dst);
+        Ok(result.map(|r| {
+            self.held.routes.insert(r.dst);
+            if let Some(table) = &mut self.route_table {
+                table.insert(
+                    r.dst,
+                    TableRoute {
+                        route: r,
+                        protocol: ROUTE_PROTOCOL,
+                        metric: 0,
+                        unicast: true,
+                    },
+                );
+            }
         }))
     }
 
     fn delete(&mut self, route: WitRoute) -> wasmtime::Result<Result<(), Error>> {
-        let result = self
-            .checked_route(&route)
-            .and_then(|r| deleted(self.kernel.del_route(&r)).map(|()| r.dst));
-        Ok(result.map(|dst| {
+        let result = self.checked_route(&route).and_then(|r| {
+            let removed = match self.holder(r.dst)? {
+                Holder::Other(what) => {
+                    // Not ours: nothing of ours to delete there.
+                    tracing::debug!(plugin = %self.plugin, "route {what} is not twill's; not deleted");
+                    false
+                }
+                Holder::Nobody | Holder::Us => {
+                    deleted(self.kernel.del_route(&r))?;
+                    true
+                }
+            };
+            Ok((r.dst, removed))
+        });
+        Ok(result.map(|(dst, removed)| {
             self.held.routes.remove(&dst);
+            if removed && let Some(table) = &mut self.route_table {
+                table.remove(&dst);
+            }
         }))
     }
 }

@@ -38,6 +38,7 @@ pub(super) fn state(kernel: Arc<FakeKernel>, devices: DeviceRegistry, plugin: &s
         log_budget: Default::default(),
         peers: Default::default(),
         held: Default::default(),
+        route_table: None,
     }
 }
 
@@ -596,4 +597,119 @@ fn ipip_requests_outside_the_grant_are_denied_counted_and_never_reach_the_kernel
     );
     assert_eq!(s.stats.denied().get("links"), Some(&5));
     assert_eq!(other.stats.denied().get("links"), Some(&2));
+}
+
+/// Security review M-1: a route that is not twill's is neither replaced nor deleted;
+/// flannel's own routes (protocol boot, on a device of the plugin or via a peer on the
+/// external interface) are adopted and tagged.
+#[test]
+fn routes_that_are_not_twills_are_left_alone() {
+    let operator = twill_net::Route {
+        dst: "10.244.2.0/24".parse().expect("s"),
+        gateway: Some(Ipv4Addr::new(192, 168, 0, 254)),
+        oif: None,
+        onlink: false,
+    };
+    let k = Arc::new(
+        FakeKernel::new()
+            .with_link("eth0", 1500, ETH0_IP, 24)
+            .with_route_protocol(operator, 4),
+    );
+    let mut s = state(k.clone(), DeviceRegistry::default(), "vxlan");
+    let eth0 = s.grant.external.index;
+    let link = links::Host::ensure_vxlan(&mut s, vxlan_spec("flannel.1", eth0))
+        .expect("no trap")
+        .expect("allowed");
+    s.peers.insert(
+        "10.244.2.0/24".parse().expect("s"),
+        Ipv4Addr::new(192, 168, 0, 2),
+    );
+    s.peers.insert(
+        "10.244.3.0/24".parse().expect("s"),
+        Ipv4Addr::new(192, 168, 0, 3),
+    );
+    let mine = route((ip(10, 244, 2, 0), 24), Some(ip(10, 244, 2, 0)), link.index);
+
+    // The operator's static route stays; the peer gets an `exists` error naming it.
+    match routes::Host::replace(&mut s, mine).expect("no trap") {
+        Err(Error::Exists(m)) => {
+            assert!(m.contains("proto 4") && m.contains("192.168.0.254"), "{m}")
+        }
+        other => panic!("expected exists, got {other:?}"),
+    }
+    routes::Host::delete(&mut s, mine)
+        .expect("no trap")
+        .expect("a delete of what is not ours is a no-op");
+    assert_eq!(
+        k.routes(),
+        vec![operator],
+        "the operator's route is untouched"
+    );
+
+    // flannel's route through a device of the plugin (boot) is adopted and tagged.
+    let flannels = twill_net::Route {
+        dst: "10.244.3.0/24".parse().expect("s"),
+        gateway: Some(Ipv4Addr::new(10, 244, 3, 0)),
+        oif: Some(link.index),
+        onlink: true,
+    };
+    let k2 = Arc::new(
+        FakeKernel::new()
+            .with_link("eth0", 1500, ETH0_IP, 24)
+            .with_route(flannels),
+    );
+    let mut s2 = state(k2.clone(), DeviceRegistry::default(), "vxlan");
+    let link2 = links::Host::ensure_vxlan(&mut s2, vxlan_spec("flannel.1", eth0))
+        .expect("no trap")
+        .expect("allowed");
+    s2.peers.insert(
+        "10.244.3.0/24".parse().expect("s"),
+        Ipv4Addr::new(192, 168, 0, 3),
+    );
+    // The route the fake seeded names the index the fake gave flannel.1.
+    assert_eq!(link2.index, link.index);
+    routes::Host::replace(
+        &mut s2,
+        route(
+            (ip(10, 244, 3, 0), 24),
+            Some(ip(10, 244, 3, 0)),
+            link2.index,
+        ),
+    )
+    .expect("no trap")
+    .expect("flannel's route is adopted");
+    let table = k2.table_routes().expect("fake");
+    let adopted = table
+        .iter()
+        .find(|t| t.route.dst == flannels.dst)
+        .expect("route");
+    assert_eq!(adopted.protocol, twill_net::ROUTE_PROTOCOL);
+
+    // A boot route on the external interface via a stranger is someone else's.
+    let stranger = twill_net::Route {
+        dst: "10.244.4.0/24".parse().expect("s"),
+        gateway: Some(Ipv4Addr::new(192, 168, 0, 77)),
+        oif: Some(eth0),
+        onlink: false,
+    };
+    let k3 = Arc::new(
+        FakeKernel::new()
+            .with_link("eth0", 1500, ETH0_IP, 24)
+            .with_route(stranger),
+    );
+    let mut s3 = state(k3.clone(), DeviceRegistry::default(), "host-gw");
+    s3.peers.insert(
+        "10.244.4.0/24".parse().expect("s"),
+        Ipv4Addr::new(192, 168, 0, 4),
+    );
+    match routes::Host::replace(
+        &mut s3,
+        route((ip(10, 244, 4, 0), 24), Some(ip(192, 168, 0, 4)), eth0),
+    )
+    .expect("no trap")
+    {
+        Err(Error::Exists(m)) => assert!(m.contains("192.168.0.77"), "{m}"),
+        other => panic!("expected exists, got {other:?}"),
+    }
+    assert_eq!(k3.routes(), vec![stranger]);
 }
