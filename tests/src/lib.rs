@@ -224,12 +224,16 @@ impl Node {
         lines.join("\n")
     }
 
-    /// Wait up to `timeout` until `series` exists and reaches `at_least`; on timeout,
-    /// fail with the value, every series of that metric family and the log.
+    /// Wait up to `timeout` until the API answers and `series` exists and reaches
+    /// `at_least`; on timeout, fail with the value, every series of that metric family
+    /// and the log.
     pub fn wait_metric(&self, series: &str, at_least: f64, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let v = self.metric_opt(series);
+            // Right after a start the API may not listen yet: that is "not yet", not
+            // a failure (until the deadline).
+            let up = self.api_get("/healthz").0 == 200;
+            let v = if up { self.metric_opt(series) } else { None };
             if v.is_some_and(|v| v >= at_least) {
                 return;
             }

@@ -138,7 +138,7 @@ fn directrouting_routes_on_link_peers_directly_and_tunnels_the_rest() {
             } else {
                 let net = c.nodes[to - 1].subnet();
                 format!(
-                    "via {} dev flannel.1 onlink",
+                    "via {} dev flannel.1 proto 167 onlink",
                     net.split('/').next().expect("addr")
                 )
             };

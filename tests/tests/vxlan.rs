@@ -132,7 +132,7 @@ fn vxlan_cluster_end_to_end() {
             let gw = peer_net.split('/').next().expect("addr").to_owned();
             let routes = node.exec(&["ip", "route", "show", &peer_net]);
             assert!(
-                routes.contains(&format!("{peer_net} via {gw} dev flannel.1 onlink")),
+                routes.contains(&format!("{peer_net} via {gw} dev flannel.1 proto 167 onlink")),
                 "node {} route to {peer_net}: {routes}",
                 node.n
             );
@@ -287,7 +287,7 @@ fn vxlan_cluster_end_to_end() {
     assert!(
         c.nodes[0]
             .exec(&["ip", "route", "show", &net2])
-            .contains("dev flannel.1 onlink"),
+            .contains("dev flannel.1 proto 167 onlink"),
         "route to node 2 re-added"
     );
 

@@ -52,6 +52,9 @@ use report::Report;
 use retry::{error_chain, sleep_until};
 use supervisor::Supervised;
 
+/// How often peers the backend failed to program are handed to it again (at most as
+/// often as the full resync).
+const RETRY_FAILED: Duration = Duration::from_secs(5);
 /// How often counters kept elsewhere (the store's watch connects) reach the metrics.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the store is asked whether it answers (for `/readyz` and
@@ -266,6 +269,8 @@ impl<S: LeaseStore> Node<S> {
         let mut plugin_files = tokio::time::interval(PLUGIN_DIR_POLL);
         let mut resync = tokio::time::interval(self.resync_interval);
         let mut stats = tokio::time::interval(STATS_INTERVAL);
+        let mut retry_failed = tokio::time::interval(RETRY_FAILED.min(self.resync_interval));
+        retry_failed.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rules_check = tokio::time::interval(self.traffic.resync);
         rules_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
@@ -280,6 +285,7 @@ impl<S: LeaseStore> Node<S> {
                 }
                 () = sleep_until(self.own.renew_at) => self.renew_or_reclaim().await?,
                 _ = resync.tick() => self.resync().await?,
+                _ = retry_failed.tick() => self.retry_failed().await?,
                 () = sleep_until(self.backend.restart_at()) => self.restart_backend().await?,
                 _ = sighup.recv() => self.reload("SIGHUP", true).await?,
                 _ = plugin_files.tick() => {

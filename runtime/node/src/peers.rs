@@ -95,6 +95,15 @@ impl Peers {
         gone.chain(self.current().map(LeaseEvent::Added)).collect()
     }
 
+    /// The current peers the backend last failed to program, as additions to hand it
+    /// again (a conflicting route an operator since removed, a device that is back).
+    pub(super) fn failed(&self) -> Vec<LeaseEvent> {
+        self.current()
+            .filter(|l| self.states.get(&l.subnet).is_some_and(|s| s.error.is_some()))
+            .map(LeaseEvent::Added)
+            .collect()
+    }
+
     /// Record the backend's answer to `sent`, one outcome per event, in the API and in
     /// the log when a peer's state changes.
     pub(super) fn record(

@@ -175,6 +175,20 @@ impl<S: LeaseStore> Node<S> {
         self.apply(all).await
     }
 
+    /// Hand the peers in error to the backend again (every few seconds), so a conflict
+    /// that is gone (an operator's route removed) heals before the next full resync.
+    pub(super) async fn retry_failed(&mut self) -> anyhow::Result<()> {
+        if self.backend.restart.is_some() {
+            return Ok(());
+        }
+        let failed = self.peers.failed();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(peers = failed.len(), "handing peers in error to the backend again");
+        self.apply(failed).await
+    }
+
     /// A backend call made during a resync or a restart: its value; `Ok(None)` for the
     /// backend's own error (logged under `step`; the next resync tries again); `Err` for
     /// a trap, after which a restart is scheduled and the step goes no further.
