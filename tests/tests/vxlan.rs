@@ -132,7 +132,9 @@ fn vxlan_cluster_end_to_end() {
             let gw = peer_net.split('/').next().expect("addr").to_owned();
             let routes = node.exec(&["ip", "route", "show", &peer_net]);
             assert!(
-                routes.contains(&format!("{peer_net} via {gw} dev flannel.1 proto 167 onlink")),
+                routes.contains(&format!(
+                    "{peer_net} via {gw} dev flannel.1 proto 167 onlink"
+                )),
                 "node {} route to {peer_net}: {routes}",
                 node.n
             );

@@ -99,7 +99,11 @@ impl Peers {
     /// again (a conflicting route an operator since removed, a device that is back).
     pub(super) fn failed(&self) -> Vec<LeaseEvent> {
         self.current()
-            .filter(|l| self.states.get(&l.subnet).is_some_and(|s| s.error.is_some()))
+            .filter(|l| {
+                self.states
+                    .get(&l.subnet)
+                    .is_some_and(|s| s.error.is_some())
+            })
             .map(LeaseEvent::Added)
             .collect()
     }

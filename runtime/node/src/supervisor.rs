@@ -185,7 +185,10 @@ impl<S: LeaseStore> Node<S> {
         if failed.is_empty() {
             return Ok(());
         }
-        tracing::debug!(peers = failed.len(), "handing peers in error to the backend again");
+        tracing::debug!(
+            peers = failed.len(),
+            "handing peers in error to the backend again"
+        );
         self.apply(failed).await
     }
 
