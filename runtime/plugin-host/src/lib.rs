@@ -473,3 +473,88 @@ pub(crate) fn placeholder_grant() -> Grant {
         public_ip: nowhere,
     }
 }
+
+/// Security review H-2: the limits of every plugin Store hold in wasmtime itself, tried
+/// with core modules assembled by hand (Rust cannot write a second memory or a
+/// `table.grow`), instantiated in a Store made exactly as a plugin's.
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use twill_net::fake::FakeKernel;
+
+    const HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+
+    /// `(module (memory 1) (memory 1))`.
+    fn two_memories() -> Vec<u8> {
+        let mut m = HEADER.to_vec();
+        m.extend([0x05, 0x05, 0x02, 0x00, 0x01, 0x00, 0x01]);
+        m
+    }
+
+    /// `(module (table 0 funcref) (func (export "grow") (param i32) (result i32)
+    ///   (table.grow (ref.null func) (local.get 0))))`.
+    fn growing_table() -> Vec<u8> {
+        let mut m = HEADER.to_vec();
+        m.extend([0x01, 0x06, 0x01, 0x60, 0x01, 0x7f, 0x01, 0x7f]); // type (i32) -> i32
+        m.extend([0x03, 0x02, 0x01, 0x00]); // one function of type 0
+        m.extend([0x04, 0x04, 0x01, 0x70, 0x00, 0x00]); // table 0 funcref
+        m.extend([0x07, 0x08, 0x01, 0x04, b'g', b'r', b'o', b'w', 0x00, 0x00]);
+        m.extend([
+            0x0a, 0x0b, 0x01, 0x09, 0x00, // one body, no locals
+            0xd0, 0x70, // ref.null func
+            0x20, 0x00, // local.get 0
+            0xfc, 0x0f, 0x00, // table.grow 0
+            0x0b, // end
+        ]);
+        m
+    }
+
+    fn plugin_store(host: &PluginHost) -> Store<PluginState> {
+        let kernel = FakeKernel::new().with_link("eth0", 1500, Ipv4Addr::new(192, 168, 0, 1), 24);
+        let eth0 = kernel.link_by_name("eth0").expect("fake").expect("eth0");
+        let grant = Grant {
+            network: "10.244.0.0/16".parse().expect("subnet"),
+            own_subnet: None,
+            external: ExternalIface::of(&eth0, Ipv4Addr::new(192, 168, 0, 1)),
+            public_ip: Ipv4Addr::new(192, 168, 0, 1),
+        };
+        host.store("limits", grant, Arc::new(PluginStats::default()))
+    }
+
+    #[test]
+    fn a_second_linear_memory_is_refused() {
+        let host = PluginHost::new(Arc::new(FakeKernel::new()), Limits::default()).expect("engine");
+        let module = wasmtime::Module::new(&host.engine, two_memories()).expect("valid module");
+        let mut store = plugin_store(&host);
+        let err = wasmtime::Instance::new(&mut store, &module, &[])
+            .expect_err("two memories exceed the limit of one");
+        assert!(format!("{err:#}").contains("memor"), "{err:#}");
+    }
+
+    #[test]
+    fn a_table_grows_only_to_its_element_limit() {
+        let host = PluginHost::new(Arc::new(FakeKernel::new()), Limits::default()).expect("engine");
+        let module = wasmtime::Module::new(&host.engine, growing_table()).expect("valid module");
+        let mut store = plugin_store(&host);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).expect("instantiate");
+        let grow = instance
+            .get_typed_func::<i32, i32>(&mut store, "grow")
+            .expect("grow");
+        // Within the limit: the old size comes back.
+        assert_eq!(grow.call(&mut store, 5_000).expect("within the limit"), 0);
+        assert_eq!(
+            grow.call(
+                &mut store,
+                i32::try_from(TABLE_ELEMENTS).expect("fits") - 5_000
+            )
+            .expect("up to the limit exactly"),
+            5_000
+        );
+        // One more element: a trap (trap_on_grow_failure), not a -1 the guest ignores.
+        let trap = grow
+            .call(&mut store, 1)
+            .expect_err("past the limit the grow traps");
+        assert!(format!("{trap:#}").contains("table"), "{trap:#}");
+    }
+}
