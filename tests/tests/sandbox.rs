@@ -535,3 +535,22 @@ fn log_time(log: &str, text: &str) -> f64 {
         .map(|part| part.parse::<f64>().expect("a number"))
         .fold(0.0, |acc, part| acc * 60.0 + part)
 }
+
+/// Security review L-3: a registered MTU no link can carry (0) ends startup with one
+/// line; subnet.env is never written with it.
+#[test]
+fn a_registered_mtu_outside_the_links_range_is_refused() {
+    let mut c = Cluster::new(1);
+    c.put_config(&config("mtu"));
+    let dir = plugin_dir(&c);
+    let (line, _) = c.expect_failure(
+        1,
+        &["--iface", "eth0", "--plugin-dir", &dir],
+        "registered MTU 0, outside 68..=1500",
+    );
+    println!("{line}");
+    assert!(
+        c.nodes[0].subnet_env().is_none(),
+        "no subnet.env with MTU 0"
+    );
+}

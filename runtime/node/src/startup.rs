@@ -76,7 +76,7 @@ async fn with_store<S: LeaseStore>(
         public_ip,
     };
     let backend = host.spawn(&plugin, grant.clone())?;
-    let registration = init_backend(&backend, &config, previous_data, &report).await?;
+    let registration = init_backend(&backend, &config, previous_data, &report, external.mtu).await?;
     let attrs = LeaseAttrs::new(
         public_ip,
         &registration.backend_type,
@@ -266,11 +266,15 @@ fn describe_node(
 }
 
 /// `init` with the `Backend` config and our previous BackendData.
+/// The smallest MTU an IPv4 link may have (RFC 791).
+const MIN_MTU: u32 = 68;
+
 async fn init_backend(
     backend: &Backend,
     config: &Config,
     previous_data: Option<String>,
     report: &Report,
+    underlay_mtu: u32,
 ) -> anyhow::Result<Registration> {
     let registration = backend
         .init(NodeInfo {
@@ -278,6 +282,16 @@ async fn init_backend(
             previous_data,
         })
         .await?;
+    // subnet.env hands this MTU to every pod (security review L-3): an MTU no link
+    // can carry, or more than the underlay, would break every new pod.
+    if !(MIN_MTU..=underlay_mtu).contains(&registration.mtu) {
+        anyhow::bail!(
+            "backend {} registered MTU {}, outside {MIN_MTU}..={underlay_mtu} (the external \
+             interface's MTU): not written to subnet.env",
+            backend.plugin(),
+            registration.mtu
+        );
+    }
     report.api.set_backend_initialised(true);
     report.api.set_mtu(registration.mtu);
     Ok(registration)

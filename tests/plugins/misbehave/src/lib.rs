@@ -120,7 +120,8 @@ impl Backend for Misbehave {
         let registration = Registration {
             backend_type: "misbehave".into(),
             backend_data: String::new(),
-            mtu: node.iface.mtu,
+            // Mode `mtu`: an MTU no link can carry (security review L-3).
+            mtu: if mode == "mtu" { 0 } else { node.iface.mtu },
         };
         Ok((
             Misbehave {
