@@ -81,6 +81,7 @@ fn setup(mtu: u32) -> (Arc<FakeKernel>, PluginHost, Plugin, Grant) {
             ..ExternalIface::of(&eth0, ETH0_IP)
         },
         public_ip: ETH0_IP,
+        ports: twill_plugin_host::DEFAULT_PORTS.to_vec(),
     };
     (kernel, host, plugin, grant)
 }

@@ -34,6 +34,19 @@ pub struct BackendConfig {
     pub json: String,
 }
 
+impl BackendConfig {
+    /// The `Port` the `Backend` object gives (any spelling of the key, as flannel's
+    /// JSON decoding), if it is a port; flannel's 0 means "the default", so `None`.
+    pub fn port(&self) -> Option<u16> {
+        let value: serde_json::Value = serde_json::from_str(&self.json).ok()?;
+        let port = value
+            .as_object()?
+            .iter()
+            .find_map(|(k, v)| k.eq_ignore_ascii_case("port").then(|| v.as_u64())?)?;
+        u16::try_from(port).ok().filter(|p| *p != 0)
+    }
+}
+
 /// A config that flannel would reject, or that twill cannot run. Each names its field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -369,5 +382,21 @@ mod tests {
                 .contains("Backend: expected an object")
         );
         assert!(err(r#"{"Network":"10.0.0.0/16","EnableIPv6":true}"#).contains("EnableIPv6"));
+    }
+
+    #[test]
+    fn the_backend_port_is_read_in_any_spelling_and_zero_is_none() {
+        let port = |json: &str| {
+            BackendConfig {
+                kind: "vxlan".into(),
+                json: json.into(),
+            }
+            .port()
+        };
+        assert_eq!(port(r#"{"Type":"vxlan","Port":4789}"#), Some(4789));
+        assert_eq!(port(r#"{"type":"vxlan","port":8285}"#), Some(8285));
+        assert_eq!(port(r#"{"Type":"vxlan","Port":0}"#), None);
+        assert_eq!(port(r#"{"Type":"vxlan","Port":70000}"#), None);
+        assert_eq!(port(r#"{"Type":"vxlan"}"#), None);
     }
 }

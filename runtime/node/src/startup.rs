@@ -74,9 +74,15 @@ async fn with_store<S: LeaseStore>(
         own_subnet: None,
         external: external.clone(),
         public_ip,
+        // The config's Port, else flannel's defaults (security review L-2).
+        ports: config
+            .backend
+            .port()
+            .map_or_else(|| twill_plugin_host::DEFAULT_PORTS.to_vec(), |p| vec![p]),
     };
     let backend = host.spawn(&plugin, grant.clone())?;
-    let registration = init_backend(&backend, &config, previous_data, &report, external.mtu).await?;
+    let registration =
+        init_backend(&backend, &config, previous_data, &report, external.mtu).await?;
     let attrs = LeaseAttrs::new(
         public_ip,
         &registration.backend_type,

@@ -457,6 +457,10 @@ fn open_cache(dir: &Path) -> Result<wasmtime::Cache, String> {
     wasmtime::Cache::new(config).map_err(|e| format!("{e:#}"))
 }
 
+/// The UDP ports a plugin may use when the config names none: flannel's vxlan port
+/// (the kernel's default), the IANA vxlan port, flannel's udp port.
+pub const DEFAULT_PORTS: [u16; 3] = [8472, 4789, 8285];
+
 /// A grant that allows nothing useful, for `describe` (which must not call the host).
 pub(crate) fn placeholder_grant() -> Grant {
     let nowhere = std::net::Ipv4Addr::UNSPECIFIED;
@@ -471,6 +475,7 @@ pub(crate) fn placeholder_grant() -> Grant {
             addr: nowhere,
         },
         public_ip: nowhere,
+        ports: Vec::new(),
     }
 }
 
@@ -518,6 +523,7 @@ mod limit_tests {
             own_subnet: None,
             external: ExternalIface::of(&eth0, Ipv4Addr::new(192, 168, 0, 1)),
             public_ip: Ipv4Addr::new(192, 168, 0, 1),
+            ports: DEFAULT_PORTS.to_vec(),
         };
         host.store("limits", grant, Arc::new(PluginStats::default()))
     }

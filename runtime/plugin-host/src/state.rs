@@ -49,6 +49,10 @@ pub struct Grant {
     pub external: ExternalIface,
     /// The node's public IP: the only local address a tunnel may use.
     pub public_ip: Ipv4Addr,
+    /// The UDP ports the plugin may use, for a vxlan device or its socket (security
+    /// review L-2): the config's `Backend.Port` when it gives one, else flannel's
+    /// defaults ([`crate::DEFAULT_PORTS`]).
+    pub ports: Vec<u16>,
 }
 
 /// Which plugin owns which device name, shared by every plugin of one host so that no

@@ -68,6 +68,15 @@ impl PluginState {
                 "UDP port 0 is not a port peers can send to".into(),
             ));
         }
+        if !self.grant.ports.contains(&port) {
+            return self.deny(
+                CAP,
+                format!(
+                    "UDP port {port} is not the config's Port (allowed: {:?})",
+                    self.grant.ports
+                ),
+            );
+        }
         let addr = SocketAddrV4::new(self.grant.external.addr, port);
         let mut slots = self.datapath.lock();
         let entry: &mut DatapathResources = slots.entry(self.plugin.clone()).or_default();

@@ -95,6 +95,23 @@ impl PluginState {
             );
         }
         self.check_underlay("vxlan", spec.underlay)?;
+        // Security review L-2: no squatting on another service's port, no learning of
+        // FDB entries from whoever sends to the port.
+        if !self.grant.ports.contains(&spec.port) {
+            return self.deny(
+                CAP,
+                format!(
+                    "vxlan port {} is not the config's Port (allowed: {:?})",
+                    spec.port, self.grant.ports
+                ),
+            );
+        }
+        if spec.learning {
+            return self.deny(
+                CAP,
+                "vxlan learning would take FDB entries from any sender on the underlay",
+            );
+        }
         let want = VxlanSpec {
             name: name.clone(),
             vni: spec.vni,

@@ -28,6 +28,7 @@ pub(super) fn state(kernel: Arc<FakeKernel>, devices: DeviceRegistry, plugin: &s
             own_subnet: Some("10.244.1.0/24".parse().expect("subnet")),
             external: ExternalIface::of(&eth0, ETH0_IP),
             public_ip: ETH0_IP,
+            ports: crate::DEFAULT_PORTS.to_vec(),
         },
         devices,
         datapath: Default::default(),
@@ -712,4 +713,38 @@ fn routes_that_are_not_twills_are_left_alone() {
         other => panic!("expected exists, got {other:?}"),
     }
     assert_eq!(k3.routes(), vec![stranger]);
+}
+
+/// Security review L-2: a vxlan device or socket only on the config's port (flannel's
+/// defaults here), and no FDB learning.
+#[test]
+fn ports_are_the_configs_and_learning_is_refused() {
+    let k = kernel();
+    let mut s = state(k.clone(), DeviceRegistry::default(), "vxlan");
+    let eth0 = s.grant.external.index;
+    let squat = links::VxlanSpec {
+        port: 53,
+        ..vxlan_spec("flannel.53", eth0)
+    };
+    assert!(denied(links::Host::ensure_vxlan(&mut s, squat)).contains("vxlan port 53"));
+    let learning = links::VxlanSpec {
+        learning: true,
+        ..vxlan_spec("flannel.1", eth0)
+    };
+    assert!(denied(links::Host::ensure_vxlan(&mut s, learning)).contains("learning"));
+    assert!(
+        k.links().iter().all(|l| !l.name.starts_with("flannel")),
+        "nothing created"
+    );
+    links::Host::ensure_vxlan(&mut s, vxlan_spec("flannel.1", eth0))
+        .expect("no trap")
+        .expect("the default port is allowed");
+    s.grant.ports = vec![4789];
+    let default_now_foreign = links::VxlanSpec {
+        vni: 2,
+        ..vxlan_spec("flannel.2", eth0)
+    };
+    assert!(
+        denied(links::Host::ensure_vxlan(&mut s, default_now_foreign)).contains("allowed: [4789]")
+    );
 }

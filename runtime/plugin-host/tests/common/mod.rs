@@ -25,6 +25,7 @@ pub fn setup(dir: &str) -> (Arc<FakeKernel>, PluginHost, Plugin, Grant) {
         own_subnet: None,
         external: ExternalIface::of(&eth0, ETH0_IP),
         public_ip: ETH0_IP,
+        ports: twill_plugin_host::DEFAULT_PORTS.to_vec(),
     };
     (kernel, host, plugin, grant)
 }
