@@ -554,3 +554,54 @@ fn a_registered_mtu_outside_the_links_range_is_refused() {
         "no subnet.env with MTU 0"
     );
 }
+
+/// Security review M-2, cleanup: what a trapped instance made and its restarted
+/// successor does not make again is removed once the leases are replayed. The plugin
+/// (mode `litter-then-trap`) adds eight /27 routes inside the first peer's subnet on
+/// its first call, then traps on the second; the fresh instance's replay makes only the
+/// peers' own routes.
+#[test]
+fn what_a_trapped_instance_left_behind_is_removed_after_the_restart() {
+    let mut c = Cluster::new(1);
+    c.put_config(&config("litter-then-trap"));
+    start_all(&mut c, &[]);
+    let node = &c.nodes[0];
+    let put = |subnet: &str, ip: &str| {
+        let key = format!("{}/subnets/{subnet}", c.prefix);
+        let value = format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"misbehave"}}"#);
+        c.etcdctl(&["put", &key, &value]);
+    };
+    let litter = |node: &Node| {
+        node.exec(&["ip", "route", "show", "root", "10.244.250.0/24"])
+            .lines()
+            .filter(|l| l.contains("/27"))
+            .count()
+    };
+    put("10.244.250.0-24", "192.168.77.99");
+    wait_for("eight litter routes", Duration::from_secs(20), || {
+        (litter(node) == 8).then_some(())
+    });
+    put("10.244.251.0-24", "192.168.77.98");
+    node.wait_metric(TRAPS, 1.0, WAIT);
+    node.wait_metric(RESTARTS, 1.0, WAIT);
+    wait_for("the litter removed", Duration::from_secs(20), || {
+        (litter(node) == 0).then_some(())
+    });
+    for (dst, via) in [
+        ("10.244.250.0/24", "192.168.77.99"),
+        ("10.244.251.0/24", "192.168.77.98"),
+    ] {
+        let route = node.exec(&["ip", "route", "show", dst]);
+        assert!(
+            route.contains(&format!("via {via} dev eth0")),
+            "{dst}: {route:?}"
+        );
+    }
+    assert!(
+        node.log_text().contains(
+            "removed kernel entries the replaced instance made that its successor did not"
+        ),
+        "the removal is logged"
+    );
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}

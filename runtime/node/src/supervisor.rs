@@ -60,6 +60,9 @@ pub(super) struct Supervised {
     restart: Option<Restart>,
     /// The last restart made, to grow the backoff while the plugin keeps trapping.
     last_restart: Option<Restart>,
+    /// What replaced instances held (a trap, a reload), removed once a successor has
+    /// replayed the leases, less what the successor made again.
+    orphaned: twill_plugin_host::Held,
 }
 
 impl Supervised {
@@ -82,6 +85,7 @@ impl Supervised {
             plugin_files,
             restart: None,
             last_restart: None,
+            orphaned: Default::default(),
         }
     }
 
@@ -292,7 +296,11 @@ impl<S: LeaseStore> Node<S> {
             .host
             .spawn(&self.backend.plugin, self.backend.grant.clone());
         match spawned {
-            Ok(backend) => drop(std::mem::replace(&mut self.backend.instance, backend)),
+            Ok(backend) => {
+                let trapped = std::mem::replace(&mut self.backend.instance, backend);
+                let held = trapped.held().await;
+                self.backend.orphaned.absorb(held);
+            }
             Err(e) => {
                 self.backend_trapped(e);
                 return Ok(());
@@ -316,8 +324,31 @@ impl<S: LeaseStore> Node<S> {
                 plugin = %plugin, attempt = pending.attempt, replayed,
                 "backend plugin restarted; current leases replayed"
             );
+            self.remove_orphaned().await;
         }
         Ok(())
+    }
+
+    /// Remove what replaced instances left that their successor did not make again.
+    async fn remove_orphaned(&mut self) {
+        let orphaned = std::mem::take(&mut self.backend.orphaned);
+        if orphaned.is_empty() {
+            return;
+        }
+        let now = self.backend.instance.held().await;
+        let kernel = self.probes.kernel.clone();
+        let (held, plugin) = (orphaned.len(), self.backend.plugin.name.clone());
+        let removed = tokio::task::spawn_blocking(move || {
+            twill_plugin_host::remove_leftovers(kernel.as_ref(), &orphaned, &now)
+        })
+        .await
+        .unwrap_or(0);
+        if removed > 0 {
+            tracing::info!(
+                plugin = %plugin, removed, held,
+                "removed kernel entries the replaced instance made that its successor did not"
+            );
+        }
     }
 
     /// Hot reload: resolve the backend again (plugin directory, then built-ins) and, if
@@ -391,6 +422,8 @@ impl<S: LeaseStore> Node<S> {
             p.source = now.source.clone();
             p.capabilities = now.capabilities.clone();
         });
+        let held = old.held().await;
+        self.backend.orphaned.absorb(held);
         if let Err(e) = old.shutdown().await {
             tracing::debug!("the replaced instance: {e}");
         }
@@ -405,6 +438,9 @@ impl<S: LeaseStore> Node<S> {
             took_ms = started.elapsed().as_millis(),
             "backend plugin reloaded; current leases replayed"
         );
+        if self.backend.restart.is_none() {
+            self.remove_orphaned().await;
+        }
         Ok(())
     }
 

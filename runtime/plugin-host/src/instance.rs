@@ -14,7 +14,7 @@ use wasmtime::Store;
 
 use crate::bindings::{self as wit, BackendGuest};
 use crate::convert::{event_to_wit, node_to_wit, subnet_from_wit, subnet_to_wit};
-use crate::state::{PluginState, PluginStats};
+use crate::state::{Held, PluginState, PluginStats};
 use crate::{Grant, Plugin, PluginHost};
 
 /// What the node tells a backend at `init`.
@@ -166,6 +166,8 @@ enum Command {
     Start(Subnet, Reply<()>),
     OnLeases(Vec<LeaseEvent>, Reply<Vec<PeerOutcome>>),
     Shutdown(Reply<()>),
+    /// What the instance holds (read from its Store, no guest code: also after a trap).
+    Held(oneshot::Sender<Held>),
 }
 
 /// A running backend instance.
@@ -262,6 +264,16 @@ impl Backend {
         self.call(|r| Command::OnLeases(events, r)).await
     }
 
+    /// The kernel entries the instance holds (routes, FDB entries, neighbours); works
+    /// after a trap too. Empty if its thread is gone.
+    pub async fn held(&self) -> Held {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Held(tx)).is_err() {
+            return Held::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
     /// `shutdown`, then stop the instance's thread.
     pub async fn shutdown(mut self) -> Result<(), CallError> {
         let result = self.call(Command::Shutdown).await;
@@ -339,6 +351,9 @@ impl Worker {
                         reply.send(result.map(|outcomes| {
                             outcomes.into_iter().map(PeerOutcome::from_wit).collect()
                         }));
+                }
+                Command::Held(reply) => {
+                    let _ = reply.send(self.guest.store.data().held.clone());
                 }
                 Command::Shutdown(reply) => {
                     let result = self

@@ -41,7 +41,7 @@ pub use crate::instance::{
 };
 pub use crate::loading::{ComponentFacts, Inspection};
 pub use crate::state::{
-    DatapathResources, DatapathSlots, DeviceRegistry, ExternalIface, Grant, PluginStats,
+    DatapathResources, DatapathSlots, DeviceRegistry, ExternalIface, Grant, Held, PluginStats,
 };
 
 /// The WIT package plugins are built against.
@@ -455,6 +455,50 @@ fn open_cache(dir: &Path) -> Result<wasmtime::Cache, String> {
     let mut config = wasmtime::CacheConfig::new();
     config.with_directory(dir);
     wasmtime::Cache::new(config).map_err(|e| format!("{e:#}"))
+}
+
+/// Remove what `old` (the entries of an instance that was replaced: it trapped, or a
+/// reload swapped it) held and `new` (its successor's, after the leases were replayed)
+/// does not: routes only while they are still twill's (protocol 167), FDB entries and
+/// neighbours as they were made. Each removal that fails (already gone, device gone)
+/// is skipped. Returns how many were removed.
+pub fn remove_leftovers(kernel: &dyn Kernel, old: &Held, new: &Held) -> usize {
+    let mut removed = 0;
+    let twills: std::collections::BTreeSet<twill_core::Subnet> = match kernel.table_routes() {
+        Ok(table) => table
+            .into_iter()
+            .filter(|t| t.protocol == twill_net::ROUTE_PROTOCOL && t.metric == 0)
+            .map(|t| t.route.dst)
+            .collect(),
+        Err(e) => {
+            tracing::warn!("cannot list routes to remove a replaced instance's: {e}");
+            Default::default()
+        }
+    };
+    for dst in old.routes.difference(&new.routes) {
+        let route = twill_net::Route {
+            dst: *dst,
+            gateway: None,
+            oif: None,
+            onlink: false,
+        };
+        if twills.contains(dst) && kernel.del_route(&route).is_ok() {
+            removed += 1;
+        }
+    }
+    for (&(dev, mac), &dst) in &old.fdb {
+        if !new.fdb.contains_key(&(dev, mac))
+            && kernel.del_fdb(dev, twill_core::MacAddr(mac), dst).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    for &(dev, ip) in old.neighbours.difference(&new.neighbours) {
+        if kernel.del_neighbour(dev, ip).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// The UDP ports a plugin may use when the config names none: flannel's vxlan port

@@ -190,12 +190,35 @@ pub(crate) struct PluginState {
 /// The most devices one plugin may hold (flannel's backends use one or two).
 pub const MAX_DEVICES: usize = 4;
 
-/// Kernel entries an instance holds, by kind and key.
-#[derive(Debug, Default)]
-pub(crate) struct Held {
+/// Kernel entries an instance holds, by kind and key: what bounds their number, and,
+/// once the instance is replaced (a trap, a reload), what it leaves behind that its
+/// successor does not make again ([`crate::PluginHost::remove_leftovers`]).
+#[derive(Debug, Default, Clone)]
+pub struct Held {
     pub(crate) routes: BTreeSet<Subnet>,
-    pub(crate) fdb: BTreeSet<(u32, [u8; 6])>,
+    /// (device, MAC) → destination.
+    pub(crate) fdb: std::collections::BTreeMap<(u32, [u8; 6]), std::net::Ipv4Addr>,
     pub(crate) neighbours: BTreeSet<(u32, std::net::Ipv4Addr)>,
+}
+
+impl Held {
+    /// How many entries, of every kind.
+    pub fn len(&self) -> usize {
+        self.routes.len() + self.fdb.len() + self.neighbours.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Add what `other` holds (instances replaced one after another before one
+    /// succeeded).
+    pub fn absorb(&mut self, other: Held) {
+        self.routes.extend(other.routes);
+        self.fdb.extend(other.fdb);
+        self.neighbours.extend(other.neighbours);
+    }
 }
 
 impl PluginState {

@@ -42,7 +42,7 @@ impl Host for PluginState {
         dst: u32,
     ) -> wasmtime::Result<Result<(), Error>> {
         let key = (dev, mac_from_wit(mac).0);
-        let known = self.held.fdb.contains(&key);
+        let known = self.held.fdb.contains_key(&key);
         let result = self
             .check_fdb(dev, dst)
             .and_then(|()| self.check_fdb_destination(dst))
@@ -53,7 +53,7 @@ impl Host for PluginState {
                     .map_err(kernel_error)
             });
         if result.is_ok() {
-            self.held.fdb.insert(key);
+            self.held.fdb.insert(key, ip(dst));
         }
         Ok(result)
     }

@@ -143,7 +143,7 @@ impl Backend for Misbehave {
             let dev = links::ensure_vxlan(&links::VxlanSpec {
                 name: "flannel.8".into(),
                 vni: 8,
-                port: 4798,
+                port: 8472,
                 local: self.node.public_ip,
                 underlay: self.node.iface.index,
                 learning: false,
@@ -155,7 +155,7 @@ impl Backend for Misbehave {
             let dev = links::ensure_vxlan(&links::VxlanSpec {
                 name: "flannel.7".into(),
                 vni: 7,
-                port: 4797,
+                port: 8472,
                 local: self.node.public_ip,
                 underlay: self.node.iface.index,
                 learning: false,
@@ -247,7 +247,7 @@ impl Backend for Misbehave {
                     if let Ok(link) = links::ensure_vxlan(&links::VxlanSpec {
                         name: format!("flannel.f{i}"),
                         vni: 100 + i,
-                        port: 4800 + u16::try_from(i).unwrap_or(0),
+                        port: 8472,
                         local: self.node.public_ip,
                         underlay: self.node.iface.index,
                         learning: false,
@@ -275,7 +275,30 @@ impl Backend for Misbehave {
                     host::info(&format!("misbehave: flood: {allowed} FDB entries allowed"));
                 }
             }
-            ("trap-on-second", 2) => panic!("misbehave: trapping on purpose"),
+            ("trap-on-second" | "litter-then-trap", 2) => {
+                panic!("misbehave: trapping on purpose")
+            }
+            // A batch of one peer (the first instance's first call; a restarted
+            // instance's replay carries every peer): routes to eight parts of that
+            // peer's subnet, which no later instance makes again.
+            ("litter-then-trap", 1) if events.len() == 1 => {
+                if let Some(LeaseEvent::Added(l)) = events.first() {
+                    for part in 0..8u32 {
+                        let litter = routes::Route {
+                            dst: Subnet {
+                                addr: l.subnet.addr + part * 32,
+                                prefix: 27,
+                            },
+                            gateway: Some(l.public_ip),
+                            dev: self.node.iface.index,
+                            onlink: false,
+                        };
+                        if let Err(e) = routes::replace(litter) {
+                            host::error(&format!("misbehave: litter route refused: {e:?}"));
+                        }
+                    }
+                }
+            }
             ("trap-on-removal", n)
                 if n > 1 && events.iter().any(|e| matches!(e, LeaseEvent::Removed(_))) =>
             {
