@@ -43,7 +43,13 @@ impl Shared {
                 "answer more packets than two per packet given",
                 &mut warned,
             );
-            self.write_to_tun(&out, dp.confinement(), Some(Direction::In), &mut warned);
+            self.write_to_tun(
+                &out,
+                dp.confinement(),
+                Some(&packets),
+                Some(Direction::In),
+                &mut warned,
+            );
         }
         Ok(())
     }

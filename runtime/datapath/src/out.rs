@@ -55,7 +55,7 @@ impl Shared {
                 group_datagrams(&out, &mut groups, gso, |ep| confinement.to_peer_allowed(ep));
             self.denied(refused, "send to an address that is no peer", &mut warned);
             self.send_groups(&out, &groups, &mut send)?;
-            self.write_to_tun(&out, confinement, None, &mut warned);
+            self.write_to_tun(&out, confinement, None, None, &mut warned);
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::io::IoSlice;
 
-use twill_plugin_host::{Action, BatchOut, Confinement};
+use twill_plugin_host::{Action, BatchOut, Confinement, Packet};
 
 use crate::gso::slice;
 use crate::offload::{self, Coalescer, Merge, VNET_HDR_LEN};
@@ -22,11 +22,14 @@ struct Tally {
 
 impl Shared {
     /// Write every `to-tun` packet of a batch that `confinement` allows. Counted as
-    /// `direction` if given.
+    /// `direction` if given. `senders`, for a decapsulated batch: the input's
+    /// descriptors, so that only a packet in place of a datagram (at its offset) from a
+    /// current peer, with a source in that peer's subnet, is written.
     pub(crate) fn write_to_tun(
         &self,
         out: &BatchOut,
         confinement: &Confinement,
+        senders: Option<&[Packet]>,
         direction: Option<Direction>,
         warned: &mut bool,
     ) {
@@ -42,7 +45,15 @@ impl Shared {
                 tally.failed += 1;
                 continue;
             };
-            if !confinement.to_tun_allowed(packet) {
+            let allowed = match senders {
+                None => confinement.to_tun_allowed(packet),
+                // The input's descriptors are in arena order (`unpack`).
+                Some(given) => given
+                    .binary_search_by_key(&p.offset, |g| g.offset)
+                    .ok()
+                    .is_some_and(|i| confinement.from_peer_allowed(given[i].peer, packet)),
+            };
+            if !allowed {
                 denied += 1;
                 continue;
             }
@@ -66,7 +77,8 @@ impl Shared {
         self.flush(&mut run, &mut tally);
         self.denied(
             denied,
-            "write a packet into the TUN device that is not from the network to this node's subnet",
+            "write a packet into the TUN device that is not from the network to this node's \
+             subnet, or not in place of a datagram from the peer whose subnet holds its source",
             warned,
         );
         if let Some(direction) = direction {

@@ -68,6 +68,20 @@ impl Confinement {
         ep.port == self.port && self.peers.contains_key(&ep.ip)
     }
 
+    /// Whether `packet`, decapsulated from a datagram `sender` sent, may be written
+    /// into the TUN device (security review L-1): as [`Self::to_tun_allowed`], and the
+    /// sender is a current peer whose subnet holds the packet's source (no datagram
+    /// from a stranger, no peer speaking for another's pods).
+    pub fn from_peer_allowed(&self, sender: u32, packet: &[u8]) -> bool {
+        if !self.to_tun_allowed(packet) {
+            return false;
+        }
+        let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+        self.leases
+            .iter()
+            .any(|(subnet, ip)| *ip == sender && subnet.contains(src))
+    }
+
     /// Whether `packet` may be written into the TUN device.
     pub fn to_tun_allowed(&self, packet: &[u8]) -> bool {
         if packet.len() < 20 || packet[0] >> 4 != 4 {
@@ -122,6 +136,21 @@ mod tests {
         assert!(!limits.to_tun_allowed(&packet([172, 16, 0, 1], [10, 244, 1, 2])));
         assert!(!limits.to_tun_allowed(&packet([10, 244, 2, 2], [10, 244, 3, 2])));
         assert!(!limits.to_tun_allowed(&[0x60; 40]));
+        // Decapsulated: only from the peer whose subnet holds the source (L-1).
+        let peer = u32::from(Ipv4Addr::new(192, 168, 0, 2));
+        let stranger = u32::from(Ipv4Addr::new(192, 168, 0, 9));
+        let from_peer = packet([10, 244, 2, 2], [10, 244, 1, 2]);
+        assert!(limits.from_peer_allowed(peer, &from_peer));
+        assert!(
+            !limits.from_peer_allowed(stranger, &from_peer),
+            "not a peer"
+        );
+        let spoofed = packet([10, 244, 3, 2], [10, 244, 1, 2]);
+        assert!(limits.to_tun_allowed(&spoofed));
+        assert!(
+            !limits.from_peer_allowed(peer, &spoofed),
+            "another subnet's source"
+        );
         // A removed lease is no destination any more.
         limits.apply(&[LeaseEvent::Removed(lease([192, 168, 0, 2]))]);
         assert!(!limits.to_peer_allowed(&to([192, 168, 0, 2], 8285)));
