@@ -2,6 +2,7 @@
 //! a plugin directory). Each outcome is asserted from the outside: kernel state, the
 //! metrics, the daemon still running (and its exit status at the end).
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -604,4 +605,123 @@ fn what_a_trapped_instance_left_behind_is_removed_after_the_restart() {
         "the removal is logged"
     );
     assert_eq!(c.nodes[0].stop(), Some(0));
+}
+
+/// Security review L-1: whatever a data-path plugin answers, the host writes into
+/// flannel0 only a packet in place of a datagram from a current peer whose subnet holds
+/// its inner source. The `udp-open` plugin passes every datagram; a lease makes one
+/// outside host a peer (10.244.2.0/24), another sends without one.
+#[test]
+fn only_a_peers_own_packets_reach_the_pods_whatever_the_plugin_says() {
+    static OPEN: OnceLock<PathBuf> = OnceLock::new();
+    let open = OPEN.get_or_init(|| build_plugin_crate(&test_plugin_dir("udp-open")));
+    let mut c = Cluster::new(1);
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp-open"}}"#);
+    let dir = c.dir().join("plugins");
+    std::fs::create_dir_all(&dir).expect("plugin dir");
+    std::fs::copy(open, dir.join("udp-open.wasm")).expect("copy the plugin");
+    let dir = dir.display().to_string();
+    c.start_twill_with(1, &["--iface", "eth0", "--plugin-dir", &dir]);
+    c.wire_pods();
+    let peer = c.add_outside_host("peer", "192.168.77.50");
+    let stranger = c.add_outside_host("stranger", "192.168.77.51");
+    c.etcdctl(&[
+        "put",
+        &format!("{}/subnets/10.244.2.0-24", c.prefix),
+        r#"{"PublicIP":"192.168.77.50","PublicIPv6":null,"BackendType":"udp-open"}"#,
+    ]);
+    let node = &c.nodes[0];
+    wait_for("the peer known", Duration::from_secs(20), || {
+        node.api_get("/v1/peers")
+            .1
+            .contains("10.244.2.0/24")
+            .then_some(())
+    });
+    let pod: Ipv4Addr = node.pod_ip().parse().expect("pod IP");
+    // UDP datagrams the pod received for a closed port (ours go to port 9): the
+    // pod's `Udp: NoPorts` counter, untouched by ARP, IPv6 or anything else.
+    let pod_rx = || -> u64 {
+        let snmp = twill_e2e::sh(&["ip", "netns", "exec", &node.pod_ns, "cat", "/proc/net/snmp"]);
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+        let (names, values) = (
+            udp.next().expect("Udp names"),
+            udp.next().expect("Udp values"),
+        );
+        let at = names
+            .split_whitespace()
+            .position(|n| n == "NoPorts")
+            .expect("NoPorts column");
+        values
+            .split_whitespace()
+            .nth(at)
+            .and_then(|v| v.parse().ok())
+            .expect("NoPorts value")
+    };
+    // One datagram carrying an IPv4/UDP packet from `src` to the pod, sent from `ns`.
+    let send = |ns: &str, src: Ipv4Addr| {
+        let inner = ipv4_udp(src, pod);
+        let to = std::net::SocketAddrV4::new(node.ip().parse().expect("node IP"), 8285);
+        // A socket made inside the sender's namespace keeps it.
+        let socket =
+            twill_lab::netns::in_netns(Some(ns), || std::net::UdpSocket::bind("0.0.0.0:0"))
+                .expect("a socket in the sender's namespace");
+        socket.send_to(&inner, to).expect("send the datagram");
+    };
+    let denied = || {
+        node.metric_opt(r#"twill_udp_dropped_packets_total{reason="denied"}"#)
+            .unwrap_or(0.0)
+    };
+    // Each case: (sender, inner source, reaches the pod).
+    for (what, ns, src, reaches) in [
+        (
+            "from the peer, its own subnet",
+            &peer,
+            [10, 244, 2, 7],
+            true,
+        ),
+        ("from a stranger", &stranger, [10, 244, 2, 7], false),
+        (
+            "from the peer, another subnet's source",
+            &peer,
+            [10, 244, 3, 7],
+            false,
+        ),
+    ] {
+        let (rx, denied_before) = (pod_rx(), denied());
+        send(ns, Ipv4Addr::from(src));
+        if reaches {
+            wait_for(what, Duration::from_secs(10), || {
+                (pod_rx() > rx).then_some(())
+            });
+        } else {
+            wait_for(what, Duration::from_secs(10), || {
+                (denied() > denied_before).then_some(())
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(pod_rx(), rx, "{what}: nothing reached the pod");
+        }
+        println!(
+            "{what}: {}",
+            if reaches { "reached the pod" } else { "denied" }
+        );
+    }
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}
+
+/// An IPv4 header (valid checksum) and an 8-byte UDP datagram to port 9.
+fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut p = vec![0x45, 0, 0, 32, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let mut sum: u32 = p
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let sum = !u16::try_from(sum).expect("folded");
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(&[0x04, 0xd2, 0, 9, 0, 12, 0, 0, b'p', b'i', b'n', b'g']);
+    p
 }
