@@ -385,3 +385,43 @@ fn a_udp_restart_keeps_flannel0_and_its_route() {
     assert_eq!(c.nodes[1].stop(), Some(0));
     assert_eq!(c.nodes[0].stop(), Some(0));
 }
+
+/// Security review L-5: `ip link del flannel0` under a running node. The data path's
+/// reads fail, the backend restarts, and the host opens flannel0 again instead of
+/// handing out the dead descriptor: the device, its address and the network's route
+/// come back and the pods reach each other again.
+#[test]
+fn a_deleted_flannel0_is_opened_again() {
+    let mut c = Cluster::new(2);
+    c.put_config(UDP);
+    start_all(&mut c);
+    c.assert_full_mesh(Duration::from_secs(30));
+    let node = &c.nodes[0];
+    let before = node.exec(&["cat", "/sys/class/net/flannel0/ifindex"]);
+    let deleted = Instant::now();
+    node.exec(&["ip", "link", "del", "flannel0"]);
+    wait_for(
+        "flannel0 back with its route",
+        Duration::from_secs(30),
+        || {
+            let route = node.exec(&["ip", "route", "show", "10.244.0.0/16"]);
+            route.contains("dev flannel0").then_some(())
+        },
+    );
+    let after = node.exec(&["cat", "/sys/class/net/flannel0/ifindex"]);
+    assert_ne!(before, after, "a new device");
+    c.assert_full_mesh(Duration::from_secs(30));
+    println!(
+        "flannel0 deleted: pods reach each other again {:.1} s later",
+        deleted.elapsed().as_secs_f64()
+    );
+    assert!(
+        c.nodes[0]
+            .log_text()
+            .contains("the TUN device is gone; opening it again"),
+        "the log says so"
+    );
+    for (n, code) in c.stop_all_twill() {
+        assert_eq!(code, Some(0), "twill on node {n} exits 0");
+    }
+}

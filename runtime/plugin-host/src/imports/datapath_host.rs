@@ -24,21 +24,38 @@ impl PluginState {
         if let Some(tun) = held {
             if tun.link.name == name {
                 // Refresh what the kernel says now (MTU, up), keep the descriptor.
-                let link = match self.kernel.link_by_index(tun.link.index) {
-                    Ok(Some(now)) => now,
-                    _ => tun.link.clone(),
-                };
-                self.owned.insert(link.index);
-                return Ok(to_link(&link));
+                match self.kernel.link_by_index(tun.link.index) {
+                    Ok(Some(now)) if now.name == name => {
+                        self.owned.insert(now.index);
+                        return Ok(to_link(&now));
+                    }
+                    Err(_) => {
+                        self.owned.insert(tun.link.index);
+                        return Ok(to_link(&tun.link));
+                    }
+                    // Deleted (or renamed) under us (security review L-5): its
+                    // descriptor is dead; open the device again below.
+                    Ok(_) => {
+                        tracing::warn!(
+                            plugin = %self.plugin, device = %name, index = tun.link.index,
+                            "the TUN device is gone; opening it again"
+                        );
+                        self.owned.remove(&tun.link.index);
+                        if let Some(r) = slots.get_mut(&self.plugin) {
+                            r.tun = None;
+                        }
+                    }
+                }
+            } else {
+                drop(slots);
+                return self.deny(
+                    CAP,
+                    format!(
+                        "this plugin already holds TUN device {}; one per plugin",
+                        tun.link.name
+                    ),
+                );
             }
-            drop(slots);
-            return self.deny(
-                CAP,
-                format!(
-                    "this plugin already holds TUN device {}; one per plugin",
-                    tun.link.name
-                ),
-            );
         }
         if let Err(owner) = self.devices.claim(&name, &self.plugin) {
             drop(slots);
