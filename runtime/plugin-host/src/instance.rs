@@ -395,6 +395,7 @@ impl<G> Guarded<G> {
         self.store.data().stats.count_call(function);
         // The routes as they stand are read again in every call.
         self.store.data_mut().route_table = None;
+        self.store.data_mut().devices_checked.get_mut().clear();
         self.store.set_epoch_deadline(self.deadline);
         match f(&self.guest, &mut self.store) {
             Ok(Ok(v)) => Ok(v),

@@ -406,6 +406,7 @@ impl PluginHost {
             peers: Default::default(),
             held: Default::default(),
             route_table: None,
+            devices_checked: Default::default(),
             limits: StoreLimitsBuilder::new()
                 // Per linear memory, so one memory in all keeps the total to the limit,
                 // and tables are bounded too: a table's elements are host memory

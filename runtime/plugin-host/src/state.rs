@@ -183,6 +183,8 @@ pub(crate) struct PluginState {
     /// route request and kept up to date by its own requests (one dump per call, not
     /// per route); `None` outside a call.
     pub(crate) route_table: Option<std::collections::BTreeMap<Subnet, twill_net::TableRoute>>,
+    /// Owned devices found still the plugin's in this call ([`Self::require_owned`]).
+    pub(crate) devices_checked: std::cell::RefCell<BTreeSet<u32>>,
     /// How many lines it may still log this second.
     pub(crate) log_budget: Mutex<crate::imports::log::LogBudget>,
 }
@@ -271,16 +273,34 @@ impl PluginState {
         self.owned.contains(&index)
     }
 
-    /// Refuse unless the plugin owns `index`.
+    /// Refuse unless the plugin owns `index`, and the device at that index is still
+    /// one of its `flannel*` devices (security review L-4: a device deleted or renamed
+    /// under it, and its index reused, is never the plugin's). Checked with the kernel
+    /// once per call and index.
     pub(crate) fn require_owned(&self, capability: &'static str, index: u32) -> Result<(), Error> {
-        if self.owns(index) {
-            Ok(())
-        } else {
-            self.deny(
+        if !self.owns(index) {
+            return self.deny(
                 capability,
                 format!("device {index} is not one this plugin created"),
-            )
+            );
         }
+        if self.devices_checked.borrow().contains(&index) {
+            return Ok(());
+        }
+        let still = match self.kernel.link_by_index(index) {
+            Ok(Some(link)) => self.devices.held_by(&self.plugin, &link.name).1,
+            Ok(None) => false,
+            // The kernel could not say: the request itself will tell.
+            Err(_) => true,
+        };
+        if !still {
+            return self.deny(
+                capability,
+                format!("device {index} is no longer this plugin's (deleted or renamed)"),
+            );
+        }
+        self.devices_checked.borrow_mut().insert(index);
+        Ok(())
     }
 
     /// The node's own subnet, or a denial when the node holds no lease yet.

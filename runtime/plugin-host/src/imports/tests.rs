@@ -40,6 +40,7 @@ pub(super) fn state(kernel: Arc<FakeKernel>, devices: DeviceRegistry, plugin: &s
         peers: Default::default(),
         held: Default::default(),
         route_table: None,
+        devices_checked: Default::default(),
     }
 }
 
@@ -746,5 +747,33 @@ fn ports_are_the_configs_and_learning_is_refused() {
     };
     assert!(
         denied(links::Host::ensure_vxlan(&mut s, default_now_foreign)).contains("allowed: [4789]")
+    );
+}
+
+/// Security review L-4: a device deleted under the plugin (its index possibly reused
+/// later) is no longer the plugin's, whatever it created before.
+#[test]
+fn a_device_deleted_under_the_plugin_is_no_longer_its() {
+    let k = kernel();
+    let mut s = state(k.clone(), DeviceRegistry::default(), "vxlan");
+    let eth0 = s.grant.external.index;
+    let link = links::Host::ensure_vxlan(&mut s, vxlan_spec("flannel.1", eth0))
+        .expect("no trap")
+        .expect("allowed");
+    links::Host::set_mtu(&mut s, link.index, 1400)
+        .expect("no trap")
+        .expect("its own device");
+    // Someone else deletes it; the next call checks again.
+    k.delete_link(link.index).expect("fake");
+    s.devices_checked.get_mut().clear();
+    assert!(
+        denied(links::Host::set_mtu(&mut s, link.index, 1280)).contains("no longer this plugin's")
+    );
+    assert!(
+        denied(routes::Host::replace(
+            &mut s,
+            route((ip(10, 244, 2, 0), 24), Some(ip(10, 244, 2, 0)), link.index)
+        ))
+        .contains("no longer this plugin's")
     );
 }
