@@ -30,6 +30,8 @@ mod retry;
 mod rules;
 mod startup;
 mod subnet_file;
+
+pub use subnet_file::write_atomically;
 mod supervisor;
 mod switch;
 

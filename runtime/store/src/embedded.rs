@@ -130,6 +130,49 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
+/// The store file and its `-wal`/`-shm` files, where they exist, must belong to us
+/// (the effective user, the owner of `/proc/self`) or root and be writable by nobody
+/// else: a local user who planted or may write them would choose the leases (and so
+/// the routes) of a root daemon.
+fn check_owner_only(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let us = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0);
+    let mut files = vec![path.to_owned()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        files.push(name.into());
+    }
+    for file in files {
+        let meta = match std::fs::symlink_metadata(&file) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(StoreError::EmbeddedCreate { path: file, source }),
+        };
+        let reason = if meta.file_type().is_symlink() {
+            Some("it is a symbolic link".to_owned())
+        } else if meta.uid() != us && meta.uid() != 0 {
+            Some(format!(
+                "it belongs to uid {}, not to us ({us}) or root",
+                meta.uid()
+            ))
+        } else if meta.mode() & 0o022 != 0 {
+            Some(format!(
+                "its mode {:o} lets others write it (chmod go-w)",
+                meta.mode() & 0o7777
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(StoreError::EmbeddedUntrusted { path: file, reason });
+        }
+    }
+    Ok(())
+}
+
 impl EmbeddedStore {
     /// Open (creating if needed) the store file at `path` with leases under `prefix`
     /// (flannel's `--etcd-prefix`, e.g. [`crate::DEFAULT_PREFIX`]).
@@ -168,6 +211,7 @@ impl EmbeddedStore {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(created(path)(e)),
         }
+        check_owner_only(path)?;
         Self::open(path, prefix)
     }
 

@@ -118,6 +118,15 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The embedded store's file (or its `-wal`/`-shm`) could be changed by someone
+    /// else than us or root: the leases in it cannot be trusted (security review L-7).
+    #[error("the embedded store file {path} is not trusted: {reason}")]
+    EmbeddedUntrusted {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Who could change it.
+        reason: String,
+    },
     /// The embedded store's database file could not be opened or set up.
     #[error("cannot open the embedded store at {path}")]
     EmbeddedOpen {

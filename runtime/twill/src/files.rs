@@ -19,22 +19,8 @@ pub fn read_waiting(path: &Path, wait: Duration) -> io::Result<String> {
     }
 }
 
-/// Replace `path` with `bytes` atomically: its directory created if missing, a
-/// temporary file beside it renamed over it (and removed if that fails).
+/// Replace `path` with `bytes` atomically, mode 0644 (the daemon's writer: a fresh
+/// temporary file created exclusively beside it, then renamed over it).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+    twill_node::write_atomically(path, bytes, 0o644)
 }

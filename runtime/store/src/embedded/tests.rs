@@ -222,3 +222,24 @@ fn a_new_store_is_owner_only() {
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_store_file_others_may_write_or_a_symlink_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("twill-trust-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("leases.db");
+    std::fs::write(&path, b"").expect("planted file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let err = EmbeddedStore::open_creating(&path, "/coreos.com/network")
+        .err()
+        .expect("a world-writable file is refused");
+    assert!(err.to_string().contains("lets others write it"), "{err}");
+    std::fs::remove_file(&path).expect("rm");
+    std::os::unix::fs::symlink(dir.join("elsewhere.db"), &path).expect("symlink");
+    let err = EmbeddedStore::open_creating(&path, "/coreos.com/network")
+        .err()
+        .expect("a symbolic link is refused");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
