@@ -451,7 +451,12 @@ fn open_cache(dir: &Path) -> Result<wasmtime::Cache, String> {
         .map_err(|e| format!("cannot create it: {e}"))?;
     trust::check_dir(&dir).map_err(|why| format!("not trusted: {why}"))?;
     let probe = dir.join(format!(".twill-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| format!("cannot write to it: {e}"))?;
+    // Created exclusively: never through a symbolic link planted there (L-7).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| format!("cannot write to it: {e}"))?;
     let _ = std::fs::remove_file(&probe);
     let mut config = wasmtime::CacheConfig::new();
     config.with_directory(dir);

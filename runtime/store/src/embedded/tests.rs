@@ -232,14 +232,12 @@ fn a_store_file_others_may_write_or_a_symlink_is_refused() {
     std::fs::write(&path, b"").expect("planted file");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     let err = EmbeddedStore::open_creating(&path, "/coreos.com/network")
-        .err()
-        .expect("a world-writable file is refused");
+        .expect_err("a world-writable file is refused");
     assert!(err.to_string().contains("lets others write it"), "{err}");
     std::fs::remove_file(&path).expect("rm");
     std::os::unix::fs::symlink(dir.join("elsewhere.db"), &path).expect("symlink");
     let err = EmbeddedStore::open_creating(&path, "/coreos.com/network")
-        .err()
-        .expect("a symbolic link is refused");
+        .expect_err("a symbolic link is refused");
     assert!(err.to_string().contains("symbolic link"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
