@@ -450,7 +450,7 @@ fn open_cache(dir: &Path) -> Result<wasmtime::Cache, String> {
         .create(&dir)
         .map_err(|e| format!("cannot create it: {e}"))?;
     trust::check_dir(&dir).map_err(|why| format!("not trusted: {why}"))?;
-    let probe = dir.join(format!(".twill-write-test-{}", std::process::id()));
+    let probe = dir.join(format!(".twill-write-test-{:016x}", rand::random::<u64>()));
     // Created exclusively: never through a symbolic link planted there (L-7).
     std::fs::OpenOptions::new()
         .write(true)
