@@ -300,12 +300,23 @@ fn describe_runs_without_kernel_access() {
             .contains("describe-attack: flannel.99: refused")
             .then_some(())
     });
-    // And at the next start, with the file in place from the beginning.
+    // And at the next start, with the file in place from the beginning: its describe()
+    // spins after the attempts, and is stopped after 2 s (not the 30 s call timeout).
     assert_eq!(c.nodes[0].stop(), Some(0));
+    let started = std::time::Instant::now();
     c.start_twill_with(1, &args);
     wait_for("node 1 up again", WAIT, || {
         (c.nodes[0].api_get("/readyz").0 == 200).then_some(())
     });
+    let took = started.elapsed();
+    println!(
+        "node 1 ready {} ms after its start, a spinning describe() in the directory",
+        took.as_millis()
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "the spinning describe() held the start {took:?}"
+    );
     assert_eq!(c.nodes[0].exited(), None, "twill runs");
     let node = &c.nodes[0];
     let log = node.log_text();

@@ -374,6 +374,11 @@ impl PluginHost {
         state.devices = DeviceRegistry::default();
         state.datapath = DatapathSlots::default();
         state.describing = true;
+        // describe() returns a name and a version: [`DESCRIBE_TIMEOUT`], not the call
+        // timeout, so a file that spins cannot hold a scan (or a reload) for long
+        // (security review L-8).
+        let ticks = DESCRIBE_TIMEOUT.as_millis() / EPOCH_TICK.as_millis();
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
         let instance = pre.instantiate(&mut store).map_err(|e| format!("{e:#}"))?;
         let guest = indices
             .load(&mut store, &instance)
@@ -506,6 +511,9 @@ pub fn remove_leftovers(kernel: &dyn Kernel, old: &Held, new: &Held) -> usize {
     }
     removed
 }
+
+/// How long a plugin's `describe()` may run (instantiation included).
+pub const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The UDP ports a plugin may use when the config names none: flannel's vxlan port
 /// (the kernel's default), the IANA vxlan port, flannel's udp port.

@@ -2,7 +2,7 @@
 //! in the plugin directory, and whose `describe()` asks the host for kernel objects:
 //! `flannel.1` again without a local address or underlay (which would replace the real
 //! backend's device), and a new `flannel.99`. Each answer is logged; the host must
-//! refuse them all.
+//! refuse them all. Then it spins: the host must stop it after its describe budget.
 
 use twill_plugin_sdk::host::{self, links};
 use twill_plugin_sdk::{
@@ -33,10 +33,10 @@ impl Backend for Attack {
     fn describe() -> Info {
         try_vxlan("flannel.1", 1, 8472);
         try_vxlan("flannel.99", 99, 4790);
-        Info {
-            name: "not-selected".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            config_hint: "none: its describe() misbehaves".into(),
+        // Then it never answers (security review L-8): the host must give up on it
+        // after its describe budget, not the 30 s call timeout.
+        loop {
+            std::hint::spin_loop();
         }
     }
 
