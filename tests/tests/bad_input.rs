@@ -108,3 +108,36 @@ fn missing_config_and_unreachable_etcd_are_waited_for() {
     );
     assert_eq!(c.nodes[0].stop(), Some(0));
 }
+
+/// SIGTERM while twill still waits (here for the network config, as it would for etcd)
+/// stops it at once with exit status 0, as it does once running; before, a SIGTERM
+/// before the main loop killed the process by the signal's default action.
+#[test]
+fn a_sigterm_during_startup_stops_cleanly() {
+    let mut c = Cluster::new(1);
+    c.start_twill(1);
+    wait_for(
+        "twill waiting for the config",
+        Duration::from_secs(20),
+        || {
+            c.nodes[0]
+                .log_text()
+                .contains("waiting for the network config")
+                .then_some(())
+        },
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(c.nodes[0].stop(), Some(0), "exit status 0");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        c.nodes[0]
+            .log_text()
+            .contains("SIGTERM received during startup; stopping"),
+        "{}",
+        c.nodes[0].log_text()
+    );
+}

@@ -164,13 +164,40 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The signals the daemon answers, registered before anything else so that one
+/// arriving during startup is not lost (nor kills the process by its default action).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("install SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("install SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("install SIGHUP handler")?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT, by name.
+    async fn stopped(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
 /// Run the node until SIGTERM/SIGINT (`Ok`) or a fatal error.
 pub async fn run(args: Options) -> anyhow::Result<()> {
+    let signals = Signals::new()?;
     let api = ApiState::new();
     let metrics = Arc::new(Metrics::new());
     let stop_api = Arc::new(tokio::sync::Notify::new());
     start_api(&args, &api, &metrics, &stop_api).await?;
-    let result = startup::run(args, Report::new(api, metrics)).await;
+    let result = startup::run(args, Report::new(api, metrics), signals).await;
     stop_api.notify_waiters();
     result
 }
@@ -252,7 +279,7 @@ struct Node<S> {
 }
 
 impl<S: LeaseStore> Node<S> {
-    async fn run(mut self) -> anyhow::Result<()> {
+    async fn run(mut self, mut signals: Signals) -> anyhow::Result<()> {
         let mut watch = pin!(self.own.store.watch_leases());
         let (probe_tx, mut probed) = tokio::sync::mpsc::channel(1);
         let _probe = AbortOnDrop(tokio::spawn(probe_store(self.own.store.clone(), probe_tx)));
@@ -265,9 +292,6 @@ impl<S: LeaseStore> Node<S> {
                 self.probes.settings,
             )))
         });
-        let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-        let mut sighup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
         let mut plugin_files = tokio::time::interval(PLUGIN_DIR_POLL);
         let mut resync = tokio::time::interval(self.resync_interval);
         let mut stats = tokio::time::interval(STATS_INTERVAL);
@@ -289,7 +313,9 @@ impl<S: LeaseStore> Node<S> {
                 _ = resync.tick() => self.resync().await?,
                 _ = retry_failed.tick() => self.retry_failed().await?,
                 () = sleep_until(self.backend.restart_at()) => self.restart_backend().await?,
-                _ = sighup.recv() => self.reload("SIGHUP", true).await?,
+                _ = signals.hup.recv() => self.reload("SIGHUP", true).await?,
+                _ = signals.term.recv() => return self.stop("SIGTERM").await,
+                _ = signals.int.recv() => return self.stop("SIGINT").await,
                 _ = plugin_files.tick() => {
                     if self.backend.plugin_dir_changed() {
                         self.reload("the plugin directory changed", false).await?;
@@ -301,8 +327,6 @@ impl<S: LeaseStore> Node<S> {
                     self.report.watch_connects(self.own.store.watch_connects());
                     self.check_datapath().await?;
                 }
-                _ = sigterm.recv() => return self.stop("SIGTERM").await,
-                _ = sigint.recv() => return self.stop("SIGINT").await,
             }
         }
     }

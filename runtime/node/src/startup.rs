@@ -25,20 +25,40 @@ use crate::{Options, StoreKind, iface, plugins, subnet_file, switch};
 
 /// Steps 1-3 of the daemon, then its loop until SIGTERM/SIGINT: the kernel and the
 /// interface, the store `--store` names, then the node on it.
-pub(super) async fn run(args: Options, report: Report) -> anyhow::Result<()> {
+///
+/// SIGTERM or SIGINT during these steps (waiting for etcd, say) stops the daemon at
+/// once with exit status 0, as it does later; nothing is torn down.
+pub(super) async fn run(
+    args: Options,
+    report: Report,
+    mut signals: crate::Signals,
+) -> anyhow::Result<()> {
     let kernel = open_kernel(&report).await?;
     let (external, public_ip) = resolve_iface(&args, &kernel).await?;
     report.api.set_store_state(StoreState::Connecting);
     report.api.set_store_unready_after(args.store_unready_after);
     let iface = (kernel, external, public_ip);
+    macro_rules! until_stopped {
+        ($step:expr) => {
+            tokio::select! {
+                result = $step => result,
+                signal = signals.stopped() => {
+                    tracing::info!("{signal} received during startup; stopping");
+                    return Ok(());
+                }
+            }
+        };
+    }
     match args.store {
         StoreKind::Embedded => {
-            let store = open_embedded(&args).await?;
-            with_store(args, report, iface, store).await?.run().await
+            let store = until_stopped!(open_embedded(&args))?;
+            let node = until_stopped!(with_store(args, report, iface, store))?;
+            node.run(signals).await
         }
         StoreKind::Etcd => {
-            let store = connect_etcd(&args).await?;
-            with_store(args, report, iface, store).await?.run().await
+            let store = until_stopped!(connect_etcd(&args))?;
+            let node = until_stopped!(with_store(args, report, iface, store))?;
+            node.run(signals).await
         }
     }
 }
