@@ -73,6 +73,24 @@ impl std::fmt::Debug for Netlink {
 }
 
 impl Netlink {
+    /// Every IPv4 route message, as `parse` reads it (messages it refuses are left out).
+    fn dump_routes<T: Send + 'static>(
+        &self,
+        parse: fn(&RouteMessage) -> Option<T>,
+    ) -> Result<Vec<T>, NetError> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        self.run(|h| async move {
+            let msgs: Vec<RouteMessage> = h
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| request_error("list routes", String::new(), e))?;
+            Ok(msgs.iter().filter_map(parse).collect())
+        })
+    }
+
     /// Open an rtnetlink socket in the calling thread's network namespace, with a
     /// private runtime to drive it.
     pub fn new() -> Result<Self, NetError> {
@@ -358,31 +376,11 @@ impl Kernel for Netlink {
     }
 
     fn routes(&self) -> Result<Vec<Route>, NetError> {
-        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        self.run(|h| async move {
-            let msgs: Vec<RouteMessage> = h
-                .route()
-                .get(query)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| request_error("list routes", String::new(), e))?;
-            Ok(msgs.iter().filter_map(route_from_message).collect())
-        })
+        self.dump_routes(route_from_message)
     }
 
     fn table_routes(&self) -> Result<Vec<TableRoute>, NetError> {
-        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        self.run(|h| async move {
-            let msgs: Vec<RouteMessage> = h
-                .route()
-                .get(query)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| request_error("list routes", String::new(), e))?;
-            Ok(msgs.iter().filter_map(table_route_from_message).collect())
-        })
+        self.dump_routes(table_route_from_message)
     }
 
     fn replace_route(&self, route: &Route) -> Result<(), NetError> {
