@@ -71,12 +71,86 @@ fn main() -> ExitCode {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TWILL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (directives, problem) = log_directives(std::env::var("TWILL_LOG").ok().as_deref());
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+    if let Some(problem) = problem {
+        tracing::warn!("{problem}");
+    }
+}
+
+/// What twill logs unless TWILL_LOG says otherwise.
+const DEFAULT_LOG: &str = "info";
+
+/// The filter for `TWILL_LOG`, and what was wrong with it if anything. A bare level
+/// (`debug`, also Go's `warning`) is twill's level, with its libraries kept at `warn`
+/// (wasmtime's compiler alone prints tens of thousands of debug lines); anything else
+/// is tracing's filter syntax (`info,twill_node=debug`), with `warning` read as `warn`.
+/// A value that does not parse gives the default and a warning, never silence.
+fn log_directives(value: Option<&str>) -> (String, Option<String>) {
+    let Some(raw) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return (DEFAULT_LOG.to_owned(), None);
+    };
+    let level = |word: &str| match word.to_ascii_lowercase().as_str() {
+        "warning" | "warn" => Some("warn"),
+        "trace" => Some("trace"),
+        "debug" => Some("debug"),
+        "info" => Some("info"),
+        "error" => Some("error"),
+        "off" => Some("off"),
+        _ => None,
+    };
+    if let Some(level) = level(raw) {
+        return (format!("warn,twill={level}"), None);
+    }
+    let directives = raw
+        .split(',')
+        .map(|d| match d.rsplit_once('=') {
+            Some((target, word)) => {
+                level(word).map_or_else(|| d.to_owned(), |l| format!("{target}={l}"))
+            }
+            None => level(d).map_or_else(|| d.to_owned(), str::to_owned),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    match tracing_subscriber::EnvFilter::try_new(&directives) {
+        Ok(_) => (directives, None),
+        Err(e) => (
+            DEFAULT_LOG.to_owned(),
+            Some(format!(
+                "TWILL_LOG={raw:?} is not a log filter ({e}); logging at {DEFAULT_LOG}. \
+                 Use a level (error, warn, info, debug, trace) or tracing's syntax \
+                 (info,twill_node=debug)"
+            )),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_directives;
+
+    #[test]
+    fn twill_log_reads_levels_as_operators_type_them() {
+        assert_eq!(log_directives(None), ("info".into(), None));
+        assert_eq!(log_directives(Some("")), ("info".into(), None));
+        // Go's spelling, and a bare level: twill's level, libraries at warn.
+        assert_eq!(log_directives(Some("warning")).0, "warn,twill=warn");
+        assert_eq!(log_directives(Some("DEBUG")).0, "warn,twill=debug");
+        // tracing's syntax passes, with `warning` read as `warn`.
+        assert_eq!(
+            log_directives(Some("info,twill_node=warning")).0,
+            "info,twill_node=warn"
+        );
+        // Nonsense: the default, and a warning naming the value.
+        let (d, problem) = log_directives(Some("twill=loud=1"));
+        assert_eq!(d, "info");
+        assert!(problem.expect("a warning").contains("twill=loud=1"));
+    }
 }
