@@ -100,3 +100,28 @@ fn flanneld_environment_variables_alone_configure_a_node() {
     let status = child.wait().expect("wait");
     assert!(status.success(), "twill exits 0 on SIGTERM: {status}");
 }
+
+/// A flanneld environment file migrated as it is: a `FLANNELD_*` variable twill has no
+/// setting for is named in a warning, not dropped in silence; the node runs.
+#[test]
+fn an_unknown_flanneld_variable_is_named() {
+    let mut c = Cluster::new(1);
+    c.twill_env
+        .push(("FLANNELD_KUBE_SUBNET_MGR".into(), "true".into()));
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    c.start_twill(1);
+    wait_for("the warning", Duration::from_secs(20), || {
+        c.nodes[0]
+            .log_text()
+            .lines()
+            .any(|l| {
+                l.contains("WARN")
+                    && l.contains("FLANNELD_KUBE_SUBNET_MGR is set, but twill has no such setting")
+            })
+            .then_some(())
+    });
+    wait_for("node ready", Duration::from_secs(30), || {
+        (c.nodes[0].api_get("/readyz").0 == 200).then_some(())
+    });
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}

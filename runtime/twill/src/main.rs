@@ -37,7 +37,15 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        cli::Command::Run(args) => runtime.block_on(twill_node::run(args.options())),
+        cli::Command::Run(args) => {
+            for name in unknown_flanneld_env(std::env::vars().map(|(k, _)| k)) {
+                tracing::warn!(
+                    "{name} is set, but twill has no such setting: ignored (see `twill run \
+                     --help` for the FLANNELD_* variables it reads)"
+                );
+            }
+            runtime.block_on(twill_node::run(args.options()))
+        }
         cli::Command::Demo(args) => runtime.block_on(demo::run(args)),
         cli::Command::Config(cli::ConfigCommand::Set(args)) => runtime.block_on(config::set(args)),
         cli::Command::Status(args) => runtime.block_on(status::run(args.api_addr)),
@@ -83,6 +91,25 @@ fn init_logging() {
     if let Some(problem) = problem {
         tracing::warn!("{problem}");
     }
+}
+
+/// The `FLANNELD_*` variables among `names` that `twill run` does not read: a migrated
+/// flanneld environment file would otherwise lose them in silence.
+fn unknown_flanneld_env(names: impl Iterator<Item = String>) -> Vec<String> {
+    use clap::CommandFactory;
+    let command = cli::Cli::command();
+    let known: std::collections::BTreeSet<String> = command
+        .find_subcommand("run")
+        .into_iter()
+        .flat_map(|run| run.get_arguments())
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    let mut unknown: Vec<String> = names
+        .filter(|n| n.starts_with("FLANNELD_") && !known.contains(n))
+        .collect();
+    unknown.sort();
+    unknown
 }
 
 /// What twill logs unless TWILL_LOG says otherwise.
@@ -134,7 +161,23 @@ fn log_directives(value: Option<&str>) -> (String, Option<String>) {
 
 #[cfg(test)]
 mod tests {
-    use super::log_directives;
+    use super::{log_directives, unknown_flanneld_env};
+
+    #[test]
+    fn flanneld_variables_twill_does_not_read_are_named() {
+        let names = [
+            "FLANNELD_ETCD_ENDPOINTS",
+            "FLANNELD_IP_MASQ",
+            "FLANNELD_KUBE_SUBNET_MGR",
+            "PATH",
+            "FLANNELD_IFACE",
+        ]
+        .map(String::from);
+        assert_eq!(
+            unknown_flanneld_env(names.into_iter()),
+            vec!["FLANNELD_KUBE_SUBNET_MGR".to_owned()]
+        );
+    }
 
     #[test]
     fn twill_log_reads_levels_as_operators_type_them() {
