@@ -168,6 +168,45 @@ impl Config {
         })
     }
 
+    /// What in config `text` is accepted but does nothing, for a person: flannel's keys
+    /// twill does not support (the IPv6 ones, `EnableNFTables`), and keys neither knows
+    /// (a typo: flannel ignores them too). Empty for text that is no JSON object.
+    pub fn notices(text: &str) -> Vec<String> {
+        let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(text) else {
+            return Vec::new();
+        };
+        const USED: [&str; 7] = [
+            "network",
+            "subnetlen",
+            "subnetmin",
+            "subnetmax",
+            "backend",
+            "enableipv4",
+            "enableipv6",
+        ];
+        const FLANNELS: [&str; 5] = [
+            "ipv6network",
+            "ipv6subnetlen",
+            "ipv6subnetmin",
+            "ipv6subnetmax",
+            "enablenftables",
+        ];
+        obj.keys()
+            .filter_map(|key| {
+                let lower = key.to_ascii_lowercase();
+                if USED.contains(&lower.as_str()) {
+                    None
+                } else if FLANNELS.contains(&lower.as_str()) {
+                    Some(format!(
+                        "{key} is flannel's but not supported by twill: ignored"
+                    ))
+                } else {
+                    Some(format!("unknown key {key:?}: ignored (a typo?)"))
+                }
+            })
+            .collect()
+    }
+
     /// Whether `subnet` is a lease key of this network at all ([`Subnet::is_lease_of`]).
     pub fn is_lease(&self, subnet: &Subnet) -> bool {
         subnet.is_lease_of(&self.network, self.subnet_len)
@@ -398,5 +437,30 @@ mod tests {
         assert_eq!(port(r#"{"Type":"vxlan","Port":0}"#), None);
         assert_eq!(port(r#"{"Type":"vxlan","Port":70000}"#), None);
         assert_eq!(port(r#"{"Type":"vxlan"}"#), None);
+    }
+
+    #[test]
+    fn keys_that_do_nothing_are_named() {
+        let notices = Config::notices(
+            r#"{"Network":"10.244.0.0/16","EnableNFTables":true,"IPv6Network":"fc00::/48","Netwrok":"x","backend":{"Type":"vxlan"}}"#,
+        );
+        assert_eq!(notices.len(), 3, "{notices:?}");
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.starts_with("EnableNFTables is flannel's"))
+        );
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.starts_with("IPv6Network is flannel's"))
+        );
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.contains("unknown key \"Netwrok\""))
+        );
+        assert!(Config::notices(r#"{"Network":"10.244.0.0/16"}"#).is_empty());
+        assert!(Config::notices("not json").is_empty());
     }
 }

@@ -406,7 +406,13 @@ async fn wait_for_config(store: &impl LeaseStore, prefix: &str) -> anyhow::Resul
     let mut backoff = Backoff::new();
     loop {
         match store.get_config().await {
-            Ok(Some(text)) => return Ok(Config::parse(&text)?),
+            Ok(Some(text)) => {
+                let config = Config::parse(&text)?;
+                for notice in Config::notices(&text) {
+                    tracing::warn!("network config at {prefix}/config: {notice}");
+                }
+                return Ok(config);
+            }
             Ok(None) => {
                 if !logged {
                     tracing::info!("waiting for the network config at {prefix}/config");

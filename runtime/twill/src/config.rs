@@ -9,7 +9,17 @@ use twill_store::EmbeddedStore;
 use crate::cli::ConfigSetArgs;
 
 pub async fn set(args: ConfigSetArgs) -> anyhow::Result<()> {
-    Config::parse(&args.json).context("invalid network config")?;
+    let config = Config::parse(&args.json).context("invalid network config")?;
+    for notice in Config::notices(&args.json) {
+        eprintln!("warning: {notice}");
+    }
+    let kind = &config.backend.kind;
+    if !twill_builtin::BUILTIN.iter().any(|(name, _)| name == kind) {
+        eprintln!(
+            "warning: backend type {kind:?} is not built in: every node needs a plugin of \
+             that name in its --plugin-dir (`twill plugin list` shows what a node has)"
+        );
+    }
     put_embedded(&args.store_path, &args.etcd_prefix, &args.json).await?;
     println!(
         "wrote {}/config to {}",
