@@ -736,3 +736,66 @@ fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     p.extend_from_slice(&[0x04, 0xd2, 0, 9, 0, 12, 0, 0, b'p', b'i', b'n', b'g']);
     p
 }
+
+/// The restart backoff as it happens: a plugin that traps on every batch is restarted
+/// after 1 s, then 2 s, then 4 s (doubling up to 30 s while it keeps trapping), each
+/// wait announced in the log and kept, measured from the log's own timestamps.
+#[test]
+fn restarts_back_off_one_two_four_seconds() {
+    let mut c = Cluster::new(1);
+    c.put_config(&config("trap-always"));
+    start_all(&mut c, &[]);
+    c.etcdctl(&[
+        "put",
+        &format!("{}/subnets/10.244.250.0-24", c.prefix),
+        r#"{"PublicIP":"192.168.77.99","PublicIPv6":null,"BackendType":"misbehave"}"#,
+    ]);
+    // (when, announced wait) of each failure; a message may span lines (a wasm
+    // backtrace), so the time is that of the last line that starts with one.
+    let failures = |c: &Cluster| -> Vec<(f64, u64)> {
+        let mut last_at = None;
+        let mut found = Vec::new();
+        for l in c.nodes[0].log_text().lines() {
+            if l.starts_with("20") {
+                last_at = l
+                    .split('T')
+                    .nth(1)
+                    .and_then(|t| t.split('Z').next())
+                    .and_then(|clock| {
+                        let mut hms = clock.split(':');
+                        let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);
+                        Some(
+                            h.parse::<f64>().ok()? * 3600.0
+                                + m.parse::<f64>().ok()? * 60.0
+                                + s.parse::<f64>().ok()?,
+                        )
+                    });
+            }
+            let wait = l
+                .split("restarting it from a fresh instance in ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|w| w.trim_end_matches('s').parse().ok());
+            if let (Some(at), Some(wait)) = (last_at, wait) {
+                found.push((at, wait));
+            }
+        }
+        found
+    };
+    let seen = wait_for("four traps", Duration::from_secs(40), || {
+        let f = failures(&c);
+        (f.len() >= 4).then_some(f)
+    });
+    let waits: Vec<u64> = seen.iter().take(4).map(|(_, w)| *w).collect();
+    assert_eq!(waits, [1, 2, 4, 8], "the announced waits");
+    for pair in seen.windows(2).take(3) {
+        let (gap, announced) = (pair[1].0 - pair[0].0, pair[0].1 as f64);
+        println!("announced {announced} s, next trap {gap:.2} s later");
+        assert!(
+            gap >= announced && gap < announced + 1.5,
+            "restart after {gap:.2} s, announced {announced} s"
+        );
+    }
+    assert_eq!(c.nodes[0].exited(), None, "twill runs on");
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}

@@ -579,3 +579,50 @@ fn two_peers_on_one_public_ip_are_both_programmed_and_flagged() {
     c.assert_full_mesh(Duration::from_secs(10));
     stop_cleanly(&mut c);
 }
+
+/// A peer's lease that runs out (etcd deletes it when its TTL ends, as when a node
+/// dies and stops renewing) is removed at daemon level: route, neighbour and FDB entry
+/// go, `/v1/peers` forgets it. The lease here has a 5 s etcd lease instead of 24 h.
+#[test]
+fn a_peer_lease_that_runs_out_is_removed() {
+    let mut c = Cluster::new(1);
+    start_vxlan(&mut c);
+    let granted = c.etcdctl(&["lease", "grant", "5"]);
+    // "lease 694d7c1fd2b6a60b granted with TTL(5s)"
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("lease id in {granted:?}"))
+        .to_owned();
+    let put_at = Instant::now();
+    c.etcdctl(&[
+        "put",
+        &format!("--lease={id}"),
+        &format!("{}/subnets/10.244.200.0-24", c.prefix),
+        r#"{"PublicIP":"192.168.77.200","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:c8:01"}}"#,
+    ]);
+    let node = &c.nodes[0];
+    wait_for("the peer programmed", Duration::from_secs(10), || {
+        node.exec(&["ip", "route", "show", "10.244.200.0/24"])
+            .contains("dev flannel.1")
+            .then_some(())
+    });
+    assert!(
+        node.exec(&["bridge", "fdb", "show", "dev", "flannel.1"])
+            .contains("dst 192.168.77.200")
+    );
+    wait_for("the expired peer removed", Duration::from_secs(30), || {
+        let route = node.exec(&["ip", "route", "show", "10.244.200.0/24"]);
+        let fdb = node.exec(&["bridge", "fdb", "show", "dev", "flannel.1"]);
+        let (_, peers) = node.api_get("/v1/peers");
+        (route.trim().is_empty()
+            && !fdb.contains("192.168.77.200")
+            && !peers.contains("10.244.200.0"))
+        .then_some(())
+    });
+    println!(
+        "a peer lease with a 5 s TTL: gone from the node {:.1} s after it was written",
+        put_at.elapsed().as_secs_f64()
+    );
+    stop_cleanly(&mut c);
+}

@@ -275,6 +275,9 @@ impl Backend for Misbehave {
                     host::info(&format!("misbehave: flood: {allowed} FDB entries allowed"));
                 }
             }
+            ("trap-always", _) if !events.is_empty() => {
+                panic!("misbehave: trapping on every batch on purpose")
+            }
             ("trap-on-second" | "litter-then-trap", 2) => {
                 panic!("misbehave: trapping on purpose")
             }
