@@ -7,7 +7,7 @@
 //! checked again with the command it names. A check whose input is missing (the API
 //! down, a tool not installed) says so as a warning instead of guessing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -175,13 +175,10 @@ fn read_env(path: &Path) -> Result<std::collections::BTreeMap<String, String>, S
 
 /// Run a command; its stdout, or a message naming what failed.
 fn output(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program).args(args).output().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            format!("{program} is not installed")
-        } else {
-            format!("{program}: {e}")
-        }
-    })?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| spawn_error(program, &e))?;
     if !out.status.success() {
         return Err(format!(
             "{program} {}: {}",
@@ -190,6 +187,46 @@ fn output(program: &str, args: &[&str]) -> Result<String, String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn spawn_error(program: &str, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        format!("{program} is not installed")
+    } else {
+        format!("{program}: {e}")
+    }
+}
+
+/// The device the route to each of `ips` leaves through, as `ip route get` says, asked
+/// in one `ip -batch` (one process, however many peers); an address whose lookup
+/// fails is left out.
+fn route_devices(ips: &BTreeSet<String>) -> Result<BTreeMap<String, String>, String> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["-j", "-force", "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| spawn_error("ip", &e))?;
+    let commands: String = ips.iter().map(|ip| format!("route get {ip}\n")).collect();
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(commands.as_bytes())
+            .map_err(|e| format!("ip -batch: {e}"))?;
+    }
+    // With -force a failed lookup only leaves its line out (and the status non-zero).
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("ip -batch: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Vec<Value>>(line).ok())
+        .filter_map(|routes| {
+            let r = routes.first()?;
+            Some((r["dst"].as_str()?.to_owned(), r["dev"].as_str()?.to_owned()))
+        })
+        .collect())
 }
 
 fn ip_json(args: &[&str]) -> Result<Vec<Value>, String> {
@@ -475,11 +512,17 @@ fn rp_filter(f: &Facts) -> Finding {
     let mode = rp_mode(iface);
     // Overlay packets from a peer arrive on the external interface; if the route back
     // to that peer leaves through another device, strict filtering drops them.
+    let ips: BTreeSet<String> = f.peers.iter().map(|p| p.public_ip.to_string()).collect();
+    let devices = match route_devices(&ips) {
+        Ok(devices) => devices,
+        Err(e) => {
+            return Finding::warn(CHECK, format!("cannot look up the peers' routes: {e}"), "");
+        }
+    };
     let mut asymmetric = Vec::new();
     for peer in &f.peers {
         let ip = peer.public_ip.to_string();
-        if let Ok(got) = ip_json(&["route", "get", &ip])
-            && let Some(dev) = got.first().and_then(|r| r["dev"].as_str())
+        if let Some(dev) = devices.get(&ip)
             && dev != iface
         {
             asymmetric.push(format!("{} ({ip}) via {dev}", peer.subnet));
