@@ -178,8 +178,12 @@ impl Prober {
     async fn new_round(&mut self) -> bool {
         let (own, mut peers) = self.api.probe_targets();
         let Some(own) = own else { return false };
-        if self.bound.as_ref().map(|b| b.subnet) != Some(own) || self.address_changed(own).await {
-            self.bound = match self.bind(own).await {
+        // Our address is checked once a round (a device re-created, the subnet moved);
+        // the socket is bound again when it changed, or on the round after a failure.
+        let placed = self.place_address(own).await;
+        let stale = self.bound.as_ref().map(|b| b.subnet) != Some(own);
+        if stale || !matches!(placed, Ok(false)) {
+            self.bound = match placed.and_then(|_| self.bind(own)) {
                 Ok(bound) => {
                     if self.last_error.take().is_some() {
                         tracing::info!(address = %own.addr(), "peer probes running again");
@@ -207,20 +211,18 @@ impl Prober {
         true
     }
 
-    /// Whether our subnet's address must be (re)placed: checked once a round.
-    async fn address_changed(&self, own: Subnet) -> bool {
-        let (kernel, network) = (self.kernel.clone(), self.network);
-        tokio::task::spawn_blocking(move || ensure_probe_address(kernel.as_ref(), network, own))
-            .await
-            .map_or(true, |r| r.unwrap_or(true))
-    }
-
-    async fn bind(&self, own: Subnet) -> anyhow::Result<Bound> {
+    /// Make sure our subnet's address is local ([`ensure_probe_address`]); whether
+    /// anything changed.
+    async fn place_address(&self, own: Subnet) -> anyhow::Result<bool> {
         use anyhow::Context;
         let (kernel, network) = (self.kernel.clone(), self.network);
         tokio::task::spawn_blocking(move || ensure_probe_address(kernel.as_ref(), network, own))
             .await?
-            .with_context(|| format!("place {} on lo", own.addr()))?;
+            .with_context(|| format!("place {} on lo", own.addr()))
+    }
+
+    fn bind(&self, own: Subnet) -> anyhow::Result<Bound> {
+        use anyhow::Context;
         let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
             .context("open a raw ICMP socket (needs CAP_NET_RAW)")?;
         socket
@@ -365,16 +367,10 @@ fn parse_echo_reply(packet: &[u8]) -> Option<(Ipv4Addr, u16, u16)> {
     Some((from, ident, seq))
 }
 
-/// The Internet checksum (RFC 1071); 0 over data that carries a correct one.
+/// The Internet checksum (RFC 1071, the data path's summing); 0 over data that carries
+/// a correct one.
 fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !u16::try_from(sum).unwrap_or(u16::MAX)
+    !twill_datapath::offload::fold(twill_datapath::offload::sum16(data, 0))
 }
 
 #[cfg(test)]
