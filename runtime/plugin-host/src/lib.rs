@@ -399,33 +399,26 @@ impl PluginHost {
         grant: Grant,
         stats: Arc<PluginStats>,
     ) -> Store<PluginState> {
-        let state = PluginState {
-            plugin: plugin.to_owned(),
-            kernel: self.kernel.clone(),
+        let limits = StoreLimitsBuilder::new()
+            // Per linear memory, so one memory in all keeps the total to the limit, and
+            // tables are bounded too: a table's elements are host memory (security
+            // review H-2). The built-ins use one memory and a few hundred table elements.
+            .memory_size(self.limits.memory_bytes)
+            .memories(1)
+            .table_elements(TABLE_ELEMENTS)
+            .instances(16)
+            .tables(16)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = PluginState::new(
+            plugin,
+            self.kernel.clone(),
             grant,
-            devices: self.devices.clone(),
-            datapath: self.datapath.clone(),
-            owned: Default::default(),
-            describing: false,
-            log_budget: Default::default(),
-            peers: Default::default(),
-            held: Default::default(),
-            route_table: None,
-            devices_checked: Default::default(),
-            limits: StoreLimitsBuilder::new()
-                // Per linear memory, so one memory in all keeps the total to the limit,
-                // and tables are bounded too: a table's elements are host memory
-                // (security review H-2). The built-ins use one memory and a few hundred
-                // table elements.
-                .memory_size(self.limits.memory_bytes)
-                .memories(1)
-                .table_elements(TABLE_ELEMENTS)
-                .instances(16)
-                .tables(16)
-                .trap_on_grow_failure(true)
-                .build(),
+            self.devices.clone(),
+            self.datapath.clone(),
+            limits,
             stats,
-        };
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks());

@@ -224,6 +224,34 @@ impl Held {
 }
 
 impl PluginState {
+    /// A fresh state for `plugin`: nothing owned, handed or held yet, not describing.
+    pub(crate) fn new(
+        plugin: &str,
+        kernel: Arc<dyn Kernel>,
+        grant: Grant,
+        devices: DeviceRegistry,
+        datapath: DatapathSlots,
+        limits: StoreLimits,
+        stats: Arc<PluginStats>,
+    ) -> Self {
+        PluginState {
+            plugin: plugin.to_owned(),
+            kernel,
+            grant,
+            devices,
+            datapath,
+            owned: Default::default(),
+            limits,
+            stats,
+            describing: false,
+            peers: Default::default(),
+            held: Default::default(),
+            route_table: None,
+            devices_checked: Default::default(),
+            log_budget: Default::default(),
+        }
+    }
+
     /// How many entries of one kind (routes, FDB entries, neighbours) an instance may
     /// hold: two per peer it was handed, plus 64.
     pub(crate) fn entry_quota(&self) -> usize {

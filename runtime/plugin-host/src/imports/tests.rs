@@ -20,28 +20,22 @@ fn ip(a: u8, b: u8, c: u8, d: u8) -> u32 {
 
 pub(super) fn state(kernel: Arc<FakeKernel>, devices: DeviceRegistry, plugin: &str) -> PluginState {
     let eth0 = kernel.link_by_name("eth0").expect("fake").expect("eth0");
-    PluginState {
-        plugin: plugin.to_owned(),
+    let grant = Grant {
+        network: "10.244.0.0/16".parse().expect("subnet"),
+        own_subnet: Some("10.244.1.0/24".parse().expect("subnet")),
+        external: ExternalIface::of(&eth0, ETH0_IP),
+        public_ip: ETH0_IP,
+        ports: crate::DEFAULT_PORTS.to_vec(),
+    };
+    PluginState::new(
+        plugin,
         kernel,
-        grant: Grant {
-            network: "10.244.0.0/16".parse().expect("subnet"),
-            own_subnet: Some("10.244.1.0/24".parse().expect("subnet")),
-            external: ExternalIface::of(&eth0, ETH0_IP),
-            public_ip: ETH0_IP,
-            ports: crate::DEFAULT_PORTS.to_vec(),
-        },
+        grant,
         devices,
-        datapath: Default::default(),
-        owned: Default::default(),
-        limits: StoreLimitsBuilder::new().build(),
-        stats: Arc::new(PluginStats::default()),
-        describing: false,
-        log_budget: Default::default(),
-        peers: Default::default(),
-        held: Default::default(),
-        route_table: None,
-        devices_checked: Default::default(),
-    }
+        Default::default(),
+        StoreLimitsBuilder::new().build(),
+        Arc::new(PluginStats::default()),
+    )
 }
 
 pub(super) fn kernel() -> Arc<FakeKernel> {
