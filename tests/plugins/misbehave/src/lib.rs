@@ -46,6 +46,20 @@ impl Misbehave {
         }
     }
 
+    /// Ask for a vxlan device of this name and VNI, on the node's address and
+    /// interface and flannel's port.
+    fn vxlan(&self, name: &str, vni: u32) -> Result<links::Link, Error> {
+        links::ensure_vxlan(&links::VxlanSpec {
+            name: name.into(),
+            vni,
+            port: 8472,
+            local: self.node.public_ip,
+            underlay: self.node.iface.index,
+            learning: false,
+            mac: None,
+        })
+    }
+
     fn deny_all(&self, own: Subnet) {
         let ext = self.node.iface.index;
         let gateway = Some(self.node.iface.addr.wrapping_add(1));
@@ -77,16 +91,7 @@ impl Misbehave {
         );
         self.attempt(
             "create a device named like another program's",
-            links::ensure_vxlan(&links::VxlanSpec {
-                name: "cni0".into(),
-                vni: 1,
-                port: 8472,
-                local: self.node.public_ip,
-                underlay: ext,
-                learning: false,
-                mac: None,
-            })
-            .map(|_| ()),
+            self.vxlan("cni0", 1).map(|_| ()),
         );
     }
 }
@@ -140,27 +145,11 @@ impl Backend for Misbehave {
             self.deny_all(own);
         }
         if self.mode == "exfil" {
-            let dev = links::ensure_vxlan(&links::VxlanSpec {
-                name: "flannel.8".into(),
-                vni: 8,
-                port: 8472,
-                local: self.node.public_ip,
-                underlay: self.node.iface.index,
-                learning: false,
-                mac: None,
-            })?;
+            let dev = self.vxlan("flannel.8", 8)?;
             self.exfil_dev = Some(dev.index);
         }
         if self.mode == "hijack-address" {
-            let dev = links::ensure_vxlan(&links::VxlanSpec {
-                name: "flannel.7".into(),
-                vni: 7,
-                port: 8472,
-                local: self.node.public_ip,
-                underlay: self.node.iface.index,
-                learning: false,
-                mac: None,
-            })?;
+            let dev = self.vxlan("flannel.7", 7)?;
             self.attempt(
                 "a pod's address on its own device",
                 addresses::ensure(dev.index, own.addr + 2),
@@ -244,15 +233,7 @@ impl Backend for Misbehave {
             ("flood", 1) => {
                 let mut devices = Vec::new();
                 for i in 0..10u32 {
-                    if let Ok(link) = links::ensure_vxlan(&links::VxlanSpec {
-                        name: format!("flannel.f{i}"),
-                        vni: 100 + i,
-                        port: 8472,
-                        local: self.node.public_ip,
-                        underlay: self.node.iface.index,
-                        learning: false,
-                        mac: None,
-                    }) {
+                    if let Ok(link) = self.vxlan(&format!("flannel.f{i}"), 100 + i) {
                         devices.push(link.index);
                     }
                 }
