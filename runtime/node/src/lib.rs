@@ -31,6 +31,7 @@ mod rules;
 mod startup;
 mod subnet_file;
 
+pub use rules::FORWARD_CHAIN;
 pub use subnet_file::write_atomically;
 mod supervisor;
 mod switch;

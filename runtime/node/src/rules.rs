@@ -25,6 +25,9 @@ use twill_core::Subnet;
 const KUBE_MARK: &str = "0x4000/0x4000";
 const MULTICAST: &str = "224.0.0.0/4";
 
+/// The filter-table chain (jumped to from `FORWARD`) holding twill's forward rules.
+pub const FORWARD_CHAIN: &str = "TWILL-FWD";
+
 /// One of our chains, its table, and the built-in chain that jumps to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -42,7 +45,7 @@ impl Kind {
     fn chain(self) -> &'static str {
         match self {
             Kind::Masquerade => "TWILL-POSTRTG",
-            Kind::Forward => "TWILL-FWD",
+            Kind::Forward => FORWARD_CHAIN,
         }
     }
     fn hook(self) -> &'static str {

@@ -583,7 +583,8 @@ fn forward_policy(f: &Facts) -> Finding {
             .any(|l| l.contains(&format!("{flag} {network}")) && l.ends_with("-j ACCEPT"))
     };
     let mut text = rules.clone();
-    for chain in ["TWILL-FWD", "FLANNEL-FWD"] {
+    // twill's chain, and flannel's on a node not yet moved over.
+    for chain in [twill_node::FORWARD_CHAIN, "FLANNEL-FWD"] {
         if rules.lines().any(|l| l.ends_with(&format!("-j {chain}"))) {
             text.push_str(&output("iptables", &["-w", "5", "-S", chain]).unwrap_or_default());
         }
