@@ -851,6 +851,12 @@ pub fn test_plugin_dir(name: &str) -> PathBuf {
 pub struct PingRun(LabPing);
 
 impl PingRun {
+    /// Whether ping is still sending: what a test checks before the event it means to
+    /// put under the ping.
+    pub fn running(&mut self) -> bool {
+        self.0.running()
+    }
+
     /// Wait for the ping to end: (transmitted, received, its summary line).
     pub fn finish(self) -> (u32, u32, String) {
         let summary = self.0.finish().must("ping");

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use twill_e2e::{Cluster, Node, sh, wait_for};
+use twill_e2e::{Cluster, Node, build_plugin_crate, sh, test_plugin_dir, wait_for};
 
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
@@ -96,9 +96,9 @@ fn reloading_the_vxlan_plugin_touches_no_kernel_object_and_loses_nothing() {
     let tearing: Vec<Vec<Option<f64>>> = c.nodes.iter().map(tearing_counts).collect();
     let sha_before = plugin_sha(&c.nodes[0]);
 
-    // 10 pings a second for 10 s, from pod 1 to pod 2, across both reloads.
-    let ping = c.start_ping(1, 2, 100);
-    std::thread::sleep(Duration::from_secs(2));
+    // 10 pings a second for 15 s, from pod 1 to pod 2, across both reloads.
+    let mut ping = c.start_ping(1, 2, 150);
+    std::thread::sleep(Duration::from_secs(1));
 
     // Node 1 (and node 2, which shares the directory): the file is replaced.
     let tmp = dir.join("vxlan.wasm.new");
@@ -111,17 +111,22 @@ fn reloading_the_vxlan_plugin_touches_no_kernel_object_and_loses_nothing() {
             || (reloads(node) >= 1).then_some(()),
         );
     }
-    std::thread::sleep(Duration::from_secs(2));
-    // Node 2: SIGHUP reloads even an unchanged plugin.
+    std::thread::sleep(Duration::from_secs(1));
+    // Node 2: SIGHUP reloads even an unchanged plugin, still under the ping.
+    assert!(ping.running(), "the ping ended before the SIGHUP");
     sh(&["kill", "-HUP", &pids[1].to_string()]);
     wait_for("the reload after SIGHUP", Duration::from_secs(20), || {
         (reloads(&c.nodes[1]) >= 2).then_some(())
     });
+    assert!(
+        ping.running(),
+        "the ping ended before the reload after SIGHUP did"
+    );
 
     let (sent, received, summary) = ping.finish();
     eprintln!("hot reload under a 10/s ping: {summary}");
     assert!(
-        sent >= 95 && sent == received,
+        sent >= 145 && sent == received,
         "lost {} of {sent} packets across the reloads: {summary}",
         sent - received
     );
@@ -148,5 +153,151 @@ fn reloading_the_vxlan_plugin_touches_no_kernel_object_and_loses_nothing() {
     c.assert_full_mesh(Duration::from_secs(10));
     for k in 1..=2 {
         assert_eq!(c.nodes[k - 1].stop(), Some(0));
+    }
+}
+
+/// Lines of a node's log that say a reload was given up.
+fn kept(node: &Node) -> Vec<String> {
+    node.log_text()
+        .lines()
+        .filter(|l| l.contains("keeping the running plugin"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Replace `file` atomically with `bytes`, then wait until node `node` has logged one
+/// more "keeping the running plugin" than `before`, and return that line.
+fn replace_and_wait_kept(
+    node: &Node,
+    file: &std::path::Path,
+    bytes: &[u8],
+    before: usize,
+) -> String {
+    let tmp = file.with_extension("new");
+    std::fs::write(&tmp, bytes).expect("write the replacement");
+    std::fs::rename(&tmp, file).expect("replace the plugin file");
+    wait_for("the refused reload", Duration::from_secs(20), || {
+        kept(node).get(before).cloned()
+    })
+}
+
+/// A replacement that cannot be loaded (junk, a WIT 0.2 component, a file now naming
+/// another backend) leaves the running plugin in place: the same sha256 in
+/// `/v1/plugins`, no reload, nothing torn down, the pods still reach each other. The
+/// built-in is not swapped in behind the operator's back.
+#[test]
+fn a_replacement_that_cannot_load_keeps_the_running_plugin() {
+    let mut c = Cluster::new(2);
+    c.put_config(VXLAN);
+    let dir = c.dir().join("plugins");
+    std::fs::create_dir_all(&dir).expect("plugin dir");
+    let file = dir.join("vxlan.wasm");
+    // Other bytes than the built-in, so a fallback to it would show in the sha256.
+    std::fs::write(&file, with_custom_section(builtin_vxlan(), "v1")).expect("write");
+    let dir_arg = dir.display().to_string();
+    c.start_twill_with(1, &["--iface", "eth0", "--plugin-dir", &dir_arg]);
+    c.start_twill_with(2, &["--iface", "eth0"]);
+    c.wire_pods();
+    c.assert_full_mesh(Duration::from_secs(30));
+    let node = &c.nodes[0];
+    let sha = plugin_sha(node);
+    let ifindex_before = ifindex(node);
+    let tearing = tearing_counts(node);
+
+    let wit_v2 = std::fs::read(build_plugin_crate(&test_plugin_dir("wit-v2"))).expect("wit-v2");
+    let misbehave =
+        std::fs::read(build_plugin_crate(&test_plugin_dir("misbehave"))).expect("misbehave");
+    let cases: [(&str, &[u8], &str); 3] = [
+        (
+            "junk",
+            b"\0asm junk, not a component",
+            "skipping plugin file",
+        ),
+        ("a WIT 0.2 component", &wit_v2, "0.2"),
+        (
+            "another backend",
+            &misbehave,
+            "now provides backend misbehave, not vxlan",
+        ),
+    ];
+    for (k, (what, bytes, why)) in cases.iter().enumerate() {
+        let line = replace_and_wait_kept(node, &file, bytes, k);
+        eprintln!("{what}: {line}");
+        assert!(
+            line.contains(why),
+            "{what}: the warning says why ({why:?}): {line}"
+        );
+        assert!(
+            line.contains("vxlan.wasm"),
+            "{what}: the warning names the file: {line}"
+        );
+        assert_eq!(plugin_sha(node), sha, "{what}: the running plugin stays");
+        assert_eq!(reloads(node), 0, "{what}: nothing was reloaded");
+        assert!(
+            c.pod_ping(1, 2) && c.pod_ping(2, 1),
+            "{what}: the pods still reach"
+        );
+    }
+    assert_eq!(
+        ifindex(node),
+        ifindex_before,
+        "flannel.1 is the same device"
+    );
+    assert_eq!(tearing_counts(node), tearing, "nothing was torn down");
+    // Removing the file is the operator's choice of the built-in: that reload happens.
+    std::fs::remove_file(&file).expect("remove vxlan.wasm");
+    wait_for(
+        "the reload to the built-in",
+        Duration::from_secs(20),
+        || (reloads(node) == 1).then_some(()),
+    );
+    assert_ne!(plugin_sha(node), sha, "the built-in now runs");
+    assert!(
+        c.pod_ping(1, 2) && c.pod_ping(2, 1),
+        "the pods reach after the fallback"
+    );
+    for node in &mut c.nodes {
+        assert_eq!(node.stop(), Some(0));
+    }
+}
+
+/// A replacement whose `init` fails (misbehave's `refuse-reload` fails every instance
+/// after the first) leaves the running instance in place: SIGHUP is refused with the
+/// plugin's error, and the node keeps working and serving.
+#[test]
+fn a_replacement_whose_init_fails_keeps_the_running_plugin() {
+    let mut c = Cluster::new(2);
+    c.put_config(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"misbehave","Mode":"refuse-reload"}}"#,
+    );
+    let dir = c.dir().join("plugins");
+    std::fs::create_dir_all(&dir).expect("plugin dir");
+    std::fs::copy(
+        build_plugin_crate(&test_plugin_dir("misbehave")),
+        dir.join("misbehave.wasm"),
+    )
+    .expect("copy misbehave.wasm");
+    let dir_arg = dir.display().to_string();
+    for k in 1..=2 {
+        c.start_twill_with(k, &["--iface", "eth0", "--plugin-dir", &dir_arg]);
+    }
+    c.wire_pods();
+    c.assert_full_mesh(Duration::from_secs(30));
+    let node = &c.nodes[0];
+    let pid = node.twill_pid().expect("running");
+    sh(&["kill", "-HUP", &pid.to_string()]);
+    let line = wait_for("the refused reload", Duration::from_secs(20), || {
+        kept(node).first().cloned()
+    });
+    eprintln!("init fails: {line}");
+    assert!(
+        line.contains("refusing to initialise a second instance"),
+        "{line}"
+    );
+    assert_eq!(reloads(node), 0);
+    assert!(c.pod_ping(1, 2) && c.pod_ping(2, 1), "the pods still reach");
+    for node in &mut c.nodes {
+        assert_eq!(node.exited(), None);
+        assert_eq!(node.stop(), Some(0));
     }
 }

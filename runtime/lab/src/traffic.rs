@@ -79,6 +79,11 @@ pub struct PingSummary {
 }
 
 impl PingRun {
+    /// Whether ping is still sending (it has not exited).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Start `count` pings from namespace `ns` to `dst`, one every 0.1 s.
     pub fn start(ns: &str, dst: &str, count: u32) -> Result<PingRun> {
         let child = spawn(

@@ -17,6 +17,39 @@ pub fn resolve(host: &PluginHost, dir: Option<&Path>, kind: &str) -> anyhow::Res
     Ok(catalog.resolve(host, kind)?)
 }
 
+/// The plugin a reload swaps in for `running`, resolved as [`resolve`] does, except
+/// that a running plugin's file that is still there but no longer provides `kind`
+/// (it is broken, built for another WIT version, or names another backend) is an
+/// error: the reload then keeps the running plugin instead of falling back to the
+/// built-in. A file that was removed does fall back.
+pub fn resolve_replacement(
+    host: &PluginHost,
+    dir: Option<&Path>,
+    kind: &str,
+    running: &Plugin,
+) -> anyhow::Result<Plugin> {
+    let catalog = Catalog::scan(host, twill_builtin::BUILTIN, dir);
+    log_catalog(&catalog);
+    let running_file = catalog
+        .files
+        .iter()
+        .find(|f| f.path.display().to_string() == running.source);
+    if let Some(file) = running_file {
+        match &file.outcome {
+            FileOutcome::Loaded { plugin, .. } if plugin.name == kind => {}
+            FileOutcome::Loaded { plugin, .. } => anyhow::bail!(
+                "{} now provides backend {}, not {kind}",
+                file.path.display(),
+                plugin.name
+            ),
+            FileOutcome::Skipped(_) | FileOutcome::Duplicate { .. } => {
+                anyhow::bail!("{}", file.describe())
+            }
+        }
+    }
+    Ok(catalog.resolve(host, kind)?)
+}
+
 /// What a plugin file looked like: path, size, modification time.
 pub type FileStamp = (std::path::PathBuf, u64, Option<std::time::SystemTime>);
 

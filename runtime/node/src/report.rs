@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use twill_api::{ApiState, LeaseEventKind, Metrics};
 use twill_core::Subnet;
@@ -52,9 +51,20 @@ impl Report {
         self.api.set_subnet_moved(from, to, taken_by);
     }
 
-    /// One call into the plugin and how long it took.
-    pub(super) fn plugin_call(&self, plugin: &str, function: &str, took: Duration) {
-        self.metrics.plugin_call(plugin, function, took);
+    /// Make one call into the plugin, counting it and how long it took
+    /// (`twill_plugin_calls_total`, `twill_plugin_call_duration_seconds`): every call,
+    /// at startup, in a resync, a restart or a reload alike.
+    pub(super) async fn plugin_call<T>(
+        &self,
+        plugin: &str,
+        function: &str,
+        call: impl std::future::Future<Output = T>,
+    ) -> T {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        self.metrics
+            .plugin_call(plugin, function, started.elapsed());
+        result
     }
 
     /// The plugin trapped.

@@ -119,7 +119,9 @@ async fn with_store<S: LeaseStore>(
     if let Some(previous) = previous_type.filter(|t| *t != registration.backend_type) {
         purge_previous(&kernel, previous, &registration, &config, &lease, &external).await?;
     }
-    backend.start(lease.subnet).await?;
+    report
+        .plugin_call(backend.plugin(), "start", backend.start(lease.subnet))
+        .await?;
     let peers = Peers::new(lease.subnet, &config, public_ip);
     let datapath = if plugin.has_datapath() {
         let setup = twill_datapath::Setup {
@@ -302,11 +304,12 @@ async fn init_backend(
     report: &Report,
     underlay_mtu: u32,
 ) -> anyhow::Result<Registration> {
-    let registration = backend
-        .init(NodeInfo {
-            config: config.backend.json.clone(),
-            previous_data,
-        })
+    let info = NodeInfo {
+        config: config.backend.json.clone(),
+        previous_data,
+    };
+    let registration = report
+        .plugin_call(backend.plugin(), "init", backend.init(info))
         .await?;
     // subnet.env hands this MTU to every pod (security review L-3): an MTU no link
     // can carry, or more than the underlay, would break every new pod.

@@ -137,10 +137,14 @@ impl<S: LeaseStore> Node<S> {
         self.peers.handing(&events);
         let sent = events.clone();
         let plugin = self.backend.instance.plugin().to_owned();
-        let started = std::time::Instant::now();
-        let result = self.backend.instance.on_leases(events).await;
-        self.report
-            .plugin_call(&plugin, "on-leases", started.elapsed());
+        let result = self
+            .report
+            .plugin_call(
+                &plugin,
+                "on-leases",
+                self.backend.instance.on_leases(events),
+            )
+            .await;
         self.sync_plugin_stats();
         match result {
             Ok(outcomes) => self.peers.record(&sent, outcomes, &self.report.api),
@@ -161,16 +165,26 @@ impl<S: LeaseStore> Node<S> {
             return Ok(());
         }
         let plugin = self.backend.instance.plugin().to_owned();
-        let started = std::time::Instant::now();
-        let registration = self.backend.instance.init(self.node_info()).await;
-        self.report.plugin_call(&plugin, "init", started.elapsed());
+        let registration = self
+            .report
+            .plugin_call(
+                &plugin,
+                "init",
+                self.backend.instance.init(self.node_info()),
+            )
+            .await;
         let Ok(registration) = self.survive("resync", registration) else {
             return Ok(());
         };
         self.check_backend_data("backend now registers", registration.as_ref());
-        let started = std::time::Instant::now();
-        let result = self.backend.instance.start(self.own.lease.subnet).await;
-        self.report.plugin_call(&plugin, "start", started.elapsed());
+        let result = self
+            .report
+            .plugin_call(
+                &plugin,
+                "start",
+                self.backend.instance.start(self.own.lease.subnet),
+            )
+            .await;
         if self.survive("resync", result).is_err() {
             return Ok(());
         }
@@ -261,7 +275,11 @@ impl<S: LeaseStore> Node<S> {
     /// Bring a fresh instance to where the running one is: `init`, which must register
     /// the BackendType our lease has, then `start` with our subnet.
     async fn bring_up(&self, backend: &Backend) -> Result<Registration, CallError> {
-        let registration = backend.init(self.node_info()).await?;
+        let plugin = backend.plugin();
+        let registration = self
+            .report
+            .plugin_call(plugin, "init", backend.init(self.node_info()))
+            .await?;
         if registration.backend_type != self.own.attrs.backend_type {
             return Err(CallError::Backend {
                 plugin: backend.plugin().to_owned(),
@@ -275,7 +293,9 @@ impl<S: LeaseStore> Node<S> {
                 },
             });
         }
-        backend.start(self.own.lease.subnet).await?;
+        self.report
+            .plugin_call(plugin, "start", backend.start(self.own.lease.subnet))
+            .await?;
         Ok(registration)
     }
 
@@ -359,10 +379,11 @@ impl<S: LeaseStore> Node<S> {
     pub(super) async fn reload(&mut self, why: &str, force: bool) -> anyhow::Result<()> {
         let kind = self.own.config.backend.kind.clone();
         let resolved = tokio::task::block_in_place(|| {
-            plugins::resolve(
+            plugins::resolve_replacement(
                 &self.backend.host,
                 self.backend.plugin_dir.as_deref(),
                 &kind,
+                &self.backend.plugin,
             )
         });
         let plugin = match resolved {

@@ -20,6 +20,9 @@
 //!   entries towards a peer;
 //! - `hijack-address`: in `start`, create its own vxlan device and ask for a pod's
 //!   address (the subnet's `.2`) on it;
+//! - `refuse-reload`: behave, but publish BackendData `{"Started":true}` and fail any
+//!   `init` handed it back, so every instance after the first (a reload, a restart)
+//!   fails to initialise;
 //! - anything else (or no `Mode`): behave.
 
 use twill_plugin_sdk::host::{self, addresses, fdb, links, routes};
@@ -110,7 +113,7 @@ impl Backend for Misbehave {
     fn init(
         config: &str,
         node: &Node,
-        _previous: Option<&str>,
+        previous: Option<&str>,
     ) -> Result<(Self, Registration), Error> {
         let value: serde_json::Value =
             serde_json::from_str(config).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -118,13 +121,23 @@ impl Backend for Misbehave {
             .and_then(|m| m.as_str())
             .unwrap_or("")
             .to_owned();
+        let started = r#"{"Started":true}"#;
+        if mode == "refuse-reload" && previous == Some(started) {
+            return Err(Error::Invalid(
+                "misbehave: refusing to initialise a second instance on purpose".into(),
+            ));
+        }
         let observer = config_field(&value, "Observer")
             .and_then(|m| m.as_str())
             .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok())
             .map_or(0, ip_u32);
         let registration = Registration {
             backend_type: "misbehave".into(),
-            backend_data: String::new(),
+            backend_data: if mode == "refuse-reload" {
+                started.into()
+            } else {
+                String::new()
+            },
             // Mode `mtu`: an MTU no link can carry (security review L-3).
             mtu: if mode == "mtu" { 0 } else { node.iface.mtu },
         };
