@@ -1,0 +1,197 @@
+//! A node over time, on the real binary and a real etcd: the periodic resync repairs
+//! what was deleted under a running daemon, and the node's own lease is renewed at the
+//! margin `--subnet-lease-renew-margin` sets, with a failed renewal retried.
+
+use std::time::{Duration, Instant};
+
+use twill_e2e::{Cluster, Node, run, wait_for};
+
+const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+/// Wait until `check` holds on `node`, and return how long that took.
+fn time_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    wait_for(what, timeout, || check().then_some(()));
+    started.elapsed()
+}
+
+/// `cmd`'s output in the node's namespace; empty if it fails (flannel.1 is gone).
+fn output(node: &Node, cmd: &[&str]) -> String {
+    let mut full = vec!["ip", "netns", "exec", &node.ns];
+    full.extend_from_slice(cmd);
+    String::from_utf8_lossy(&run(&full).stdout).into_owned()
+}
+
+/// Node 1's objects for node 2: (its route, its neighbour, its FDB entry) are there.
+fn programmed(node: &Node, peer_subnet: &str, peer_vtep: &str, peer_ip: &str) -> [bool; 3] {
+    let route = output(node, &["ip", "route", "show", peer_subnet]);
+    let neigh = output(node, &["ip", "neigh", "show", "dev", "flannel.1"]);
+    let fdb = output(node, &["bridge", "fdb", "show", "dev", "flannel.1"]);
+    [
+        route.contains("dev flannel.1"),
+        neigh
+            .lines()
+            .any(|l| l.starts_with(&format!("{peer_vtep} "))),
+        fdb.lines().any(|l| l.contains(&format!("dst {peer_ip} "))),
+    ]
+}
+
+fn mac(node: &Node) -> String {
+    let out = node.exec(&["cat", "/sys/class/net/flannel.1/address"]);
+    out.trim().to_owned()
+}
+
+/// With `--resync-interval 2`: a route, neighbour and FDB entry deleted under the
+/// running daemon are back within one interval (plus the call), and so is a deleted
+/// flannel.1, with its MAC (the one its lease publishes), so the pods reach again.
+#[test]
+fn the_resync_repairs_what_was_deleted_under_a_running_daemon() {
+    let mut c = Cluster::new(2);
+    c.put_config(CONFIG);
+    c.start_twill_with(1, &["--iface", "eth0", "--resync-interval", "2"]);
+    c.start_twill(2);
+    c.wire_pods();
+    c.assert_full_mesh(Duration::from_secs(30));
+    let (node, peer) = (&c.nodes[0], &c.nodes[1]);
+    let peer_subnet = peer.subnet();
+    let peer_vtep = peer_subnet.split('/').next().expect("address").to_owned();
+    let peer_ip = peer.ip();
+    assert_eq!(
+        programmed(node, &peer_subnet, &peer_vtep, &peer_ip),
+        [true; 3]
+    );
+    let bound = Duration::from_secs(5);
+
+    node.exec(&["ip", "route", "del", &peer_subnet]);
+    node.exec(&["ip", "neigh", "del", &peer_vtep, "dev", "flannel.1"]);
+    let fdb = node.exec(&["bridge", "fdb", "show", "dev", "flannel.1"]);
+    let mac_of_peer = fdb
+        .lines()
+        .find(|l| l.contains(&format!("dst {peer_ip} ")))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the peer's FDB entry")
+        .to_owned();
+    node.exec(&[
+        "bridge",
+        "fdb",
+        "del",
+        &mac_of_peer,
+        "dev",
+        "flannel.1",
+        "dst",
+        &peer_ip,
+    ]);
+    assert_eq!(
+        programmed(node, &peer_subnet, &peer_vtep, &peer_ip),
+        [false; 3],
+        "all three deleted"
+    );
+    let took = time_until("the resync's repair", Duration::from_secs(20), || {
+        programmed(node, &peer_subnet, &peer_vtep, &peer_ip) == [true; 3]
+    });
+    eprintln!("route, neighbour and FDB entry repaired after {took:.2?} (resync every 2 s)");
+    assert!(
+        took < bound,
+        "repaired after {took:?}, not within {bound:?}"
+    );
+
+    let mac_before = mac(node);
+    node.exec(&["ip", "link", "del", "flannel.1"]);
+    let took = time_until("flannel.1 made again", Duration::from_secs(20), || {
+        programmed(node, &peer_subnet, &peer_vtep, &peer_ip) == [true; 3]
+    });
+    eprintln!("flannel.1 and the peer's objects made again after {took:.2?}");
+    assert!(
+        took < bound,
+        "made again after {took:?}, not within {bound:?}"
+    );
+    assert_eq!(mac(node), mac_before, "the MAC its lease publishes");
+    c.assert_full_mesh(Duration::from_secs(10));
+    assert!(
+        c.nodes[0].log_text().contains("periodic resync"),
+        "the resync did it"
+    );
+    for node in &mut c.nodes {
+        assert_eq!(node.stop(), Some(0));
+    }
+}
+
+/// The expiry a node reports, in seconds since the epoch.
+fn expiry(node: &Node) -> f64 {
+    node.metric("twill_own_lease_expiry_timestamp_seconds")
+}
+
+fn renewals(node: &Node) -> usize {
+    node.log_text().matches("renewed lease").count()
+}
+
+/// `--subnet-lease-renew-margin 1439` renews a 24 h lease a minute after it was made:
+/// the etcd lease's TTL goes back to 24 h and the reported expiry moves a minute on. A
+/// renewal while etcd is down is logged, the store reported disconnected, and retried
+/// a minute later, when it succeeds.
+#[test]
+fn the_lease_is_renewed_at_its_margin_and_a_failed_renewal_is_retried() {
+    let mut c = Cluster::new(1);
+    c.put_config(CONFIG);
+    let started = Instant::now();
+    c.start_twill_with(
+        1,
+        &["--iface", "eth0", "--subnet-lease-renew-margin", "1439"],
+    );
+    c.wire_pods();
+    let key = c.nodes[0].subnet().replace('/', "-");
+    let first = expiry(&c.nodes[0]);
+    let ttl = c.lease_ttl(&key).expect("the lease has an etcd lease");
+    assert!(ttl > 86_000, "a 24 h lease: {ttl} s left");
+
+    let minute = Duration::from_secs(60);
+    let took = time_until("the renewal", Duration::from_secs(120), || {
+        renewals(&c.nodes[0]) >= 1
+    });
+    let after = started.elapsed();
+    eprintln!("renewed {after:.1?} after the start (margin: 1439 of 1440 minutes)");
+    assert!(
+        after > Duration::from_secs(50) && after < Duration::from_secs(90),
+        "renewed {after:?} after the start, not about a minute ({took:?} waited)"
+    );
+    let second = expiry(&c.nodes[0]);
+    eprintln!("reported expiry moved {:.1} s", second - first);
+    assert!(
+        (50.0..90.0).contains(&(second - first)),
+        "the expiry moved {} s",
+        second - first
+    );
+    let ttl = c.lease_ttl(&key).expect("still an etcd lease");
+    assert!(ttl > 86_300, "the etcd lease is back at 24 h: {ttl} s left");
+
+    // The next renewal is due a minute after this one; etcd is down by then.
+    std::thread::sleep(minute - Duration::from_secs(10));
+    c.stop_etcd();
+    let warned = Instant::now();
+    wait_for("the failed renewal", Duration::from_secs(40), || {
+        c.nodes[0]
+            .log_text()
+            .lines()
+            .find(|l| l.contains("renewing lease") && l.contains("retrying in 60s"))
+            .map(str::to_owned)
+    });
+    let (code, status) = c.nodes[0].api_get("/v1/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    assert_eq!(status["store"]["state"], "disconnected", "{status}");
+    c.restart_etcd();
+    let took = time_until("the retried renewal", Duration::from_secs(90), || {
+        renewals(&c.nodes[0]) >= 2
+    });
+    let retried = warned.elapsed();
+    eprintln!("renewal retried {retried:.1?} after etcd went down");
+    assert!(
+        retried > Duration::from_secs(50),
+        "retried after {retried:?} ({took:?} waited): the retry is a minute"
+    );
+    assert!(expiry(&c.nodes[0]) > second + 50.0);
+    let (_, status) = c.nodes[0].api_get("/v1/status");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    assert_eq!(status["store"]["state"], "connected", "{status}");
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}
