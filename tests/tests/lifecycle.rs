@@ -195,3 +195,53 @@ fn the_lease_is_renewed_at_its_margin_and_a_failed_renewal_is_retried() {
     assert_eq!(status["store"]["state"], "connected", "{status}");
     assert_eq!(c.nodes[0].stop(), Some(0));
 }
+
+/// A peer that left while this node's daemon was stopped: its route, neighbour and FDB
+/// entry, which the stopped daemon left in place, go at the next start, once the first
+/// full lease list has been replayed; a peer still there keeps its objects throughout.
+#[test]
+fn a_peer_that_left_while_the_daemon_was_stopped_is_removed_at_the_next_start() {
+    let mut c = Cluster::new(3);
+    c.put_config(CONFIG);
+    for k in 1..=3 {
+        c.start_twill(k);
+    }
+    c.wire_pods();
+    c.assert_full_mesh(Duration::from_secs(30));
+    let objects = |c: &Cluster, peer: usize| {
+        let peer = &c.nodes[peer - 1];
+        let subnet = peer.subnet();
+        let vtep = subnet.split('/').next().expect("address").to_owned();
+        programmed(&c.nodes[0], &subnet, &vtep, &peer.ip())
+    };
+    assert_eq!(objects(&c, 2), [true; 3]);
+    assert_eq!(objects(&c, 3), [true; 3]);
+
+    assert_eq!(c.nodes[0].stop(), Some(0));
+    assert_eq!(c.nodes[2].stop(), Some(0));
+    let key = c.nodes[2].subnet().replace('/', "-");
+    c.etcdctl(&["del", &format!("{}/subnets/{key}", c.prefix)]);
+    assert_eq!(objects(&c, 3), [true; 3], "a stopped daemon leaves them");
+
+    let mut ping = c.start_ping(1, 2, 60);
+    c.start_twill(1);
+    let took = time_until("node 3's objects removed", Duration::from_secs(20), || {
+        objects(&c, 3) == [false; 3]
+    });
+    eprintln!("a peer gone while stopped: its objects removed {took:.2?} after the start");
+    assert!(took < Duration::from_secs(10), "removed after {took:?}");
+    assert_eq!(objects(&c, 2), [true; 3], "node 2's stay");
+    assert!(ping.running());
+    let (sent, received, summary) = ping.finish();
+    assert_eq!(
+        sent, received,
+        "node 2 reached throughout the start: {summary}"
+    );
+    assert!(
+        c.nodes[0].log_text().contains("peers gone"),
+        "the removal is logged:\n{}",
+        c.nodes[0].log_tail()
+    );
+    assert_eq!(c.nodes[0].stop(), Some(0));
+    assert_eq!(c.nodes[1].stop(), Some(0));
+}

@@ -372,6 +372,14 @@ fn require_link(st: &State, index: u32) -> Result<(), i32> {
 }
 
 impl Kernel for FakeKernel {
+    fn permanent_neighbours(&self) -> Result<Vec<Neighbour>, NetError> {
+        Ok(self.neighbours())
+    }
+
+    fn remote_fdb(&self) -> Result<Vec<FdbEntry>, NetError> {
+        Ok(self.fdb())
+    }
+
     fn links(&self) -> Result<Vec<LinkInfo>, NetError> {
         Ok(self.lock().links.clone())
     }

@@ -263,6 +263,10 @@ pub trait Kernel: Send + Sync + 'static {
     fn routes(&self) -> Result<Vec<Route>, NetError>;
     /// Every IPv4 route of the main table, of any type, with its protocol and metric.
     fn table_routes(&self) -> Result<Vec<TableRoute>, NetError>;
+    /// Every permanent IPv4 neighbour entry, on every link.
+    fn permanent_neighbours(&self) -> Result<Vec<Neighbour>, NetError>;
+    /// Every FDB entry with a remote (VXLAN `dst`) destination, on every link.
+    fn remote_fdb(&self) -> Result<Vec<FdbEntry>, NetError>;
     /// Add or replace a route (`ip route replace`), protocol boot, scope universe.
     fn replace_route(&self, route: &Route) -> Result<(), NetError>;
     /// Delete a route (ESRCH/ENOENT when absent).

@@ -217,6 +217,14 @@ impl Netlink {
 }
 
 impl Kernel for Netlink {
+    fn permanent_neighbours(&self) -> Result<Vec<Neighbour>, NetError> {
+        self.neighbours()
+    }
+
+    fn remote_fdb(&self) -> Result<Vec<FdbEntry>, NetError> {
+        self.fdb()
+    }
+
     fn links(&self) -> Result<Vec<LinkInfo>, NetError> {
         self.run(|h| async move {
             let msgs: Vec<LinkMessage> = h

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use twill_core::MacAddr;
 
 use crate::{
-    AddrInfo, IpipSpec, Kernel, LinkInfo, NetError, Route, RouteLookup, TableRoute, TunDevice,
-    VxlanSpec,
+    AddrInfo, FdbEntry, IpipSpec, Kernel, LinkInfo, Neighbour, NetError, Route, RouteLookup,
+    TableRoute, TunDevice, VxlanSpec,
 };
 
 /// Which [`Kernel`] method a request is.
@@ -46,10 +46,14 @@ pub enum KernelOp {
     DelRoute,
     /// [`Kernel::route_get`].
     RouteGet,
+    /// [`Kernel::permanent_neighbours`].
+    ListNeighbours,
     /// [`Kernel::replace_neighbour`].
     ReplaceNeighbour,
     /// [`Kernel::del_neighbour`].
     DelNeighbour,
+    /// [`Kernel::remote_fdb`].
+    ListFdb,
     /// [`Kernel::replace_fdb`].
     ReplaceFdb,
     /// [`Kernel::del_fdb`].
@@ -78,8 +82,10 @@ impl KernelOp {
             KernelOp::ReplaceRoute => "replace route",
             KernelOp::DelRoute => "delete route",
             KernelOp::RouteGet => "route get",
+            KernelOp::ListNeighbours => "list neighbours",
             KernelOp::ReplaceNeighbour => "replace neighbour",
             KernelOp::DelNeighbour => "delete neighbour",
+            KernelOp::ListFdb => "list fdb",
             KernelOp::ReplaceFdb => "replace fdb",
             KernelOp::DelFdb => "delete fdb",
             KernelOp::OpenTun => "open tun",
@@ -103,8 +109,10 @@ impl KernelOp {
             KernelOp::ReplaceRoute => "replace_route",
             KernelOp::DelRoute => "delete_route",
             KernelOp::RouteGet => "route_get",
+            KernelOp::ListNeighbours => "list_neighbours",
             KernelOp::ReplaceNeighbour => "replace_neighbour",
             KernelOp::DelNeighbour => "delete_neighbour",
+            KernelOp::ListFdb => "list_fdb",
             KernelOp::ReplaceFdb => "replace_fdb",
             KernelOp::DelFdb => "delete_fdb",
             KernelOp::OpenTun => "open_tun",
@@ -133,8 +141,10 @@ macro_rules! kernel_methods {
             replace_route(route: &Route) -> () = ReplaceRoute;
             del_route(route: &Route) -> () = DelRoute;
             route_get(dst: Ipv4Addr) -> RouteLookup = RouteGet;
+            permanent_neighbours() -> Vec<Neighbour> = ListNeighbours;
             replace_neighbour(index: u32, ip: Ipv4Addr, mac: MacAddr) -> () = ReplaceNeighbour;
             del_neighbour(index: u32, ip: Ipv4Addr) -> () = DelNeighbour;
+            remote_fdb() -> Vec<FdbEntry> = ListFdb;
             replace_fdb(index: u32, mac: MacAddr, dst: Ipv4Addr) -> () = ReplaceFdb;
             del_fdb(index: u32, mac: MacAddr, dst: Ipv4Addr) -> () = DelFdb;
             open_tun(name: &str) -> TunDevice = OpenTun;

@@ -214,7 +214,8 @@ impl<S: LeaseStore> Node<S> {
                     Some(l) => self.check_own(l).await?,
                     None => self.reclaim("is gone from the store").await?,
                 }
-                self.peers.set.reset(leases)
+                let changes = self.peers.set.reset(leases);
+                return self.hand_over(changes, true).await;
             }
             WatchEvent::Events(events) => {
                 for e in &events {
@@ -233,6 +234,12 @@ impl<S: LeaseStore> Node<S> {
                 self.peers.set.apply(events)
             }
         };
+        self.hand_over(changes, false).await
+    }
+
+    /// Log the skipped leases and the peers added and removed, and hand the changes to
+    /// the backend; `full`: they came from a full lease list.
+    async fn hand_over(&mut self, changes: Changes, full: bool) -> anyhow::Result<()> {
         let own = self.own.lease.subnet;
         let Changes { events, skipped } = changes;
         for (l, why) in &skipped {
@@ -252,7 +259,11 @@ impl<S: LeaseStore> Node<S> {
                 }
             }
         }
-        self.apply(events).await
+        self.apply(events).await?;
+        if full {
+            self.synced().await;
+        }
+        Ok(())
     }
 }
 

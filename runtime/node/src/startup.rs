@@ -119,6 +119,14 @@ async fn with_store<S: LeaseStore>(
     if let Some(previous) = previous_type.filter(|t| *t != registration.backend_type) {
         purge_previous(&kernel, previous, &registration, &config, &lease, &external).await?;
     }
+    // Before this run's instance makes anything: what earlier runs left.
+    let earlier_run = {
+        let (k, network, own) = (kernel.clone(), config.network, lease.subnet);
+        tokio::task::spawn_blocking(move || {
+            twill_plugin_host::left_by_an_earlier_run(k.as_ref(), network, own)
+        })
+        .await?
+    };
     report
         .plugin_call(backend.plugin(), "start", backend.start(lease.subnet))
         .await?;
@@ -154,7 +162,15 @@ async fn with_store<S: LeaseStore>(
             subnet_file: args.subnet_file.clone(),
             mtu: registration.mtu,
         },
-        backend: Supervised::new(host, plugin, grant, backend, datapath, args.plugin_dir),
+        backend: Supervised::new(
+            host,
+            plugin,
+            grant,
+            backend,
+            datapath,
+            args.plugin_dir,
+            earlier_run,
+        ),
         peers,
         traffic,
         probes: crate::Probes {

@@ -60,9 +60,13 @@ pub(super) struct Supervised {
     restart: Option<Restart>,
     /// The last restart made, to grow the backoff while the plugin keeps trapping.
     last_restart: Option<Restart>,
-    /// What replaced instances held (a trap, a reload), removed once a successor has
-    /// replayed the leases, less what the successor made again.
+    /// What replaced instances held (a trap, a reload), and at startup what an earlier
+    /// run left on the kernel, removed once a successor has replayed the leases, less
+    /// what the successor made again.
     orphaned: twill_plugin_host::Held,
+    /// Whether the first full lease list has been handed to the backend: before it, a
+    /// replay is not every peer, and nothing orphaned may be judged by it.
+    synced: bool,
 }
 
 impl Supervised {
@@ -73,6 +77,7 @@ impl Supervised {
         instance: Backend,
         datapath: Option<Pump>,
         plugin_dir: Option<PathBuf>,
+        earlier_run: twill_plugin_host::Held,
     ) -> Self {
         let plugin_files = plugins::dir_fingerprint(plugin_dir.as_deref());
         Self {
@@ -85,7 +90,8 @@ impl Supervised {
             plugin_files,
             restart: None,
             last_restart: None,
-            orphaned: Default::default(),
+            orphaned: earlier_run,
+            synced: false,
         }
     }
 
@@ -349,8 +355,24 @@ impl<S: LeaseStore> Node<S> {
         Ok(())
     }
 
-    /// Remove what replaced instances left that their successor did not make again.
+    /// The first full lease list was handed to the backend: what an earlier run left
+    /// that this instance did not make again belongs to peers that are gone.
+    pub(super) async fn synced(&mut self) {
+        if self.backend.synced {
+            return;
+        }
+        self.backend.synced = true;
+        if self.backend.restart.is_none() {
+            self.remove_orphaned().await;
+        }
+    }
+
+    /// Remove what replaced instances (or an earlier run) left that their successor did
+    /// not make again.
     async fn remove_orphaned(&mut self) {
+        if !self.backend.synced {
+            return;
+        }
         let orphaned = std::mem::take(&mut self.backend.orphaned);
         if orphaned.is_empty() {
             return;
@@ -366,7 +388,7 @@ impl<S: LeaseStore> Node<S> {
         if removed > 0 {
             tracing::info!(
                 plugin = %plugin, removed, held,
-                "removed kernel entries the replaced instance made that its successor did not"
+                "removed kernel entries an earlier instance or run made that the current one did not (peers gone, a replaced instance's litter)"
             );
         }
     }

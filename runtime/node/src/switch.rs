@@ -79,7 +79,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use twill_net::fake::FakeKernel;
-    use twill_net::{Route, VxlanSpec};
+    use twill_net::{IpipSpec, Route, VxlanSpec};
 
     use super::*;
 
@@ -156,6 +156,38 @@ mod tests {
                 .expect("link")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn ipip_leaves_no_ipip_device_and_no_direct_route_but_keeps_vxlan() {
+        let (k, eth0) = setup();
+        k.create_ipip(&IpipSpec {
+            name: "flannel.ipip".into(),
+            local: Ipv4Addr::new(192, 168, 1, 1),
+            underlay: eth0,
+        })
+        .expect("ipip");
+        let removed = purge_from(&k, eth0, "ipip");
+        assert_eq!(
+            removed,
+            [
+                "device flannel.ipip (ipip)",
+                "route 10.244.2.0/24 via 192.168.1.2",
+                "route 10.244.3.0/24 via 192.168.1.3"
+            ]
+        );
+        assert!(
+            Kernel::link_by_name(&k, "flannel.ipip")
+                .expect("link")
+                .is_none()
+        );
+        assert!(
+            Kernel::link_by_name(&k, "flannel.1")
+                .expect("link")
+                .is_some(),
+            "another backend's device stays"
+        );
+        assert_eq!(Kernel::routes(&k).expect("routes").len(), 3);
     }
 
     #[test]

@@ -505,6 +505,61 @@ pub fn remove_leftovers(kernel: &dyn Kernel, old: &Held, new: &Held) -> usize {
     removed
 }
 
+/// What an earlier run of twill (or flanneld) may have left for peers that are gone:
+/// twill's routes (protocol [`twill_net::ROUTE_PROTOCOL`]) into `network` outside the
+/// node's own subnet, and the FDB entries and permanent neighbours on flannel's vxlan
+/// devices (`flannel*`; nothing else writes there). Handed to [`remove_leftovers`]
+/// after the first full replay, it removes what the fresh instance did not make again:
+/// the objects of peers that left while the daemon was stopped, and of the backend it
+/// ran before when that one used the same device. A listing that fails leaves that
+/// kind out (and is logged): nothing is removed on a guess.
+pub fn left_by_an_earlier_run(
+    kernel: &dyn Kernel,
+    network: twill_core::Subnet,
+    own: twill_core::Subnet,
+) -> Held {
+    let mut held = Held::default();
+    match kernel.table_routes() {
+        Ok(table) => held.routes.extend(
+            table
+                .into_iter()
+                .filter(|t| t.protocol == twill_net::ROUTE_PROTOCOL && t.metric == 0)
+                .map(|t| t.route.dst)
+                .filter(|dst| network.contains_subnet(dst) && !dst.overlaps(&own)),
+        ),
+        Err(e) => tracing::warn!("cannot list routes to find an earlier run's: {e}"),
+    }
+    let vteps: std::collections::BTreeSet<u32> = match kernel.links() {
+        Ok(links) => links
+            .into_iter()
+            .filter(|l| l.name.starts_with("flannel") && l.kind.as_deref() == Some("vxlan"))
+            .map(|l| l.index)
+            .collect(),
+        Err(e) => {
+            tracing::warn!("cannot list links to find an earlier run's entries: {e}");
+            return held;
+        }
+    };
+    match kernel.remote_fdb() {
+        Ok(fdb) => held.fdb.extend(
+            fdb.into_iter()
+                .filter(|f| vteps.contains(&f.index))
+                .map(|f| ((f.index, f.mac.0), f.dst)),
+        ),
+        Err(e) => tracing::warn!("cannot list FDB entries to find an earlier run's: {e}"),
+    }
+    match kernel.permanent_neighbours() {
+        Ok(neighbours) => held.neighbours.extend(
+            neighbours
+                .into_iter()
+                .filter(|n| vteps.contains(&n.index))
+                .map(|n| (n.index, n.ip)),
+        ),
+        Err(e) => tracing::warn!("cannot list neighbours to find an earlier run's: {e}"),
+    }
+    held
+}
+
 /// How long a plugin's `describe()` may run (instantiation included).
 pub const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 
