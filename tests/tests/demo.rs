@@ -34,9 +34,9 @@ impl Demo {
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 println!("demo: {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
+                // Keep reading after the test let go, so the demo never writes into a
+                // closed pipe while it cleans up.
+                let _ = tx.send(line);
             }
         });
         Demo {
@@ -74,7 +74,7 @@ impl Demo {
                 while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
                     self.seen.push(line);
                 }
-                return (status.code().unwrap_or(-1), self.seen);
+                return (status.code().unwrap_or(-1), std::mem::take(&mut self.seen));
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
@@ -89,6 +89,21 @@ impl Demo {
 
     fn sigterm(&self) {
         sh(&["kill", "-TERM", &self.child.id().to_string()]);
+    }
+}
+
+impl Drop for Demo {
+    /// A test that fails halfway still stops its demo, which removes what it made.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = run(&["kill", "-TERM", &self.child.id().to_string()]);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -118,9 +133,51 @@ fn host_links() -> String {
     names.join(" ")
 }
 
-/// Nothing of demo `id` is left: namespaces, processes (twill run, iperf3, ping) whose
-/// command line names the demo, its directory, host devices beyond those before.
-fn assert_nothing_left(id: &str, dir: &Path, links_before: &str) {
+/// The network namespaces of demo `id` that exist now, by inode (what
+/// `/proc/<pid>/ns/net` of a process inside one links to: `net:[<inode>]`).
+fn namespace_inodes(id: &str) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    sh(&["ip", "netns", "list"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|ns| ns.starts_with(&format!("{id}-")))
+        .filter_map(|ns| std::fs::metadata(format!("/run/netns/{ns}")).ok())
+        .map(|m| m.ino())
+        .collect()
+}
+
+/// Processes still inside one of these namespaces (`ip netns exec` runs iperf3 and
+/// ping under their own names, so only their namespace tells they were the demo's;
+/// a process keeps its namespace alive after `ip netns del`).
+fn processes_in(inodes: &[u64]) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(link) = std::fs::read_link(entry.path().join("ns/net")) else {
+            continue;
+        };
+        let link = link.to_string_lossy().into_owned();
+        if inodes.iter().any(|i| link == format!("net:[{i}]")) {
+            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            found.push(format!("{pid}: {cmd}"));
+        }
+    }
+    found
+}
+
+/// Nothing of demo `id` is left: namespaces, processes whose command line names the
+/// demo or that run inside one of its namespaces (`inodes`, collected while it ran),
+/// its directory, host devices beyond those before.
+fn assert_nothing_left(id: &str, dir: &Path, links_before: &str, inodes: &[u64]) {
+    let inside = processes_in(inodes);
+    assert!(
+        inside.is_empty(),
+        "processes left inside the demo's namespaces: {inside:?}"
+    );
     let netns = sh(&["ip", "netns", "list"]);
     let left: Vec<&str> = netns
         .lines()
@@ -146,6 +203,10 @@ fn demo_converges_on_the_embedded_store_and_leaves_nothing() {
     let mut demo = Demo::start(&["--nodes", "3", "--duration", "5"]);
     let (id, dir) = identity(&mut demo);
     let store = demo.seen[0].clone();
+    // While iperf3 and ping run in the pods.
+    demo.wait_line("reachable 6/6", Duration::from_secs(120));
+    let inodes = namespace_inodes(&id);
+    assert!(inodes.len() >= 6, "three nodes and their pods: {inodes:?}");
     assert!(
         store.contains("store embedded") && store.contains(&dir.display().to_string()),
         "not one shared embedded store file in the demo's directory: {store}"
@@ -156,14 +217,12 @@ fn demo_converges_on_the_embedded_store_and_leaves_nothing() {
     for expected in [
         "starting nodes",
         "waiting for convergence",
-        "reachable 6/6",
         "throughput pod 1 → pod 2:",
-        "dashboard",
-        "done: nothing left behind",
+        "dashboard (node 1's API, proxied from this host's loopback): http://127.0.0.1:",
     ] {
         assert!(text.contains(expected), "no {expected:?} in:\n{text}");
     }
-    assert_nothing_left(&id, &dir, &links_before);
+    assert_nothing_left(&id, &dir, &links_before, &inodes);
 }
 
 /// `--runtime docker|podman`: real containers are the pods, they converge, and the
@@ -173,19 +232,23 @@ fn demo_with_runtime(runtime: &str) {
     let links_before = host_links();
     let mut demo = Demo::start(&["--nodes", "2", "--duration", "2", "--runtime", runtime]);
     let (id, dir) = identity(&mut demo);
+    demo.wait_line("reachable 2/2", Duration::from_secs(180));
+    let inodes = namespace_inodes(&id);
+    assert!(
+        inodes.len() >= 4,
+        "two nodes and their containers: {inodes:?}"
+    );
     let (code, lines) = demo.finish(Duration::from_secs(240));
     let text = lines.join("\n");
     assert_eq!(code, 0, "demo failed:\n{text}");
     for expected in [
         format!("starting a {runtime} container on every node"),
         "-n1: container 10.244.".to_owned(),
-        "reachable 2/2".to_owned(),
         format!("explore: ip netns exec {id}-c1 ping 10.244."),
-        "done: nothing left behind".to_owned(),
     ] {
         assert!(text.contains(&expected), "no {expected:?} in:\n{text}");
     }
-    assert_nothing_left(&id, &dir, &links_before);
+    assert_nothing_left(&id, &dir, &links_before, &inodes);
     let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
     assert!(!mounts.contains(&id), "mounts left:\n{mounts}");
     let daemons = run(&["pgrep", "-af", &id]);
@@ -213,6 +276,8 @@ fn demo_killed_with_sigterm_halfway_leaves_nothing() {
     let mut demo = Demo::start(&["--nodes", "3", "--duration", "60"]);
     let (id, dir) = identity(&mut demo);
     demo.wait_line("starting nodes", Duration::from_secs(60));
+    let inodes = namespace_inodes(&id);
+    assert!(!inodes.is_empty(), "the nodes' namespaces exist");
     demo.sigterm();
     let (code, lines) = demo.finish(Duration::from_secs(60));
     let text = lines.join("\n");
@@ -221,7 +286,7 @@ fn demo_killed_with_sigterm_halfway_leaves_nothing() {
         "no SIGTERM notice in:\n{text}"
     );
     assert_ne!(code, 0, "a demo stopped before it was up reports failure");
-    assert_nothing_left(&id, &dir, &links_before);
+    assert_nothing_left(&id, &dir, &links_before, &inodes);
 }
 
 #[test]
@@ -265,4 +330,143 @@ fn config_set_validates_and_writes_the_embedded_store() {
         .expect("read the config");
     assert_eq!(stored.as_deref(), Some(json));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An etcd on this host's loopback, on ports of its own, for the demo's
+/// `--etcd-endpoints`; killed and its data removed on drop.
+struct LoopbackEtcd {
+    child: Child,
+    dir: PathBuf,
+    url: String,
+}
+
+impl LoopbackEtcd {
+    fn start() -> LoopbackEtcd {
+        let base = 20_000 + u32::from(rand::random::<u16>() % 20_000);
+        let (client, peer) = (
+            format!("http://127.0.0.1:{base}"),
+            format!("http://127.0.0.1:{}", base + 1),
+        );
+        let dir = std::env::temp_dir().join(format!("twill-demo-etcd-{base}"));
+        let child = Command::new("etcd")
+            .args(["--name", "demo-test", "--data-dir"])
+            .arg(&dir)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("demo-test={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd (Debian package etcd-server)");
+        let etcd = LoopbackEtcd {
+            child,
+            dir,
+            url: client,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !etcd.etcdctl(&["endpoint", "health"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "etcd on {} did not come up",
+                etcd.url
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+        etcd
+    }
+
+    fn etcdctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new("etcdctl")
+            .args(["--endpoints", &self.url])
+            .args(args)
+            .output()
+            .expect("etcdctl (Debian package etcd-client)")
+    }
+
+    /// Every key under `prefix`.
+    fn keys(&self, prefix: &str) -> Vec<String> {
+        let out = self.etcdctl(&["get", "--prefix", "--keys-only", prefix]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for LoopbackEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The README's other demo: `--backend host-gw --nodes 5 --etcd-endpoints …`. Five
+/// nodes on a real etcd converge (20 pairs), their leases are under the demo's own
+/// prefix while it runs, and at exit the prefix is gone, with nothing else left.
+#[test]
+fn demo_on_host_gw_with_five_nodes_on_an_etcd() {
+    require_privileges_and_tools();
+    let etcd = LoopbackEtcd::start();
+    let links_before = host_links();
+    let mut demo = Demo::start(&[
+        "--nodes",
+        "5",
+        "--backend",
+        "host-gw",
+        "--duration",
+        "2",
+        "--etcd-endpoints",
+        &etcd.url,
+    ]);
+    let (id, dir) = identity(&mut demo);
+    let prefix = format!("/twill-demo/{id}/");
+    assert!(
+        demo.seen[0].contains(&format!("etcd {} under /twill-demo/{id}/network", etcd.url)),
+        "the store line: {}",
+        demo.seen[0]
+    );
+    demo.wait_line("reachable 20/20", Duration::from_secs(180));
+    let inodes = namespace_inodes(&id);
+    assert!(inodes.len() >= 10, "five nodes and their pods: {inodes:?}");
+    let keys = etcd.keys(&prefix);
+    let leases = keys.iter().filter(|k| k.contains("/subnets/")).count();
+    assert_eq!(leases, 5, "five leases under the demo's prefix: {keys:?}");
+    for node in 1..=5 {
+        let routes = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &format!("{id}-n{node}"),
+            "ip",
+            "route",
+        ]);
+        let via = routes
+            .lines()
+            .filter(|l| l.starts_with("10.244.") && l.contains(" via ") && l.contains("dev eth0"))
+            .count();
+        assert_eq!(
+            via, 4,
+            "node {node}: host-gw routes via its four peers:\n{routes}"
+        );
+    }
+    let (code, lines) = demo.finish(Duration::from_secs(240));
+    let text = lines.join("\n");
+    assert_eq!(code, 0, "demo failed:\n{text}");
+    assert!(
+        etcd.keys(&prefix).is_empty(),
+        "the demo's prefix is deleted at exit"
+    );
+    assert_nothing_left(&id, &dir, &links_before, &inodes);
 }

@@ -135,7 +135,7 @@ pub struct Iperf {
 }
 
 /// iperf3 for `seconds` with `streams` parallel streams from namespace `client_ns` to
-/// a one-off server in `server_ns` at `dst`. The client retries for 10 s while the
+/// a server in `server_ns` at `dst`. The client retries for 10 s while the
 /// server is not up yet; whatever happens, no iperf3 stays behind in either namespace.
 pub fn iperf3(
     server_ns: &str,
@@ -174,7 +174,7 @@ fn spawn_iperf(ns: &str, args: &[&str], stdout: Stdio) -> Result<Child> {
     )
 }
 
-/// A one-off server in `server_ns`, then the client with `client_args` until it gets
+/// A server in `server_ns`, then the client with `client_args` until it gets
 /// through (10 s) or fails.
 fn iperf3_run(
     server_ns: &str,
@@ -182,7 +182,9 @@ fn iperf3_run(
     client_args: &[&str],
     seconds: u32,
 ) -> Result<Iperf> {
-    let mut srv = spawn_iperf(server_ns, &["-s", "-1"], Stdio::null())?;
+    // A server that serves every attempt: a one-off server (`-1`) would be used up by
+    // a client that connected and then failed, and every retry would fail.
+    let mut srv = spawn_iperf(server_ns, &["-s"], Stdio::null())?;
     let start = Instant::now();
     let result = loop {
         let mut cl = spawn_iperf(client_ns, client_args, Stdio::piped())?;
@@ -229,7 +231,7 @@ fn iperf3_run(
             _ => break Err(Error::Iperf("JSON without end.sum_received".into())),
         }
     };
-    // The one-off server ends after its test; give it a moment, then kill it.
-    let _ = wait_or_kill(&mut srv, Duration::from_secs(2));
+    let _ = srv.kill();
+    let _ = srv.wait();
     result
 }

@@ -126,7 +126,7 @@ async fn leases_of(store: &EmbeddedStore) -> Vec<Lease> {
 }
 
 #[tokio::test]
-async fn a_write_sweeps_expired_keys_and_trims_the_log() {
+async fn expired_keys_read_as_absent_are_swept_and_the_log_trimmed() {
     let scratch = Scratch::new("sweep");
     let store = &scratch.store;
     let a = LeaseAttrs::new(Ipv4Addr::new(192, 168, 0, 7), "", None).expect("attrs");
@@ -136,7 +136,7 @@ async fn a_write_sweeps_expired_keys_and_trims_the_log() {
         .await
         .expect("create");
     tokio::time::sleep(Duration::from_millis(20)).await;
-    // Absent to a read before anyone deleted it.
+    // Expired, but no one has deleted it yet: the row is still in the table.
     let present = store
         .blocking("count", |_, conn| {
             conn.query_row("SELECT count(*) FROM kv", [], |r| r.get::<_, i64>(0))
@@ -144,6 +144,11 @@ async fn a_write_sweeps_expired_keys_and_trims_the_log() {
         .await
         .expect("count");
     assert_eq!(present, 1);
+    // A read does not return it (and sweeps it, a delete in the change log).
+    assert!(
+        leases_of(store).await.is_empty(),
+        "an expired lease reads as absent"
+    );
     assert_eq!(
         store
             .create_lease(subnet("10.244.1.0/24"), &a, Duration::from_secs(60))
