@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
-use twill_e2e::{Cluster, build_plugin_crate, run, test_plugin_dir, twill_bin, wait_for};
+use twill_e2e::{Cluster, build_plugin_crate, run, sh, test_plugin_dir, twill_bin, wait_for};
 
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
@@ -38,8 +38,20 @@ fn plugin_dir(dir: &Path) -> PathBuf {
     plugins
 }
 
+/// The user the plugin commands run as: nobody, with no groups and no capabilities.
+const NOBODY: &str = "65534";
+
+/// Run `twill args` as nobody (`setpriv`, util-linux): these commands need no root.
 fn twill(args: &[&str]) -> Output {
-    Command::new(twill_bin())
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ])
+        .arg(twill_bin())
         .args(args)
         .env_remove("TWILL_PLUGIN_DIR")
         .env_remove("TWILL_PLUGIN_CACHE_DIR")
@@ -80,7 +92,25 @@ fn plugin_list_and_inspect_need_no_root() {
         rand::random::<u16>()
     ));
     let plugins = plugin_dir(&dir);
+    // What nobody can read (the plugins) and write (only the cache).
+    let unprivileged = Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "id",
+            "-u",
+        ])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(String::from_utf8_lossy(&unprivileged.stdout).trim(), NOBODY);
     let cache = dir.join("cache");
+    fs::create_dir_all(&cache).expect("cache dir");
+    sh(&[
+        "chown",
+        &format!("{NOBODY}:{NOBODY}"),
+        &cache.display().to_string(),
+    ]);
     let (p, c) = (plugins.display().to_string(), cache.display().to_string());
     let vxlan = plugins.join("vxlan.wasm");
 
@@ -94,6 +124,8 @@ fn plugin_list_and_inspect_need_no_root() {
     ]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "plugin list failed: {stderr}");
+    let cached = fs::read_dir(&cache).expect("cache").count();
+    assert!(cached > 0, "nobody compiled into its cache directory");
     let rows: Vec<Vec<&str>> = stdout
         .lines()
         .map(|l| l.split_whitespace().collect())
