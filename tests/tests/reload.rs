@@ -31,6 +31,22 @@ fn reloads(node: &Node) -> usize {
         .count()
 }
 
+/// The `took_ms` of every completed reload in the node's log.
+fn reload_times(node: &Node) -> Vec<u64> {
+    node.log_text()
+        .lines()
+        .filter(|l| l.contains("backend plugin reloaded; current leases replayed"))
+        .filter_map(|l| {
+            l.split("took_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 fn ifindex(node: &Node) -> String {
     node.exec(&["cat", "/sys/class/net/flannel.1/ifindex"])
         .trim()
@@ -125,6 +141,12 @@ fn reloading_the_vxlan_plugin_touches_no_kernel_object_and_loses_nothing() {
 
     let (sent, received, summary) = ping.finish();
     eprintln!("hot reload under a 10/s ping: {summary}");
+    for node in &c.nodes {
+        for took in reload_times(node) {
+            eprintln!("{}: a reload took {took} ms", node.ns);
+            assert!(took < 2000, "{}: a reload took {took} ms", node.ns);
+        }
+    }
     assert!(
         sent >= 145 && sent == received,
         "lost {} of {sent} packets across the reloads: {summary}",

@@ -301,6 +301,7 @@ fn vxlan_cluster_end_to_end() {
         .to_owned();
     let net3 = c.nodes[2].subnet();
     assert_eq!(c.nodes[2].stop(), Some(0));
+    let deleted = Instant::now();
     c.etcdctl(&["del", &format!("{}/subnets/{key3}", c.prefix)]);
     for node in &c.nodes[..2] {
         wait_for(
@@ -314,6 +315,18 @@ fn vxlan_cluster_end_to_end() {
                 (routes.trim().is_empty() && !fdb.contains(&mac3) && neigh.trim().is_empty())
                     .then_some(())
             },
+        );
+    }
+    let took = deleted.elapsed();
+    eprintln!("a deleted peer's objects gone from both nodes {took:.2?} after the delete");
+    assert!(took < Duration::from_secs(3), "removal took {took:?}");
+    // The metric counts what happened: one removal on each remaining node.
+    for node in &c.nodes[..2] {
+        assert_eq!(
+            node.metric(r#"twill_lease_events_total{kind="removed"}"#),
+            1.0,
+            "node {}: one removal",
+            node.n
         );
     }
     assert!(
