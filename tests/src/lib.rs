@@ -683,6 +683,11 @@ impl Cluster {
     /// Run iperf3 for `seconds` from node `from`'s pod to node `to`'s pod with
     /// `streams` parallel streams; bits per second received.
     pub fn iperf(&self, from: usize, to: usize, seconds: u32, streams: u32) -> f64 {
+        self.iperf_run(from, to, seconds, streams).bits_per_second
+    }
+
+    /// [`Cluster::iperf`], with everything iperf3 reported (bytes received, seconds).
+    pub fn iperf_run(&self, from: usize, to: usize, seconds: u32, streams: u32) -> traffic::Iperf {
         let (server, client) = (&self.nodes[to - 1], &self.nodes[from - 1]);
         traffic::iperf3(
             &server.pod_ns,
@@ -692,7 +697,6 @@ impl Cluster {
             streams,
         )
         .must("iperf3")
-        .bits_per_second
     }
 
     /// A host outside the cluster network: a namespace `<id>-<name>` on the first

@@ -245,3 +245,59 @@ fn a_peer_that_left_while_the_daemon_was_stopped_is_removed_at_the_next_start() 
     assert_eq!(c.nodes[0].stop(), Some(0));
     assert_eq!(c.nodes[1].stop(), Some(0));
 }
+
+/// A request the kernel refuses is counted where it happened and retried: with
+/// flannel.1 down, the route of a new peer (onlink through it) fails with the
+/// kernel's error, `twill_netlink_errors_total{kind="replace_route"}` counts it, the
+/// peer is in error in `/v1/peers`; once the device is up again, the retry of peers in
+/// error (every 5 s) programs it.
+#[test]
+fn a_request_the_kernel_refuses_is_counted_and_retried() {
+    let mut c = Cluster::new(1);
+    c.put_config(CONFIG);
+    c.start_twill(1);
+    c.wire_pods();
+    let node = &c.nodes[0];
+    let errors = r#"twill_netlink_errors_total{kind="replace_route"}"#;
+    assert_eq!(node.metric_opt(errors), None, "no error yet");
+    node.exec(&["ip", "link", "set", "flannel.1", "down"]);
+    let (subnet, key) = ("10.244.200.0/24", "10.244.200.0-24");
+    let value = r#"{"PublicIP":"192.168.77.50","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:bb:cc:dd:ee"}}"#;
+    c.etcdctl(&["put", &format!("{}/subnets/{key}", c.prefix), value]);
+    let state = |node: &Node| {
+        let (_, body) = node.api_get("/v1/peers");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        v["peers"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["subnet"] == subnet))
+            .map(|p| {
+                (
+                    p["state"].as_str().unwrap_or("").to_owned(),
+                    p["last_error"]["message"].to_string(),
+                )
+            })
+    };
+    let (_, error) = wait_for("the peer in error", Duration::from_secs(20), || {
+        state(node).filter(|(s, _)| s == "error")
+    });
+    eprintln!("the peer's error: {error}");
+    assert!(
+        error.contains("replace route"),
+        "the kernel's refusal: {error}"
+    );
+    assert!(node.metric(errors) >= 1.0, "the refused request is counted");
+    assert!(
+        output(node, &["ip", "route", "show", subnet])
+            .trim()
+            .is_empty()
+    );
+
+    node.exec(&["ip", "link", "set", "flannel.1", "up"]);
+    let took = time_until("the retry", Duration::from_secs(20), || {
+        state(node).is_some_and(|(s, _)| s == "programmed")
+    });
+    eprintln!("programmed {took:.2?} after flannel.1 came up");
+    assert!(took < Duration::from_secs(8), "retried after {took:?}");
+    assert!(output(node, &["ip", "route", "show", subnet]).contains("dev flannel.1"));
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}

@@ -88,13 +88,43 @@ fn udp_three_nodes_reach_each_other_and_move_data() {
     for lease in c.leases().values() {
         assert!(!lease.contains("BackendType"), "{lease}");
     }
-    let bps = c.iperf(1, 2, 2, 1);
+    // The counters against what really moved (audit F-4): node 1's out and node 2's
+    // in count the same datagrams, and their bytes are what iperf3 moved plus the
+    // inner headers (and a few probes and pings).
+    let counters = |c: &Cluster| {
+        let series = |k: usize, what: &str, dir: &str| {
+            c.nodes[k].metric(&format!(r#"twill_udp_{what}_total{{direction="{dir}"}}"#))
+        };
+        [
+            series(0, "packets", "out"),
+            series(1, "packets", "in"),
+            series(0, "bytes", "out"),
+            series(1, "bytes", "in"),
+        ]
+    };
+    let before = counters(&c);
+    let run = c.iperf_run(1, 2, 2, 1);
+    let bps = run.bits_per_second;
     assert!(bps > 1e6, "iperf3 between pods over udp moved {bps} bit/s");
-    let out = c.nodes[0].metric(r#"twill_udp_packets_total{direction="out"}"#);
-    let inbound = c.nodes[1].metric(r#"twill_udp_packets_total{direction="in"}"#);
+    let after = counters(&c);
+    let [out, inbound, out_bytes, in_bytes] = [0, 1, 2, 3].map(|i| after[i] - before[i]);
+    eprintln!(
+        "iperf3 received {:.0} bytes; node 1 sent {out} datagrams ({out_bytes} bytes), node 2 \
+         took in {inbound} ({in_bytes} bytes)",
+        run.bytes
+    );
     assert!(
-        out > 1000.0 && inbound > 1000.0,
-        "udp counters: node 1 out {out}, node 2 in {inbound}"
+        (out - inbound).abs() <= out * 0.01 + 20.0,
+        "node 1 out {out} vs node 2 in {inbound} datagrams"
+    );
+    assert!(
+        out_bytes >= run.bytes && out_bytes <= run.bytes * 1.1 + 100_000.0,
+        "node 1 sent {out_bytes} bytes for iperf3's {} bytes",
+        run.bytes
+    );
+    assert!(
+        (out_bytes - in_bytes).abs() <= out_bytes * 0.01 + 20_000.0,
+        "node 1 out {out_bytes} vs node 2 in {in_bytes} bytes"
     );
 
     // SIGHUP swaps the plugin, data path included, on the same flannel0 and socket —
