@@ -453,6 +453,15 @@ fn a_trapping_plugin_is_restarted_with_the_leases_replayed_and_pods_keep_reachin
     for node in &c.nodes {
         node.wait_metric(TRAPS, 1.0, WAIT);
         node.wait_metric(RESTARTS, 1.0, WAIT);
+        // The panic's message reaches the log (the SDK's hook), not only the trap.
+        let log = node.log_text();
+        assert!(
+            log.lines().any(|l| l.contains("plugin=misbehave")
+                && l.contains("plugin panicked at")
+                && l.contains("misbehave: trapping on purpose")),
+            "the panic message is logged:\n{}",
+            node.log_tail()
+        );
     }
     // The fresh instance got every current lease, the new one included.
     for node in &c.nodes {
@@ -813,5 +822,71 @@ fn restarts_back_off_one_two_four_seconds() {
         );
     }
     assert_eq!(c.nodes[0].exited(), None, "twill runs on");
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}
+
+/// Audit G-2: a trap in a data-path instance restarts the backend like a control-plane
+/// trap, on the same flannel0 and the same :8285 socket: the device keeps its index and
+/// route, and the fresh data path receives (and, in this mode, traps on) the next
+/// datagram.
+#[test]
+fn a_trap_in_the_udp_data_path_restarts_it_on_the_same_device_and_socket() {
+    static OPEN: OnceLock<PathBuf> = OnceLock::new();
+    let open = OPEN.get_or_init(|| build_plugin_crate(&test_plugin_dir("udp-open")));
+    let mut c = Cluster::new(1);
+    c.put_config(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp-open","Mode":"trap-in-decap"}}"#,
+    );
+    let dir = c.dir().join("plugins");
+    std::fs::create_dir_all(&dir).expect("plugin dir");
+    std::fs::copy(open, dir.join("udp-open.wasm")).expect("copy the plugin");
+    let dir = dir.display().to_string();
+    c.start_twill_with(1, &["--iface", "eth0", "--plugin-dir", &dir]);
+    c.wire_pods();
+    let peer = c.add_outside_host("peer", "192.168.77.50");
+    let node = &c.nodes[0];
+    let ifindex = || {
+        node.exec(&["cat", "/sys/class/net/flannel0/ifindex"])
+            .trim()
+            .to_owned()
+    };
+    let index = ifindex();
+    let pod: Ipv4Addr = node.pod_ip().parse().expect("pod IP");
+    let send = || {
+        let inner = ipv4_udp(Ipv4Addr::new(10, 244, 2, 7), pod);
+        let to = std::net::SocketAddrV4::new(node.ip().parse().expect("node IP"), 8285);
+        let socket =
+            twill_lab::netns::in_netns(Some(&peer), || std::net::UdpSocket::bind("0.0.0.0:0"))
+                .expect("a socket in the sender's namespace");
+        socket.send_to(&inner, to).expect("send the datagram");
+    };
+    const TRAPS: &str = r#"twill_plugin_traps_total{plugin="udp-open"}"#;
+    const RESTARTS: &str = r#"twill_plugin_restarts_total{plugin="udp-open"}"#;
+    send();
+    node.wait_metric(TRAPS, 1.0, WAIT);
+    node.wait_metric(RESTARTS, 1.0, WAIT);
+    let log = node.log_text();
+    assert!(
+        log.contains("plugin panicked at") && log.contains("trapping in decap on purpose"),
+        "the data path's trap is logged:\n{}",
+        node.log_tail()
+    );
+    assert_eq!(ifindex(), index, "the same flannel0");
+    assert!(
+        node.exec(&["ip", "route", "show", "10.244.0.0/16"])
+            .contains("dev flannel0"),
+        "its route stays"
+    );
+    assert!(
+        node.exec(&["ss", "-H", "-uln", "sport", "= :8285"])
+            .contains(":8285")
+    );
+    // The fresh data path gets the next datagram: in this mode, a second trap.
+    wait_for("a second trap from the fresh data path", WAIT, || {
+        send();
+        std::thread::sleep(Duration::from_millis(500));
+        (node.metric(TRAPS) >= 2.0).then_some(())
+    });
+    assert_eq!(c.nodes[0].exited(), None, "the daemon goes on");
     assert_eq!(c.nodes[0].stop(), Some(0));
 }

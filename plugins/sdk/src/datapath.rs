@@ -77,6 +77,7 @@ pub mod __private {
     use super::*;
 
     pub fn attach<D: Datapath>(config: String, node: Node, own: Subnet) -> Result<(), Error> {
+        crate::__private::panics_to_the_log();
         let path = D::attach(&config, &node, own)?;
         PATH.with(|cell| *cell.borrow_mut() = Some(Box::new(path)));
         Ok(())

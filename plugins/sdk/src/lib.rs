@@ -191,7 +191,9 @@
 //! call. The daemon goes on: it starts a fresh instance (1 s after the first trap,
 //! doubling to 30 s while it keeps trapping), calls `init` with the node's published
 //! `BackendData` and `start`, and hands it every current lease again. Kernel state the
-//! plugin made stays meanwhile.
+//! plugin made stays meanwhile. A panic's message goes to the daemon's log (at error
+//! level, with the plugin's name) before the trap: the SDK installs a panic hook in
+//! `init` and in a data path's `attach`.
 //!
 //! # Building
 //!
@@ -330,11 +332,21 @@ fn not_initialised() -> Error {
 pub mod __private {
     use super::*;
 
+    /// Send a panic's message to the host's log, where the operator sees it next to
+    /// the trap. std's own hook would first read the environment (`RUST_BACKTRACE`),
+    /// which no plugin is granted: it traps there, and the message is lost.
+    pub fn panics_to_the_log() {
+        std::panic::set_hook(Box::new(|info| {
+            host::error(&format!("plugin {info}"));
+        }));
+    }
+
     pub fn init<B: Backend>(
         config: String,
         node: Node,
         previous: Option<String>,
     ) -> Result<Registration, Error> {
+        panics_to_the_log();
         let (backend, registration) = B::init(&config, &node, previous.as_deref())?;
         INSTANCE.with(|cell| *cell.borrow_mut() = Some(Box::new(backend)));
         Ok(registration)

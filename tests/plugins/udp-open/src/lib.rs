@@ -1,5 +1,6 @@
 //! `udp-open`: flannel0 and the udp port as the built-in udp backend opens them, and a
-//! data path that passes every received datagram into flannel0 and sends nothing.
+//! data path that passes every received datagram into flannel0 and sends nothing. With
+//! `Backend.Mode` `trap-in-decap`, its data path panics on every received datagram.
 #![allow(clippy::cast_possible_truncation, reason = "test plugin")]
 
 use twill_plugin_sdk::datapath::{self, Action, BatchOut, Datapath, OutPacket};
@@ -57,11 +58,15 @@ impl Backend for Control {
     }
 }
 
-struct Path;
+struct Path {
+    trap: bool,
+}
 
 impl Datapath for Path {
-    fn attach(_config: &str, _node: &Node, _own: Subnet) -> Result<Self, Error> {
-        Ok(Path)
+    fn attach(config: &str, _node: &Node, _own: Subnet) -> Result<Self, Error> {
+        Ok(Path {
+            trap: config.contains(r#""Mode":"trap-in-decap""#),
+        })
     }
 
     fn update(&mut self, _events: Vec<LeaseEvent>) {}
@@ -75,6 +80,10 @@ impl Datapath for Path {
     }
 
     fn decap(&mut self, arena: Vec<u8>, packets: Vec<datapath::Packet>) -> BatchOut {
+        assert!(
+            !(self.trap && !packets.is_empty()),
+            "udp-open: trapping in decap on purpose"
+        );
         let packets = packets
             .iter()
             .map(|p| OutPacket {
