@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use twill_e2e::{Cluster, Node, run, wait_for};
+use twill_e2e::{Cluster, Node, run, sh, wait_for};
 
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
@@ -111,9 +111,22 @@ fn the_resync_repairs_what_was_deleted_under_a_running_daemon() {
         c.nodes[0].log_text().contains("periodic resync"),
         "the resync did it"
     );
-    for node in &mut c.nodes {
-        assert_eq!(node.stop(), Some(0));
-    }
+    // SIGINT (Ctrl-C in a terminal) stops as SIGTERM does: exit 0, objects kept.
+    let pid = c.nodes[1].twill_pid().expect("node 2 runs");
+    sh(&["kill", "-INT", &pid.to_string()]);
+    assert_eq!(c.nodes[1].wait_exit(Duration::from_secs(15)), Some(0));
+    assert!(
+        c.nodes[1]
+            .log_text()
+            .contains("SIGINT received; stopping (kernel objects and lease stay in place)"),
+        "{}",
+        c.nodes[1].log_tail()
+    );
+    assert!(
+        c.pod_ping(1, 2),
+        "the kernel objects stay: pods still reach"
+    );
+    assert_eq!(c.nodes[0].stop(), Some(0));
 }
 
 /// The expiry a node reports, in seconds since the epoch.
