@@ -1,6 +1,7 @@
 //! The compilation cache: a second host on the same cache directory reads the compiled
 //! built-in back instead of compiling it again; a directory that cannot be used is no
-//! failure (the host compiles without a cache).
+//! failure (the host compiles without a cache); other bytes and a corrupt entry are
+//! compiled again.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,5 +65,68 @@ fn an_unusable_cache_directory_is_no_failure() {
     assert_eq!(host.cache_dir(), None);
     let plugin = host.load("built-in:vxlan", vxlan()).expect("loads");
     assert!(!plugin.from_cache);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// Every regular file below `dir`.
+fn files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read cache dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Other bytes (a custom section appended), so another cache key: the cached code of
+/// the first is not used for it.
+#[test]
+fn changed_bytes_are_compiled_again_not_read_from_the_cache() {
+    let dir = scratch("invalidate");
+    let cache = dir.join("cache");
+    host(Some(&cache))
+        .load("built-in:vxlan", vxlan())
+        .expect("loads");
+    let mut changed = vxlan().to_vec();
+    let name = b"twill-cache-test";
+    changed.extend_from_slice(&[0, (1 + name.len() + 2) as u8, name.len() as u8]);
+    changed.extend_from_slice(name);
+    changed.extend_from_slice(b"v2");
+    let second = host(Some(&cache));
+    let plugin = second.load("file:vxlan.wasm", &changed).expect("loads");
+    assert!(!plugin.from_cache, "other bytes were compiled, not read from the cache");
+    let again = second.load("built-in:vxlan", vxlan()).expect("loads");
+    assert!(again.from_cache, "the original is still cached");
+    assert_ne!(plugin.sha256, again.sha256);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// A cache entry overwritten with junk is not run: the plugin is compiled again (and
+/// loads, and works), and the entry is written afresh for the next host.
+#[test]
+fn a_corrupt_cache_entry_is_compiled_again() {
+    let dir = scratch("corrupt");
+    let cache = dir.join("cache");
+    host(Some(&cache))
+        .load("built-in:vxlan", vxlan())
+        .expect("loads");
+    let entries = files(&cache);
+    assert!(!entries.is_empty(), "the first host wrote an entry");
+    for entry in &entries {
+        std::fs::write(entry, b"not a compiled module").expect("corrupt the entry");
+    }
+    let plugin = host(Some(&cache))
+        .load("built-in:vxlan", vxlan())
+        .expect("a corrupt entry is no failure");
+    assert!(!plugin.from_cache, "the corrupt entry was not used");
+    assert_eq!(plugin.name, "vxlan");
+    let next = host(Some(&cache))
+        .load("built-in:vxlan", vxlan())
+        .expect("loads");
+    assert!(next.from_cache, "the entry was written again");
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
