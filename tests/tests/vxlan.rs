@@ -639,3 +639,61 @@ fn a_peer_lease_that_runs_out_is_removed() {
     );
     stop_cleanly(&mut c);
 }
+
+/// Audit G-6, `--public-ip` on vxlan for a node behind NAT: the lease publishes the
+/// public IP and the peer's FDB entry sends to it; flannel.1 sends from the interface
+/// address, since the kernel cannot send from an address the node does not have; with
+/// the NAT in place, the pods reach each other both ways.
+#[test]
+fn a_public_ip_is_published_while_the_tunnel_uses_the_interface_address() {
+    let mut c = Cluster::new(2);
+    c.put_config(CONFIG);
+    let public = "203.0.113.7";
+    c.start_twill_with(1, &["--iface", "eth0", "--public-ip", public]);
+    c.start_twill(2);
+    c.wire_pods();
+    let (_, lease) = lease_of(&c, public);
+    assert_eq!(lease["BackendType"], "vxlan");
+    let mac = lease["BackendData"]["VtepMAC"]
+        .as_str()
+        .expect("VtepMAC")
+        .to_owned();
+    // The public IP is not node 1's: flannel.1 sends from the interface address
+    // (sending from the public IP fails in the kernel).
+    let link = c.nodes[0].exec(&["ip", "-d", "link", "show", "flannel.1"]);
+    assert!(
+        link.contains(&format!("local {} ", c.nodes[0].ip())),
+        "flannel.1 sends from the interface address:\n{link}"
+    );
+    wait_for(
+        "node 2's FDB entry for node 1",
+        Duration::from_secs(20),
+        || {
+            let fdb = c.nodes[1].exec(&["bridge", "fdb", "show", "dev", "flannel.1"]);
+            fdb.lines()
+                .any(|l| l.starts_with(&mac) && l.contains(&format!("dst {public} ")))
+                .then_some(())
+        },
+    );
+    // The NAT, played by node 2's own OUTPUT chain: the public IP maps to node 1.
+    c.nodes[1].iptables(&[
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-d",
+        public,
+        "-p",
+        "udp",
+        "--dport",
+        "8472",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &c.nodes[0].ip(),
+    ]);
+    c.assert_full_mesh(Duration::from_secs(20));
+    for node in &mut c.nodes {
+        assert_eq!(node.stop(), Some(0));
+    }
+}

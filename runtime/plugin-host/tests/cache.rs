@@ -98,7 +98,10 @@ fn changed_bytes_are_compiled_again_not_read_from_the_cache() {
     changed.extend_from_slice(b"v2");
     let second = host(Some(&cache));
     let plugin = second.load("file:vxlan.wasm", &changed).expect("loads");
-    assert!(!plugin.from_cache, "other bytes were compiled, not read from the cache");
+    assert!(
+        !plugin.from_cache,
+        "other bytes were compiled, not read from the cache"
+    );
     let again = second.load("built-in:vxlan", vxlan()).expect("loads");
     assert!(again.from_cache, "the original is still cached");
     assert_ne!(plugin.sha256, again.sha256);

@@ -116,7 +116,7 @@ impl PluginState {
             name: name.clone(),
             vni: spec.vni,
             port: spec.port,
-            local: ip(spec.local),
+            local: self.vxlan_source(),
             underlay: spec.underlay,
             learning: spec.learning,
             mac: spec
@@ -130,6 +130,37 @@ impl PluginState {
             |link| compatible(link.vxlan.as_ref(), &want),
             |kernel| kernel.create_vxlan(&want),
         )
+    }
+
+    /// The address a vxlan device sends from, for a plugin that asked for the public
+    /// IP: the public IP when it is one of this node's addresses (flannel since
+    /// v0.27.4), else the interface's address. A public IP that is not local is a NAT
+    /// in front of the node, and the kernel cannot send from it: every encapsulated
+    /// packet would fail. Peers still send to the public IP, which the NAT maps here.
+    fn vxlan_source(&mut self) -> std::net::Ipv4Addr {
+        let public = self.grant.public_ip;
+        let external = self.grant.external.addr;
+        if public == external {
+            return public;
+        }
+        let local = self
+            .kernel
+            .addrs()
+            .map(|addrs| addrs.iter().any(|a| a.addr == public));
+        match local {
+            Ok(true) => public,
+            Ok(false) => {
+                tracing::debug!(
+                    plugin = %self.plugin, %public, %external,
+                    "the public IP is not this node's (NAT): vxlan sends from the interface address"
+                );
+                external
+            }
+            Err(e) => {
+                tracing::warn!(plugin = %self.plugin, "cannot list addresses: {e}; vxlan sends from the public IP");
+                public
+            }
+        }
     }
 
     /// A tunnel device's underlay must be the node's external interface.
