@@ -33,6 +33,7 @@ fn flanneld_environment_variables_alone_configure_a_node() {
         .env("FLANNELD_PUBLIC_IP", node.ip())
         .env("FLANNELD_SUBNET_FILE", &subnet_file)
         .env("FLANNELD_IP_MASQ", "true")
+        .env("FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE", "true")
         .env("FLANNELD_IPTABLES_FORWARD_RULES", "false")
         .env("FLANNELD_IPTABLES_RESYNC", "1")
         .env("FLANNELD_HEALTHZ_IP", "127.0.0.1")
@@ -59,6 +60,11 @@ fn flanneld_environment_variables_alone_configure_a_node() {
     // FLANNELD_IP_MASQ on, FLANNELD_IPTABLES_FORWARD_RULES off.
     let nat = node.iptables(&["-t", "nat", "-S"]);
     assert!(nat.contains("TWILL-POSTRTG"), "{nat}");
+    // FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE: MASQUERADE without --random-fully.
+    assert!(
+        nat.contains("-j MASQUERADE") && !nat.contains("--random-fully"),
+        "{nat}"
+    );
     let filter = node.iptables(&["-S"]);
     assert!(!filter.contains("TWILL-FWD"), "{filter}");
     // FLANNELD_HEALTHZ_IP/PORT and TWILL_API_ADDR.
@@ -123,5 +129,204 @@ fn an_unknown_flanneld_variable_is_named() {
     wait_for("node ready", Duration::from_secs(30), || {
         (c.nodes[0].api_get("/readyz").0 == 200).then_some(())
     });
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}
+
+/// `--store embedded --store-path` (node 1) and the same as `TWILL_STORE` and
+/// `TWILL_STORE_PATH` (node 2): both nodes lease from one SQLite file with the config
+/// `twill config set` wrote, reach each other, and the cluster's etcd (whose address
+/// they are also given) stays empty.
+#[test]
+fn the_embedded_store_by_flag_and_by_environment() {
+    let mut c = Cluster::new(2);
+    let path = c.dir().join("leases.db");
+    let path_arg = path.display().to_string();
+    let set = Command::new(twill_bin())
+        .args(["config", "set", "--store-path", &path_arg])
+        .arg(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
+        .output()
+        .expect("twill config set");
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    c.start_twill_with(
+        1,
+        &[
+            "--iface",
+            "eth0",
+            "--store",
+            "embedded",
+            "--store-path",
+            &path_arg,
+        ],
+    );
+    c.twill_env.push(("TWILL_STORE".into(), "embedded".into()));
+    c.twill_env
+        .push(("TWILL_STORE_PATH".into(), path_arg.clone()));
+    c.start_twill(2);
+    c.wire_pods();
+    c.assert_full_mesh(Duration::from_secs(30));
+    let etcd = c.etcdctl(&["get", "--prefix", "--keys-only", "/"]);
+    assert!(etcd.trim().is_empty(), "nothing went to etcd: {etcd}");
+    for node in &c.nodes {
+        let (_, status) = node.api_get("/v1/status");
+        assert!(
+            status.contains(&format!(r#""endpoints":["file://{path_arg}"]"#)),
+            "{}: {status}",
+            node.ns
+        );
+    }
+    for node in &mut c.nodes {
+        assert_eq!(node.stop(), Some(0));
+    }
+}
+
+/// `twill --version` names the version, as `flanneld --version` does.
+#[test]
+fn version_prints_the_version() {
+    let out = Command::new(twill_bin())
+        .arg("--version")
+        .output()
+        .expect("twill --version");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("twill {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// Every option of `twill run` is used by some test as a flag, and as its `FLANNELD_*`
+/// variable when it has one (audit G-4): a new option without a test fails here,
+/// naming it.
+#[test]
+fn every_run_option_is_exercised_by_a_test() {
+    let out = Command::new(twill_bin())
+        .args(["run", "--help"])
+        .output()
+        .expect("twill run --help");
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = String::new();
+    for dir in ["tests", "src"] {
+        for entry in std::fs::read_dir(root.join(dir))
+            .expect("test sources")
+            .flatten()
+        {
+            if entry.path().extension().is_some_and(|e| e == "rs") {
+                sources += &std::fs::read_to_string(entry.path()).expect("read");
+            }
+        }
+    }
+    // An option's entry: a line starting with its long flag, then its text up to the
+    // next entry, where `[env: NAME=…]` names its variable.
+    let mut untested = Vec::new();
+    let mut options = 0;
+    let lines: Vec<&str> = help.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let Some(rest) = trimmed.strip_prefix("--") else {
+            continue;
+        };
+        if !line.starts_with("      --") && !line.starts_with("  -") {
+            continue;
+        }
+        let flag = format!("--{}", rest.split([' ', '=', '<', '[']).next().unwrap_or(""));
+        if flag == "--help" {
+            continue;
+        }
+        options += 1;
+        let entry: String = lines[i..]
+            .iter()
+            .skip(1)
+            .take_while(|l| !l.trim_start().starts_with("--"))
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let env = entry
+            .split("[env: ")
+            .nth(1)
+            .and_then(|e| e.split(['=', ']']).next())
+            .map(str::to_owned);
+        // A string literal that is the flag (or starts `--flag=`), or the variable.
+        let used = |name: &str| {
+            sources.contains(&format!("\"{name}\"")) || sources.contains(&format!("\"{name}="))
+        };
+        // The flag itself, and a flanneld variable too: migrated env files use them.
+        let flanneld = env.as_deref().filter(|e| e.starts_with("FLANNELD_"));
+        if !used(&flag) || flanneld.is_some_and(|e| !used(e)) {
+            untested.push(format!("{flag} ({})", env.unwrap_or_default()));
+        }
+    }
+    assert!(options >= 25, "only {options} options found in:\n{help}");
+    assert!(untested.is_empty(), "options no test uses: {untested:?}");
+}
+
+/// The same settings as flags: `--etcd-prefix`, `--api-addr`, `--healthz-ip`,
+/// `--healthz-port`, each by its effect.
+#[test]
+fn prefix_api_and_health_listeners_by_flag() {
+    let mut c = Cluster::new(1);
+    let prefix = "/flags/network";
+    c.etcdctl(&[
+        "put",
+        &format!("{prefix}/config"),
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    ]);
+    c.start_twill_with(
+        1,
+        &[
+            "--iface",
+            "eth0",
+            "--etcd-prefix",
+            prefix,
+            "--api-addr",
+            "127.0.0.1:9478",
+            "--healthz-ip",
+            "127.0.0.1",
+            "--healthz-port",
+            "9479",
+        ],
+    );
+    let node = &c.nodes[0];
+    let curl = |url: &str| {
+        let out = twill_e2e::run(&[
+            "ip",
+            "netns",
+            "exec",
+            &node.ns,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            url,
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_for(
+        "the health listener on 9479",
+        Duration::from_secs(30),
+        || (curl("http://127.0.0.1:9479/readyz") == "200").then_some(()),
+    );
+    assert_eq!(curl("http://127.0.0.1:9478/v1/status"), "200");
+    let leases = c.etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        &format!("{prefix}/subnets/"),
+    ]);
+    assert_eq!(
+        leases.lines().filter(|l| !l.is_empty()).count(),
+        1,
+        "{leases}"
+    );
+    let default = c.etcdctl(&["get", "--prefix", "--keys-only", "/coreos.com/network/"]);
+    assert!(
+        default.trim().is_empty(),
+        "nothing under the default prefix: {default}"
+    );
     assert_eq!(c.nodes[0].stop(), Some(0));
 }

@@ -178,3 +178,53 @@ fn probes_follow_the_overlay_on_host_gw() {
 fn probes_follow_the_overlay_on_directrouting() {
     probes_follow_the_overlay("directrouting");
 }
+
+/// Every probe sent, whatever its result.
+fn probes_sent(node: &twill_e2e::Node) -> f64 {
+    let (_, text) = node.api_get("/metrics");
+    text.lines()
+        .filter(|l| l.starts_with("twill_peer_probes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `--peer-probe-rate` bounds the probes a second whatever the interval asks for: 40
+/// peers every second would be 40/s; with a rate of 10 it is 10/s.
+#[test]
+fn the_probe_rate_bounds_probes_per_second() {
+    let mut c = Cluster::new(1);
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    for i in 0..40u8 {
+        let value = format!(
+            r#"{{"PublicIP":"192.168.77.{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:00:00:{i:02x}"}}}}"#,
+            100 + i
+        );
+        c.etcdctl(&[
+            "put",
+            &format!("{}/subnets/10.244.{}.0-24", c.prefix, 100 + i),
+            &value,
+        ]);
+    }
+    c.start_twill_with(
+        1,
+        &[
+            "--iface",
+            "eth0",
+            "--peer-probe-interval",
+            "1",
+            "--peer-probe-rate",
+            "10",
+        ],
+    );
+    c.wire_pods();
+    let node = &c.nodes[0];
+    wait_for("the probes to run", Duration::from_secs(20), || {
+        (probes_sent(node) >= 5.0).then_some(())
+    });
+    let (before, started) = (probes_sent(node), Instant::now());
+    std::thread::sleep(Duration::from_secs(4));
+    let rate = (probes_sent(node) - before) / started.elapsed().as_secs_f64();
+    eprintln!("probes with 40 peers, a 1 s interval and --peer-probe-rate 10: {rate:.1}/s");
+    assert!((6.0..=12.0).contains(&rate), "{rate:.1} probes/s");
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}

@@ -158,6 +158,44 @@ fn ip_masq_hides_pods_from_the_outside_only_and_forward_rules_beat_a_drop_policy
     );
     assert!(ping_from_pod(&c.nodes[1], &pod1));
 
+    // --ip-masq-fully-random-disable: the same rules, MASQUERADE without --random-fully.
+    assert_eq!(c.nodes[1].stop(), Some(0));
+    c.start_twill_with(
+        2,
+        &[
+            "--iface",
+            "eth0",
+            "--ip-masq",
+            "--iptables-resync",
+            "1",
+            "--ip-masq-fully-random-disable",
+        ],
+    );
+    let masquerades = |node: &Node| -> Vec<String> {
+        chain(node, "nat", "TWILL-POSTRTG")
+            .into_iter()
+            .filter(|r| r.contains("-j MASQUERADE"))
+            .collect()
+    };
+    let rules = wait_for(
+        "node 2's rules without --random-fully",
+        Duration::from_secs(30),
+        || {
+            let rules = masquerades(&c.nodes[1]);
+            (rules.len() == 2 && rules.iter().all(|r| r.ends_with("-j MASQUERADE")))
+                .then_some(rules)
+        },
+    );
+    assert!(
+        !rules.iter().any(|r| r.contains("random-fully")),
+        "{rules:?}"
+    );
+    assert!(
+        masquerades(&c.nodes[0])
+            .iter()
+            .all(|r| r.ends_with("--random-fully"))
+    );
+
     // twill again without the flags: its chains and jumps go, subnet.env says so, and
     // the DROP policy now stops the overlay on node 1 (the rules were what let it in).
     assert_eq!(c.nodes[0].stop(), Some(0));
