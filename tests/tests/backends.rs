@@ -184,6 +184,9 @@ fn directrouting_routes_on_link_peers_directly_and_tunnels_the_rest() {
             "[{config}] same VTEP MAC after a restart"
         );
         // Stop, and clear what this round programmed, so the next round proves itself.
+        // Its routes (twill's protocol), subnet.env (so wire_pods waits for the next
+        // round's), the leases (so the next round's lease check sees its own) and the
+        // pods' addresses (the next round's subnets differ).
         for node in &mut c.nodes {
             assert_eq!(node.stop(), Some(0));
             node.exec(&["ip", "link", "del", "flannel.1"]);
@@ -194,8 +197,11 @@ fn directrouting_routes_on_link_peers_directly_and_tunnels_the_rest() {
                 "root",
                 "10.244.0.0/16",
                 "proto",
-                "boot",
+                &twill_net::ROUTE_PROTOCOL.to_string(),
             ]);
+            let _ = std::fs::remove_file(&node.subnet_file);
+            twill_lab::pods::unwire(node.net()).expect("unwire the pod");
         }
+        c.etcdctl(&["del", "--prefix", &format!("{}/subnets/", c.prefix)]);
     }
 }

@@ -232,7 +232,10 @@ fn every_run_option_is_exercised_by_a_test() {
         if !line.starts_with("      --") && !line.starts_with("  -") {
             continue;
         }
-        let flag = format!("--{}", rest.split([' ', '=', '<', '[']).next().unwrap_or(""));
+        let flag = format!(
+            "--{}",
+            rest.split([' ', '=', '<', '[']).next().unwrap_or("")
+        );
         if flag == "--help" {
             continue;
         }

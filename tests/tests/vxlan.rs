@@ -216,6 +216,8 @@ fn vxlan_cluster_end_to_end() {
     );
 
     // Restart node 2 under a running ping: same subnet, same MAC, traffic keeps flowing.
+    // The kernel forwards while no twill runs, so what this shows is that stopping
+    // removes nothing and starting again flushes nothing.
     let (key2, before) = lease_of(&c, &format!("{UNDERLAY}.2"));
     let ping = c.start_ping(1, 2, 80);
     thread::sleep(Duration::from_secs(2));

@@ -63,24 +63,6 @@ fn events(event: WatchEvent) -> Vec<LeaseEvent> {
 }
 
 #[tokio::test]
-async fn config_is_read_or_missing() {
-    let etcd = Etcd::start();
-    let store = store(&etcd).await;
-    assert_eq!(store.get_config().await.expect("get"), None);
-    let text = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
-    raw(&etcd)
-        .await
-        .put(format!("{PREFIX}/config"), text, None)
-        .await
-        .expect("put");
-    assert_eq!(
-        store.get_config().await.expect("get"),
-        Some(text.to_owned())
-    );
-    assert_eq!(store.config_key(), format!("{PREFIX}/config"));
-}
-
-#[tokio::test]
 async fn a_second_create_loses_and_leaks_no_lease() {
     let etcd = Etcd::start();
     let store = store(&etcd).await;
@@ -269,93 +251,6 @@ async fn listing_skips_garbage_keys_and_values() {
         matches!(&got[1], LeaseEvent::Added(l) if l.subnet == subnet("10.244.11.0/24")),
         "{got:?}"
     );
-}
-
-#[tokio::test]
-async fn watch_delivers_snapshot_then_changes() {
-    let etcd = Etcd::start();
-    let store = store(&etcd).await;
-    let mut client = raw(&etcd).await;
-    let a = attrs([192, 168, 1, 1]);
-    let b = attrs([192, 168, 1, 2]);
-    store
-        .create_lease(subnet("10.244.1.0/24"), &a, Duration::from_secs(600))
-        .await
-        .expect("create a");
-    client
-        .put(key("10.244.9.0/24"), r#"{"PublicIP":"192.168.1.9"}"#, None)
-        .await
-        .expect("reservation");
-
-    let mut watch = pin!(store.watch_leases());
-    let snap = snapshot(next(&mut watch).await);
-    assert_eq!(snap.len(), 2);
-    assert_eq!(snap[0].subnet, subnet("10.244.1.0/24"));
-    assert_eq!(snap[0].attrs, a);
-    assert!(secs_from_now(snap[0].expires.expect("ttl")) > 500.0);
-    assert_eq!(snap[1].subnet, subnet("10.244.9.0/24"));
-    assert_eq!(snap[1].expires, None);
-
-    store
-        .create_lease(subnet("10.244.2.0/24"), &b, Duration::from_secs(600))
-        .await
-        .expect("create b");
-    match events(next(&mut watch).await).as_slice() {
-        [LeaseEvent::Added(l)] => {
-            assert_eq!(l.subnet, subnet("10.244.2.0/24"));
-            assert_eq!(l.attrs, b);
-            assert!(secs_from_now(l.expires.expect("ttl")) > 500.0);
-        }
-        other => panic!("expected one Added, got {other:?}"),
-    }
-
-    store
-        .delete_lease(subnet("10.244.1.0/24"))
-        .await
-        .expect("delete a");
-    match events(next(&mut watch).await).as_slice() {
-        [LeaseEvent::Removed(l)] => assert_eq!(l.subnet, subnet("10.244.1.0/24")),
-        other => panic!("expected one Removed, got {other:?}"),
-    }
-
-    // Renewing is a PUT: Added with the fresh expiry; a reservation's has none.
-    store
-        .renew_lease(subnet("10.244.9.0/24"), &a, LEASE_TTL)
-        .await
-        .expect("renew");
-    match events(next(&mut watch).await).as_slice() {
-        [LeaseEvent::Added(l)] => {
-            assert_eq!(l.subnet, subnet("10.244.9.0/24"));
-            assert_eq!(l.expires, None);
-        }
-        other => panic!("expected one Added, got {other:?}"),
-    }
-}
-
-#[tokio::test]
-async fn an_expired_lease_is_removed_from_the_watch() {
-    let etcd = Etcd::start();
-    let store = store(&etcd).await;
-    let mut watch = pin!(store.watch_leases());
-    assert!(snapshot(next(&mut watch).await).is_empty());
-    let s = subnet("10.244.12.0/24");
-    let created = store
-        .create_lease(s, &attrs([192, 168, 2, 1]), Duration::from_secs(2))
-        .await
-        .expect("create");
-    assert!(matches!(created, Created::Won(_)));
-    match events(next(&mut watch).await).as_slice() {
-        [LeaseEvent::Added(l)] => {
-            assert_eq!(l.subnet, s);
-            assert!(secs_from_now(l.expires.expect("ttl")) <= 2.5);
-        }
-        other => panic!("expected one Added, got {other:?}"),
-    }
-    match events(next(&mut watch).await).as_slice() {
-        [LeaseEvent::Removed(l)] => assert_eq!(l.subnet, s),
-        other => panic!("expected the expiry as Removed, got {other:?}"),
-    }
-    assert!(store.list_leases().await.expect("list").0.is_empty());
 }
 
 #[tokio::test]
