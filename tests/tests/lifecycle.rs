@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use twill_e2e::{Cluster, Node, run, sh, wait_for};
+use twill_e2e::{Cluster, ETCD_IP, Node, run, sh, wait_for};
 
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
@@ -313,4 +313,85 @@ fn a_request_the_kernel_refuses_is_counted_and_retried() {
     assert!(took < Duration::from_secs(8), "retried after {took:?}");
     assert!(output(node, &["ip", "route", "show", subnet]).contains("dev flannel.1"));
     assert_eq!(c.nodes[0].stop(), Some(0));
+}
+
+/// Node 1 cut off from etcd (its connections reset, new ones refused) while a peer
+/// leaves and another joins: once it reaches etcd again, it removes the one and
+/// programs the other, without a restart; the watch-connect counter shows the
+/// reconnect.
+#[test]
+fn changes_made_while_a_node_was_cut_off_from_etcd_are_applied_when_it_is_back() {
+    let mut c = Cluster::new(3);
+    c.put_config(CONFIG);
+    for k in 1..=3 {
+        c.start_twill(k);
+    }
+    c.wire_pods();
+    c.assert_full_mesh(Duration::from_secs(30));
+    let node = &c.nodes[0];
+    let connects = node.metric("twill_etcd_watch_connects_total");
+    let leaving = c.nodes[2].subnet();
+    let leaving_vtep = leaving.split('/').next().expect("address").to_owned();
+    let cut = [
+        "-p",
+        "tcp",
+        "-d",
+        ETCD_IP,
+        "--dport",
+        "2379",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ];
+    let from_etcd = ["-p", "tcp", "-s", ETCD_IP, "--sport", "2379", "-j", "DROP"];
+    node.iptables(&[&["-I", "INPUT"][..], &from_etcd[..]].concat());
+    node.iptables(&[&["-I", "OUTPUT"][..], &cut[..]].concat());
+    // Its open connections go too (ss -K: the kernel closes them, as a reset would).
+    node.exec(&["ss", "-K", "dst", ETCD_IP, "dport", "=", "2379"]);
+    let node3_ip = c.nodes[2].ip();
+    assert_eq!(c.nodes[2].stop(), Some(0));
+    let node = &c.nodes[0];
+    c.etcdctl(&[
+        "del",
+        &format!("{}/subnets/{}", c.prefix, leaving.replace('/', "-")),
+    ]);
+    let (joining, joining_ip) = ("10.244.201.0/24", "192.168.77.201");
+    let value = format!(
+        r#"{{"PublicIP":"{joining_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:aa:bb:cc:dd:01"}}}}"#
+    );
+    c.etcdctl(&[
+        "put",
+        &format!("{}/subnets/10.244.201.0-24", c.prefix),
+        &value,
+    ]);
+    let store_state = |node: &Node| {
+        let (_, body) = node.api_get("/v1/status");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        v["store"]["state"].as_str().unwrap_or("").to_owned()
+    };
+    let took = time_until("store.state disconnected", Duration::from_secs(30), || {
+        store_state(node) == "disconnected"
+    });
+    eprintln!("cut off from etcd: /v1/status says disconnected after {took:.1?}");
+    assert_eq!(
+        programmed(node, &leaving, &leaving_vtep, &node3_ip),
+        [true; 3],
+        "cut off, node 1 does not know node 3 left"
+    );
+    node.iptables(&[&["-D", "OUTPUT"][..], &cut[..]].concat());
+    node.iptables(&[&["-D", "INPUT"][..], &from_etcd[..]].concat());
+    let took = time_until("both changes applied", Duration::from_secs(60), || {
+        programmed(node, &leaving, &leaving_vtep, &node3_ip) == [false; 3]
+            && programmed(node, joining, "10.244.201.0", joining_ip) == [true; 3]
+    });
+    eprintln!("changes made while cut off from etcd applied {took:.2?} after it was back");
+    assert!(
+        node.metric("twill_etcd_watch_connects_total") > connects,
+        "the watch reconnected"
+    );
+    assert_eq!(store_state(node), "connected");
+    assert!(c.pod_ping(1, 2), "node 2 stays reachable");
+    assert_eq!(c.nodes[0].stop(), Some(0));
+    assert_eq!(c.nodes[1].stop(), Some(0));
 }
