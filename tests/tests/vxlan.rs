@@ -161,11 +161,10 @@ fn vxlan_cluster_end_to_end() {
     assert_eq!(status["backend_type"], "vxlan", "{status}");
     let (_, peers) = node1.api_get("/v1/peers");
     let peers: Value = serde_json::from_str(&peers).expect("peers JSON");
-    let peers = peers
+    let peers = peers["peers"]
         .as_array()
-        .or_else(|| peers["peers"].as_array())
         .cloned()
-        .unwrap_or_default();
+        .expect("/v1/peers is {\"peers\": [...]}");
     assert_eq!(peers.len(), 2, "{peers:?}");
     assert!(
         peers.iter().all(|p| p["state"] == "programmed"),
