@@ -547,8 +547,9 @@ impl Cluster {
             .arg("--subnet-file")
             .arg(&node.subnet_file)
             .args(args)
-            .envs(self.twill_env.iter().map(|(k, v)| (k, v)))
             .env("TWILL_LOG", "info,twill=debug")
+            // After the default: a test (or the benchmark) may set TWILL_LOG itself.
+            .envs(self.twill_env.iter().map(|(k, v)| (k, v)))
             // The compiled-plugin cache of this cluster, not the host's /var/cache/twill.
             .env(
                 "TWILL_PLUGIN_CACHE_DIR",

@@ -263,6 +263,16 @@ pub trait Kernel: Send + Sync + 'static {
     fn routes(&self) -> Result<Vec<Route>, NetError>;
     /// Every IPv4 route of the main table, of any type, with its protocol and metric.
     fn table_routes(&self) -> Result<Vec<TableRoute>, NetError>;
+    /// The main table's route whose destination is exactly `dst` (of several, the one
+    /// with the lowest metric), if any: what [`Kernel::table_routes`] holds for `dst`,
+    /// without listing every route where the kernel can answer for one.
+    fn table_route(&self, dst: Subnet) -> Result<Option<TableRoute>, NetError> {
+        Ok(self
+            .table_routes()?
+            .into_iter()
+            .filter(|t| t.route.dst == dst)
+            .min_by_key(|t| t.metric))
+    }
     /// Every permanent IPv4 neighbour entry, on every link.
     fn permanent_neighbours(&self) -> Result<Vec<Neighbour>, NetError>;
     /// Every FDB entry with a remote (VXLAN `dst`) destination, on every link.

@@ -391,6 +391,39 @@ impl Kernel for Netlink {
         self.dump_routes(table_route_from_message)
     }
 
+    /// One request instead of a dump: `ip route get fibmatch <dst's address>`, the FIB
+    /// entry the kernel's lookup lands on. That entry is `dst`'s route when there is
+    /// one, unless a more specific route covers the address, or the lookup fails
+    /// (which a blackhole or unreachable route at `dst` also makes it do): then the
+    /// table is listed after all. An entry less specific than `dst` (the default
+    /// route, the network's) means there is none at `dst`.
+    fn table_route(&self, dst: Subnet) -> Result<Option<TableRoute>, NetError> {
+        let mut query = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.addr(), 32)
+            .build();
+        query.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        query.header.protocol = RouteProtocol::Unspec;
+        query.header.scope = RouteScope::Universe;
+        query.header.kind = RouteType::Unspec;
+        query.header.flags = RouteFlags::FibMatch;
+        let matched = self.run(|h| async move {
+            let mut stream = h.route().get(query).execute();
+            Ok(stream.try_next().await.ok().flatten())
+        })?;
+        let entry = matched.as_ref().and_then(table_route_from_message);
+        match entry {
+            Some(t) if t.route.dst == dst => Ok(Some(t)),
+            Some(t) if t.route.dst.prefix() < dst.prefix() && t.route.dst.contains_subnet(&dst) => {
+                Ok(None)
+            }
+            _ => Ok(self
+                .table_routes()?
+                .into_iter()
+                .filter(|t| t.route.dst == dst)
+                .min_by_key(|t| t.metric)),
+        }
+    }
+
     fn replace_route(&self, route: &Route) -> Result<(), NetError> {
         debug!(?route, "replace route");
         let mut msg = route_message(route);

@@ -8,7 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 
-use twill_core::MacAddr;
+use twill_core::{MacAddr, Subnet};
 
 use crate::{
     AddrInfo, FdbEntry, IpipSpec, Kernel, LinkInfo, Neighbour, NetError, Route, RouteLookup,
@@ -44,7 +44,7 @@ pub enum KernelOp {
     ReplaceRoute,
     /// [`Kernel::del_route`].
     DelRoute,
-    /// [`Kernel::route_get`].
+    /// [`Kernel::route_get`], [`Kernel::table_route`].
     RouteGet,
     /// [`Kernel::permanent_neighbours`].
     ListNeighbours,
@@ -138,6 +138,7 @@ macro_rules! kernel_methods {
             del_addr(addr: AddrInfo) -> () = DelAddr;
             routes() -> Vec<Route> = ListRoutes;
             table_routes() -> Vec<TableRoute> = ListRoutes;
+            table_route(dst: Subnet) -> Option<TableRoute> = RouteGet;
             replace_route(route: &Route) -> () = ReplaceRoute;
             del_route(route: &Route) -> () = DelRoute;
             route_get(dst: Ipv4Addr) -> RouteLookup = RouteGet;

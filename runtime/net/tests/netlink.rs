@@ -617,3 +617,87 @@ fn a_tun_device_moves_packets_with_their_vnet_header_and_persists() {
         );
     });
 }
+
+/// `table_route` answers what the table holds at exactly one destination, on the real
+/// kernel, whatever else covers it: a twill route, an operator's static route, a
+/// blackhole (the lookup fails there), a destination with only the default route and a
+/// covering /16, one under a more specific route.
+#[test]
+fn table_route_finds_exactly_the_route_at_a_destination() {
+    in_fresh_netns("table-route", |nl| {
+        add_veth("eth0", "eth0p");
+        run("ip", &["addr", "add", "192.168.5.1/24", "dev", "eth0"]);
+        run("ip", &["link", "set", "eth0", "up"]);
+        run("ip", &["link", "set", "eth0p", "up"]);
+        run("ip", &["route", "add", "default", "via", "192.168.5.254"]);
+        run(
+            "ip",
+            &["route", "add", "10.244.0.0/16", "via", "192.168.5.9"],
+        );
+        let eth0 = nl.link_by_name("eth0").unwrap().unwrap().index;
+        nl.replace_route(&Route {
+            dst: subnet("10.244.1.0/24"),
+            gateway: Some(ip4("192.168.5.2")),
+            oif: Some(eth0),
+            onlink: false,
+        })
+        .unwrap();
+        run(
+            "ip",
+            &[
+                "route",
+                "add",
+                "10.244.2.0/24",
+                "via",
+                "192.168.5.3",
+                "proto",
+                "static",
+            ],
+        );
+        run("ip", &["route", "add", "blackhole", "10.244.3.0/24"]);
+        run(
+            "ip",
+            &["route", "add", "10.244.4.0/24", "via", "192.168.5.4"],
+        );
+        run(
+            "ip",
+            &["route", "add", "10.244.4.0/26", "via", "192.168.5.5"],
+        );
+
+        let at = |s: &str| nl.table_route(subnet(s)).unwrap();
+        let twill = at("10.244.1.0/24").expect("twill's route");
+        assert_eq!(twill.protocol, twill_net::ROUTE_PROTOCOL);
+        assert_eq!(twill.route.gateway, Some(ip4("192.168.5.2")));
+        let operator = at("10.244.2.0/24").expect("the operator's route");
+        assert_eq!(operator.protocol, 4, "proto static");
+        let blackhole = at("10.244.3.0/24").expect("the blackhole");
+        assert!(!blackhole.unicast);
+        let under = at("10.244.4.0/24").expect("the /24 under a /26");
+        assert_eq!(under.route.gateway, Some(ip4("192.168.5.4")));
+        assert_eq!(
+            at("10.244.9.0/24"),
+            None,
+            "only the /16 and the default cover it"
+        );
+        assert_eq!(
+            at("10.244.0.0/16").map(|t| t.route.gateway),
+            Some(Some(ip4("192.168.5.9")))
+        );
+        // Whatever the kernel answers, the same as the listing says.
+        for s in [
+            "10.244.1.0/24",
+            "10.244.2.0/24",
+            "10.244.3.0/24",
+            "10.244.4.0/24",
+            "10.244.9.0/24",
+        ] {
+            let listed = nl
+                .table_routes()
+                .unwrap()
+                .into_iter()
+                .filter(|t| t.route.dst == subnet(s))
+                .min_by_key(|t| t.metric);
+            assert_eq!(at(s), listed, "{s}");
+        }
+    });
+}

@@ -7,6 +7,11 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread;
 
+/// From how many lease events on a batch the route table is listed once for the call
+/// instead of looked up route by route (one dump of N routes against one request per
+/// route the plugin writes).
+const BULK_ROUTES: usize = 64;
+
 use tokio::sync::oneshot;
 use twill_core::Subnet;
 use twill_core::lease::LeaseEvent;
@@ -338,9 +343,12 @@ impl Worker {
                         removed_last.insert(l.subnet, matches!(e, LeaseEvent::Removed(_)));
                     }
                     let events: Vec<wit::LeaseEvent> = events.iter().map(event_to_wit).collect();
+                    // A big batch reads the route table once; a small one asks per route.
+                    self.guest.store.data_mut().bulk_routes = events.len() >= BULK_ROUTES;
                     let result = self
                         .guest
                         .call("on-leases", |b, s| b.call_on_leases(s, &events).map(Ok));
+                    self.guest.store.data_mut().bulk_routes = false;
                     let peers = &mut self.guest.store.data_mut().peers;
                     for (subnet, removed) in removed_last {
                         if removed {

@@ -175,7 +175,7 @@ pub(crate) struct PluginState {
     /// The peers this instance was handed (subnet → PublicIP), the only next hops it may
     /// program (security review H-5). Additions count from the batch that brings them,
     /// removals once that batch is answered (so the plugin can still undo them).
-    pub(crate) peers: std::collections::BTreeMap<Subnet, std::net::Ipv4Addr>,
+    pub(crate) peers: PeerTable,
     /// The kernel entries this instance asked for and did not delete, to bound their
     /// number (security review M-2).
     pub(crate) held: Held,
@@ -183,6 +183,9 @@ pub(crate) struct PluginState {
     /// route request and kept up to date by its own requests (one dump per call, not
     /// per route); `None` outside a call.
     pub(crate) route_table: Option<std::collections::BTreeMap<Subnet, twill_net::TableRoute>>,
+    /// Whether this call hands over so many leases that listing the routes once beats
+    /// asking the kernel route by route ([`crate::instance`] sets it per batch).
+    pub(crate) bulk_routes: bool,
     /// Owned devices found still the plugin's in this call ([`Self::require_owned`]).
     pub(crate) devices_checked: std::cell::RefCell<BTreeSet<u32>>,
     /// How many lines it may still log this second.
@@ -191,6 +194,51 @@ pub(crate) struct PluginState {
 
 /// The most devices one plugin may hold (flannel's backends use one or two).
 pub const MAX_DEVICES: usize = 4;
+
+/// The peers an instance was handed: subnet → PublicIP, and how many of them use each
+/// PublicIP (several may share one), so that "is this a peer's address" is one lookup
+/// whatever the cluster's size, not a scan of every peer on every kernel request.
+#[derive(Debug, Default)]
+pub(crate) struct PeerTable {
+    by_subnet: std::collections::BTreeMap<Subnet, std::net::Ipv4Addr>,
+    by_ip: std::collections::HashMap<std::net::Ipv4Addr, u32>,
+}
+
+impl PeerTable {
+    /// Add or update the peer of `subnet`.
+    pub(crate) fn insert(&mut self, subnet: Subnet, ip: std::net::Ipv4Addr) {
+        if let Some(old) = self.by_subnet.insert(subnet, ip) {
+            self.forget_ip(old);
+        }
+        *self.by_ip.entry(ip).or_default() += 1;
+    }
+
+    /// Remove the peer of `subnet`.
+    pub(crate) fn remove(&mut self, subnet: &Subnet) {
+        if let Some(old) = self.by_subnet.remove(subnet) {
+            self.forget_ip(old);
+        }
+    }
+
+    fn forget_ip(&mut self, ip: std::net::Ipv4Addr) {
+        if let Some(n) = self.by_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Whether `ip` is a current peer's PublicIP.
+    pub(crate) fn has_ip(&self, ip: std::net::Ipv4Addr) -> bool {
+        self.by_ip.contains_key(&ip)
+    }
+
+    /// How many peers.
+    pub(crate) fn len(&self) -> usize {
+        self.by_subnet.len()
+    }
+}
 
 /// Kernel entries an instance holds, by kind and key: what bounds their number, and,
 /// once the instance is replaced (a trap, a reload), what it leaves behind that its
@@ -247,6 +295,7 @@ impl PluginState {
             peers: Default::default(),
             held: Default::default(),
             route_table: None,
+            bulk_routes: false,
             devices_checked: Default::default(),
             log_budget: Default::default(),
         }
@@ -293,7 +342,7 @@ impl PluginState {
 
     /// Whether `addr` is the PublicIP of a peer this instance was handed.
     pub(crate) fn is_peer_ip(&self, addr: std::net::Ipv4Addr) -> bool {
-        self.peers.values().any(|ip| *ip == addr)
+        self.peers.has_ip(addr)
     }
 
     /// Whether `index` is a device this plugin created or adopted.

@@ -107,7 +107,8 @@ enum Holder {
 }
 
 impl PluginState {
-    /// The main table's metric-0 routes inside the network, read once per call.
+    /// The main table's metric-0 routes inside the network, read once per call (for a
+    /// big batch).
     fn route_table(&mut self) -> Result<&mut BTreeMap<Subnet, TableRoute>, Error> {
         if self.route_table.is_none() {
             let network = self.grant.network;
@@ -124,8 +125,21 @@ impl PluginState {
         Ok(self.route_table.get_or_insert_default())
     }
 
+    /// The metric-0 route at `dst`: from the table read once for a big batch, else
+    /// asked of the kernel for this destination alone.
+    fn route_at(&mut self, dst: Subnet) -> Result<Option<TableRoute>, Error> {
+        if self.bulk_routes {
+            return Ok(self.route_table()?.get(&dst).copied());
+        }
+        Ok(self
+            .kernel
+            .table_route(dst)
+            .map_err(kernel_error)?
+            .filter(|t| t.metric == 0))
+    }
+
     fn holder(&mut self, dst: Subnet) -> Result<Holder, Error> {
-        let Some(t) = self.route_table()?.get(&dst).copied() else {
+        let Some(t) = self.route_at(dst)? else {
             return Ok(Holder::Nobody);
         };
         let r = &t.route;

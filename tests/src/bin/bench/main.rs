@@ -28,6 +28,8 @@
 //! deletes them should the benchmark be killed (Ctrl-C) before its own cleanup runs.
 #![forbid(unsafe_code)]
 
+mod scale;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::panic::{self, AssertUnwindSafe};
@@ -113,9 +115,12 @@ struct Options {
     seconds: u32,
     json: Option<PathBuf>,
     only: Vec<String>,
+    /// `--scale`: the peer counts of the scale mode (none: the throughput benchmark).
+    scale: Vec<u32>,
 }
 
 const USAGE: &str = "usage: bench [--rounds N] [--seconds S] [--json PATH] [--only CONFIG,...]
+       bench --scale N[,N...] [--json PATH]
 
 Pod-to-pod iperf3 throughput (1 and 4 streams) of twill's backends host-gw,
 directrouting, vxlan and udp against hand-made baselines (routes, routes-1450,
@@ -123,7 +128,12 @@ kernel-vxlan), on one
 two-node namespace cluster, interleaved over N rounds (default 3) of S seconds per run
 (default 5). --json writes the raw samples. --only runs a subset (names: routes,
 routes-1450, host-gw, directrouting, kernel-vxlan, vxlan, udp). Needs root. The twill binary is
-$TWILL_BIN, else the twill next to this program.";
+$TWILL_BIN, else the twill next to this program.
+
+--scale 1000,5000,20000: the control plane at scale instead: for each N, N peer leases
+in a real etcd, the time until a joining vxlan node has programmed them all, its RSS,
+10% of peers added and removed live, each against ip -batch + bridge -batch of the same
+objects in the same run.";
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
@@ -131,6 +141,7 @@ fn parse_args() -> Result<Options, String> {
         seconds: 5,
         json: None,
         only: Vec::new(),
+        scale: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -159,6 +170,15 @@ fn parse_args() -> Result<Options, String> {
                         return Err(format!("--only: unknown configuration {name:?}"));
                     }
                     o.only.push(name.to_owned());
+                }
+            }
+            "--scale" => {
+                for n in value()?.split(',').filter(|n| !n.is_empty()) {
+                    let n: u32 = n.parse().map_err(|e| format!("--scale: {n:?}: {e}"))?;
+                    if !(1..=60_000).contains(&n) {
+                        return Err(format!("--scale: {n} is not in 1..=60000"));
+                    }
+                    o.scale.push(n);
                 }
             }
             other => return Err(format!("unknown argument {other:?}")),
@@ -220,6 +240,14 @@ fn main() -> ExitCode {
     if let Err(e) = spawn_watchdog(&id) {
         eprintln!("bench: {e}");
         return ExitCode::FAILURE;
+    }
+    if !opts.scale.is_empty() {
+        let ok = scale::run_scale(&id, &opts.scale, opts.json.as_deref());
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     let bin = twill_bin();
     eprintln!(
