@@ -11,7 +11,7 @@
 //! never reaches a backend; it is returned as skipped, with why, so the caller can say
 //! so.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use crate::lease::{Lease, LeaseEvent};
@@ -61,6 +61,11 @@ pub struct PeerSet {
     subnet_len: u8,
     own_ip: Ipv4Addr,
     leases: BTreeMap<Subnet, Lease>,
+    /// PublicIP → the subnets announcing it, kept with `leases`.
+    by_ip: BTreeMap<Ipv4Addr, BTreeSet<Subnet>>,
+    /// The PublicIPs more than one subnet announces: so that finding them costs nothing
+    /// while there are none, however many peers there are.
+    shared: BTreeSet<Ipv4Addr>,
 }
 
 /// What applying store events (or a snapshot) did.
@@ -82,6 +87,49 @@ impl PeerSet {
             subnet_len,
             own_ip,
             leases: BTreeMap::new(),
+            by_ip: BTreeMap::new(),
+            shared: BTreeSet::new(),
+        }
+    }
+
+    /// The PublicIPs that several leases announce, each with those leases' subnets.
+    pub fn shared_ips(&self) -> impl Iterator<Item = (Ipv4Addr, &BTreeSet<Subnet>)> {
+        self.shared
+            .iter()
+            .filter_map(|ip| self.by_ip.get(ip).map(|s| (*ip, s)))
+    }
+
+    fn insert_lease(&mut self, lease: Lease) {
+        let (ip, subnet) = (lease.attrs.public_ip, lease.subnet);
+        if let Some(old) = self.leases.insert(subnet, lease) {
+            self.unindex(old.attrs.public_ip, subnet);
+        }
+        let subnets = self.by_ip.entry(ip).or_default();
+        subnets.insert(subnet);
+        if subnets.len() > 1 {
+            self.shared.insert(ip);
+        }
+    }
+
+    fn remove_lease(&mut self, subnet: &Subnet) -> Option<Lease> {
+        let old = self.leases.remove(subnet)?;
+        self.unindex(old.attrs.public_ip, *subnet);
+        Some(old)
+    }
+
+    fn unindex(&mut self, ip: Ipv4Addr, subnet: Subnet) {
+        if let Some(subnets) = self.by_ip.get_mut(&ip) {
+            subnets.remove(&subnet);
+            match subnets.len() {
+                0 => {
+                    self.by_ip.remove(&ip);
+                    self.shared.remove(&ip);
+                }
+                1 => {
+                    self.shared.remove(&ip);
+                }
+                _ => {}
+            }
         }
     }
 
@@ -144,14 +192,14 @@ impl PeerSet {
                     Ok(()) => self.add(lease, &mut out.events),
                     Err(why) => {
                         // A peer whose lease turned invalid is no peer any more.
-                        if let Some(old) = self.leases.remove(&subnet) {
+                        if let Some(old) = self.remove_lease(&subnet) {
                             out.events.push(LeaseEvent::Removed(old));
                         }
                         out.skipped.push((lease, why));
                     }
                 },
                 LeaseEvent::Removed(_) => {
-                    if let Some(old) = self.leases.remove(&subnet) {
+                    if let Some(old) = self.remove_lease(&subnet) {
                         out.events.push(LeaseEvent::Removed(old));
                     }
                 }
@@ -164,12 +212,13 @@ impl PeerSet {
         match self.leases.get_mut(&lease.subnet) {
             Some(old) if old.attrs == lease.attrs => old.expires = lease.expires,
             Some(old) => {
-                let previous = std::mem::replace(old, lease.clone());
+                let previous = old.clone();
+                self.insert_lease(lease.clone());
                 out.push(LeaseEvent::Removed(previous));
                 out.push(LeaseEvent::Added(lease));
             }
             None => {
-                self.leases.insert(lease.subnet, lease.clone());
+                self.insert_lease(lease.clone());
                 out.push(LeaseEvent::Added(lease));
             }
         }
@@ -259,6 +308,59 @@ mod tests {
             .expect("attrs"),
             expires: None,
         }
+    }
+
+    #[test]
+    fn shared_public_ips_are_tracked_through_adds_changes_and_removals() {
+        let mut set = set_for("10.244.1.0/24");
+        let shared = |set: &PeerSet| -> Vec<(u8, Vec<String>)> {
+            set.shared_ips()
+                .map(|(ip, s)| (ip.octets()[3], s.iter().map(ToString::to_string).collect()))
+                .collect()
+        };
+        set.apply([
+            LeaseEvent::Added(lease("10.244.2.0/24", 7, "02:00:00:00:00:02")),
+            LeaseEvent::Added(lease("10.244.3.0/24", 8, "02:00:00:00:00:03")),
+        ]);
+        assert!(shared(&set).is_empty());
+        // 10.244.3.0 moves to .7: now shared.
+        set.apply([LeaseEvent::Added(lease(
+            "10.244.3.0/24",
+            7,
+            "02:00:00:00:00:03",
+        ))]);
+        assert_eq!(
+            shared(&set),
+            [(
+                7,
+                vec!["10.244.2.0/24".to_owned(), "10.244.3.0/24".to_owned()]
+            )]
+        );
+        // A removal leaves one: no longer shared; the other's IP is free again.
+        set.apply([LeaseEvent::Removed(lease(
+            "10.244.2.0/24",
+            7,
+            "02:00:00:00:00:02",
+        ))]);
+        assert!(shared(&set).is_empty());
+        set.apply([LeaseEvent::Added(lease(
+            "10.244.4.0/24",
+            8,
+            "02:00:00:00:00:04",
+        ))]);
+        assert!(shared(&set).is_empty(), "8 was released by the move");
+        // A full listing resets it too.
+        set.reset([
+            lease("10.244.5.0/24", 9, "02:00:00:00:00:05"),
+            lease("10.244.6.0/24", 9, "02:00:00:00:00:06"),
+        ]);
+        assert_eq!(
+            shared(&set),
+            [(
+                9,
+                vec!["10.244.5.0/24".to_owned(), "10.244.6.0/24".to_owned()]
+            )]
+        );
     }
 
     #[test]

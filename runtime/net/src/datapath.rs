@@ -545,6 +545,19 @@ impl SendBatch {
     }
 }
 
+/// Give the heap's free pages back to the kernel (glibc's `malloc_trim`): after a burst
+/// of thousands of peers, the transient copies (the store's listing, the batches
+/// handed to the plugin) are freed, but glibc keeps their pages resident. A no-op
+/// where the C library has no `malloc_trim`.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes a plain integer and touches only the allocator's own
+    // state, which it locks; it is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,8 @@
 //!
 //! It holds the host's unsafe code, all of it in [`datapath`]: the TUN ioctls
 //! (`TUNSETIFF`, `TUNSETOFFLOAD`), `read`/`writev` on the device, `recvmmsg`/`sendmmsg`
-//! with their control messages (UDP GRO and GSO) and `poll`. Everywhere else unsafe
+//! with their control messages (UDP GRO and GSO), `poll`, and glibc's `malloc_trim`
+//! (the daemon returns a burst's freed heap pages). Everywhere else unsafe
 //! is denied; every block carries a `// SAFETY:` comment (a workspace lint).
 #![deny(unsafe_code)]
 

@@ -169,12 +169,8 @@ impl Peers {
     /// stay programmed (neither evicts the other), and each shows the conflict as its
     /// error, until one goes.
     fn report_conflicts(&mut self, api: &ApiState) {
-        let mut by_ip: BTreeMap<std::net::Ipv4Addr, Vec<Subnet>> = BTreeMap::new();
-        for l in self.set.leases() {
-            by_ip.entry(l.attrs.public_ip).or_default().push(l.subnet);
-        }
         let mut now = BTreeSet::new();
-        for (ip, subnets) in by_ip.iter().filter(|(_, s)| s.len() > 1) {
+        for (ip, subnets) in self.set.shared_ips() {
             for subnet in subnets {
                 let others: Vec<String> = subnets
                     .iter()

@@ -122,6 +122,9 @@ impl Supervised {
     }
 }
 
+/// The most lease events one `on-leases` call carries.
+const CHUNK: usize = 2048;
+
 impl<S: LeaseStore> Node<S> {
     /// Hand a batch to the backend and record what came of each peer. A peer's error is
     /// logged when it appears or changes (naming the peer) and kept as the peer's state;
@@ -135,11 +138,28 @@ impl<S: LeaseStore> Node<S> {
         if let Some(datapath) = &self.backend.datapath {
             datapath.update(&events);
         }
-        if self.backend.restart.is_some() {
-            // The backend is down; the restart replays every current lease (and
-            // removes what it was given that is gone now).
-            return Ok(());
+        // In chunks: a join of thousands of peers never lowers them all into the
+        // plugin's memory (and the host's copies) at once.
+        let big = events.len() >= CHUNK;
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            if self.backend.restart.is_some() {
+                // The backend is down; the restart replays every current lease (and
+                // removes what it was given that is gone now).
+                return Ok(());
+            }
+            let chunk: Vec<LeaseEvent> = events.by_ref().take(CHUNK).collect();
+            self.hand(chunk).await;
         }
+        if big {
+            // The burst's transient copies are freed; their pages go back too.
+            twill_net::datapath::release_free_heap();
+        }
+        Ok(())
+    }
+
+    /// One call of `on-leases`, and its outcomes recorded (or the trap handled).
+    async fn hand(&mut self, events: Vec<LeaseEvent>) {
         self.peers.handing(&events);
         let sent = events.clone();
         let plugin = self.backend.instance.plugin().to_owned();
@@ -160,7 +180,6 @@ impl<S: LeaseStore> Node<S> {
             }
             Err(e) => self.backend_trapped(e),
         }
-        Ok(())
     }
 
     /// Repeat `init` and `start` (they recreate a missing device with the same MAC and

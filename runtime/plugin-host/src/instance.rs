@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread;
 
-/// From how many lease events on a batch the route table is listed once for the call
-/// instead of looked up route by route (one dump of N routes against one request per
-/// route the plugin writes).
+/// From how many lease events on a batch the route table may be listed once for the
+/// call instead of looked up route by route: when the batch also holds at least an
+/// eighth of the peers (a listing costs about what eight lookups cost per route).
 const BULK_ROUTES: usize = 64;
 
 use tokio::sync::oneshot;
@@ -343,8 +343,11 @@ impl Worker {
                         removed_last.insert(l.subnet, matches!(e, LeaseEvent::Removed(_)));
                     }
                     let events: Vec<wit::LeaseEvent> = events.iter().map(event_to_wit).collect();
-                    // A big batch reads the route table once; a small one asks per route.
-                    self.guest.store.data_mut().bulk_routes = events.len() >= BULK_ROUTES;
+                    // A batch that is big next to the peers there are reads the route
+                    // table once; a small one asks the kernel per route.
+                    let state = self.guest.store.data_mut();
+                    state.bulk_routes = events.len() >= BULK_ROUTES
+                        && events.len().saturating_mul(8) >= state.peers.len();
                     let result = self
                         .guest
                         .call("on-leases", |b, s| b.call_on_leases(s, &events).map(Ok));

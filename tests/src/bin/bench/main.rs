@@ -175,8 +175,8 @@ fn parse_args() -> Result<Options, String> {
             "--scale" => {
                 for n in value()?.split(',').filter(|n| !n.is_empty()) {
                     let n: u32 = n.parse().map_err(|e| format!("--scale: {n:?}: {e}"))?;
-                    if !(1..=60_000).contains(&n) {
-                        return Err(format!("--scale: {n} is not in 1..=60000"));
+                    if !(1..=40_000).contains(&n) {
+                        return Err(format!("--scale: {n} is not in 1..=40000"));
                     }
                     o.scale.push(n);
                 }

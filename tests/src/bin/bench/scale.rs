@@ -7,8 +7,9 @@
 //! - twill starts on the node (its compiled plugin cached, as after a node's first
 //!   start), and the time until every peer's route, neighbour and FDB entry is on
 //!   `flannel.1` is the join time; its resident memory is then read;
-//! - N/10 more leases are written at once (live add), then deleted (live remove), each
-//!   timed from the start of the write until the kernel shows it;
+//! - N/10 more leases are written at once (live add, transactions as above), then
+//!   deleted at once (live remove, one range delete), each timed from the start of the
+//!   write until the kernel shows it;
 //! - the baseline, in the same run: the same objects written by `ip -batch` and
 //!   `bridge -batch` into a fresh namespace holding only a `flannel.1`, for the join, the
 //!   add and the remove, timed by the same poll of the kernel as twill is (from the
@@ -16,7 +17,11 @@
 //!
 //! It prints one row per N: twill's time, the baseline's, their ratio, twill's RSS (and
 //! peak), the live add/remove times and ratios, and the time per peer, so the growth
-//! with N shows. `--json PATH` writes the rows.
+//! with N shows. `--json PATH` writes the rows. `scripts/bench` keeps the cluster's
+//! files (etcd's data) on tmpfs, so etcd's fsyncs do not count against twill. With
+//! `BENCH_KEEP_LOG=PREFIX`, the node's log and its `/proc/<pid>/smaps` after the live
+//! changes are kept as `PREFIX.<N>` and `PREFIX.<N>.smaps`, to see where time and memory
+//! go.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -37,6 +42,10 @@ const TXN_OPS: usize = 128;
 const IN_FLIGHT: usize = 16;
 /// How long the kernel may take to show every object, at most.
 const CONVERGE_LIMIT: Duration = Duration::from_secs(600);
+
+/// The first index of the live-added peers: their subnets start at 10.200.0.0/24, so
+/// that they sort together in etcd (a range of keys of their own).
+const EXTRA: u32 = 200 * 256 - 256;
 
 /// Peer `i`'s subnet index in the network: 10.1.0.0/24 upwards, clear of 10.0.x.0.
 fn index(i: u32) -> u32 {
@@ -120,6 +129,32 @@ fn etcd_bulk(etcd_ns: &str, ops: Vec<(String, Option<String>)>) -> Result<Durati
         })
     })
     .map_err(|e| format!("etcd bulk write: {e}"))
+}
+
+/// Delete the keys in `[start, end)` with one request (one revision, one watch
+/// event batch), from inside the etcd namespace.
+fn etcd_delete_range(etcd_ns: &str, (start, end): (String, String)) -> Result<Duration, String> {
+    let url = format!("http://{ETCD_IP}:2379");
+    netns::in_netns(Some(etcd_ns), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let mut client = etcd_client::Client::connect([url.as_str()], None)
+                .await
+                .map_err(std::io::Error::other)?;
+            let started = Instant::now();
+            client
+                .delete(
+                    start,
+                    Some(etcd_client::DeleteOptions::new().with_range(end)),
+                )
+                .await
+                .map_err(std::io::Error::other)?;
+            Ok(started.elapsed())
+        })
+    })
+    .map_err(|e| format!("etcd range delete: {e}"))
 }
 
 /// Routes, neighbours and FDB entries (with a destination) on `flannel.1` in `ns`.
@@ -396,9 +431,10 @@ fn measure(c: &mut Cluster, n: u32) -> Result<Row, String> {
     thread::sleep(Duration::from_millis(500));
     let (rss, _) = memory(pid);
 
-    // Live: 10 % more peers at once, then the same removed. Skip the node's own subnet.
+    // Live: 10 % more peers at once (10.200.0.0/24 upwards, a key range of their
+    // own), then the same removed at once: one delete of that range, one revision.
     let own = c.nodes[0].subnet();
-    let extra: Vec<u32> = (n..n + n / 10 + 1)
+    let extra: Vec<u32> = (EXTRA..EXTRA + n / 10 + 1)
         .filter(|i| subnet_of(*i).0 != own)
         .take((n / 10) as usize)
         .collect();
@@ -409,16 +445,25 @@ fn measure(c: &mut Cluster, n: u32) -> Result<Row, String> {
             (k, Some(v))
         })
         .collect();
-    let dels: Vec<(String, Option<String>)> = adds.iter().map(|(k, _)| (k.clone(), None)).collect();
     let started = Instant::now();
-    etcd_bulk(&etcd_ns, adds)?;
+    let add_write = etcd_bulk(&etcd_ns, adds)?;
     let add = converged(&node_ns, n as usize + extra.len(), started)?;
     let started = Instant::now();
-    etcd_bulk(&etcd_ns, dels)?;
+    let range = (
+        format!("{prefix}/subnets/10.200."),
+        format!("{prefix}/subnets/10.208."),
+    );
+    let remove_write = etcd_delete_range(&etcd_ns, range)?;
     let remove = converged(&node_ns, n as usize, started)?;
+    eprintln!(
+        "bench: {n} peers: the live add's etcd write took {:.3} s, the remove's {:.3} s",
+        add_write.as_secs_f64(),
+        remove_write.as_secs_f64()
+    );
     let (_, peak) = memory(pid);
     if let Ok(keep) = std::env::var("BENCH_KEEP_LOG") {
         let _ = fs::copy(&c.nodes[0].log, format!("{keep}.{n}"));
+        let _ = fs::copy(format!("/proc/{pid}/smaps"), format!("{keep}.{n}.smaps"));
     }
     if c.nodes[0].stop() != Some(0) {
         return Err("twill did not exit 0 on SIGTERM".into());
