@@ -395,3 +395,44 @@ fn changes_made_while_a_node_was_cut_off_from_etcd_are_applied_when_it_is_back()
     assert_eq!(c.nodes[0].stop(), Some(0));
     assert_eq!(c.nodes[1].stop(), Some(0));
 }
+
+/// systemd's readiness protocol: with `NOTIFY_SOCKET` set (as a `Type=notify` unit
+/// has it), twill sends `READY=1` once subnet.env is written and its peers are handed
+/// to the backend, with a `STATUS=` line, and `STOPPING=1` on SIGTERM.
+#[test]
+fn systemd_is_told_when_the_node_is_ready_and_when_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+    let mut c = Cluster::new(2);
+    c.put_config(CONFIG);
+    c.start_twill(2);
+    let path = c.dir().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    c.twill_env
+        .push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+    let started = Instant::now();
+    c.start_twill(1);
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("a notification within 30 s");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    eprintln!(
+        "systemd told {:.2?} after the start: {ready:?}",
+        started.elapsed()
+    );
+    assert!(ready.starts_with("READY=1\n"), "{ready}");
+    assert!(
+        ready.contains(&format!(
+            "STATUS=subnet {}, 1 peers, backend vxlan",
+            c.nodes[0].subnet()
+        )),
+        "{ready}"
+    );
+    assert!(c.nodes[0].subnet_file.exists(), "ready after subnet.env");
+    assert_eq!(c.nodes[0].stop(), Some(0));
+    let n = socket.recv(&mut buf).expect("the stop notification");
+    let stopping = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(stopping.starts_with("STOPPING=1\n"), "{stopping}");
+    assert_eq!(c.nodes[1].stop(), Some(0));
+}

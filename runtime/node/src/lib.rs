@@ -22,6 +22,7 @@
 
 mod health;
 mod iface;
+mod notify;
 mod own;
 mod peers;
 mod plugins;
@@ -387,6 +388,7 @@ impl<S: LeaseStore> Node<S> {
 
     async fn stop(self, signal: &str) -> anyhow::Result<()> {
         tracing::info!("{signal} received; stopping (kernel objects and lease stay in place)");
+        notify::notify(&format!("STOPPING=1\nSTATUS=stopping ({signal})"));
         self.backend.stop().await
     }
 }

@@ -69,6 +69,11 @@ impl Peers {
         self.set.leases().cloned()
     }
 
+    /// How many peers there are.
+    pub(super) fn len(&self) -> usize {
+        self.set.len()
+    }
+
     /// A batch is about to be handed to the backend: its additions count as handed
     /// from now on, so a later removal reaches the backend even if this call fails. Its
     /// removals count only once the backend answered them ([`Peers::record`]): a

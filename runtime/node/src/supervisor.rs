@@ -384,6 +384,12 @@ impl<S: LeaseStore> Node<S> {
         if self.backend.restart.is_none() {
             self.remove_orphaned().await;
         }
+        crate::notify::notify(&format!(
+            "READY=1\nSTATUS=subnet {}, backend {}, peers {}",
+            self.own.lease.subnet,
+            self.backend.plugin.name,
+            self.peers.len()
+        ));
     }
 
     /// Remove what replaced instances (or an earlier run) left that their successor did
