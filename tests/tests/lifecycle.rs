@@ -424,7 +424,7 @@ fn systemd_is_told_when_the_node_is_ready_and_when_it_stops() {
     assert!(ready.starts_with("READY=1\n"), "{ready}");
     assert!(
         ready.contains(&format!(
-            "STATUS=subnet {}, 1 peers, backend vxlan",
+            "STATUS=subnet {}, backend vxlan, peers 1",
             c.nodes[0].subnet()
         )),
         "{ready}"
