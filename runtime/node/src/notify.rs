@@ -15,13 +15,13 @@ pub(crate) fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
-    if let Err(e) = send(&path, state) {
-        if !WARNED.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "cannot notify systemd at NOTIFY_SOCKET={}: {e}",
-                path.to_string_lossy()
-            );
-        }
+    if let Err(e) = send(&path, state)
+        && !WARNED.swap(true, Ordering::Relaxed)
+    {
+        tracing::warn!(
+            "cannot notify systemd at NOTIFY_SOCKET={}: {e}",
+            path.to_string_lossy()
+        );
     }
 }
 
