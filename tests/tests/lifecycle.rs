@@ -436,3 +436,49 @@ fn systemd_is_told_when_the_node_is_ready_and_when_it_stops() {
     assert!(stopping.starts_with("STOPPING=1\n"), "{stopping}");
     assert_eq!(c.nodes[1].stop(), Some(0));
 }
+
+/// The network config changed in etcd under a running node (audit G-6): the node keeps
+/// running on the one it started with and says so once per change, naming the way to
+/// apply it; an invalid config is named as such. Pods keep reaching each other.
+#[test]
+fn a_config_changed_in_the_store_is_named_not_applied_in_silence() {
+    let mut c = Cluster::new(2);
+    c.put_config(CONFIG);
+    for k in 1..=2 {
+        c.start_twill(k);
+    }
+    c.wire_pods();
+    c.assert_full_mesh(Duration::from_secs(30));
+    let warnings = |c: &Cluster, what: &str| {
+        c.nodes[0]
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains(what))
+            .count()
+    };
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#);
+    let changed = "the network config in the store changed";
+    let took = time_until("the change named", Duration::from_secs(20), || {
+        warnings(&c, changed) == 1
+    });
+    eprintln!("a config change named {took:.1?} after it was written");
+    assert!(c.nodes[0].log_text().contains("restart twill to apply it"));
+    c.put_config(r#"{"Network":"10.244.0.0/16","SubnetLen":33}"#);
+    time_until("the invalid config named", Duration::from_secs(20), || {
+        warnings(&c, "is not valid any more") == 1
+    });
+    // Once each: the next probes see the same text.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(warnings(&c, changed), 1);
+    assert_eq!(warnings(&c, "is not valid any more"), 1);
+    assert!(
+        c.nodes[0]
+            .exec(&["ip", "-o", "link", "show"])
+            .contains("flannel.1"),
+        "still vxlan"
+    );
+    c.assert_full_mesh(Duration::from_secs(5));
+    for node in &mut c.nodes {
+        assert_eq!(node.stop(), Some(0));
+    }
+}

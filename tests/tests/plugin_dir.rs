@@ -182,6 +182,12 @@ fn plugin_list_and_inspect_need_no_root() {
     assert_eq!(f["name"], "vxlan");
     assert_eq!(f["version"], "0.1.0");
     assert_eq!(f["wit version"], "twill:backend@0.1.0");
+    // The plugin's own example config (describe()'s config-hint), as the operator
+    // writes it into Backend.
+    assert!(
+        f["config example"].starts_with(r#"{"Type":"vxlan","VNI":1,"Port":8472"#),
+        "{stdout}"
+    );
     assert_eq!(
         f["capabilities"],
         "addresses, fdb, links, log, neighbours, route-lookup, routes"

@@ -259,10 +259,20 @@ impl ApiState {
     // ---- peers ------------------------------------------------------------------------
 
     /// A peer was handed to the backend (or is about to be): it becomes `pending` with
-    /// the lease's attributes. The last error of a peer already known is kept.
+    /// the lease's attributes. The last error of a peer already known is kept; a peer
+    /// handed again with the same lease (a resync, a replay) keeps its state.
     pub fn peer_pending(&self, lease: &Lease) {
         let now = rfc3339(SystemTime::now());
         let mut inner = self.write();
+        // The same lease handed again (a resync, a restart's replay) changes nothing:
+        // the peer keeps its state and `state_since`.
+        if inner.peers.get(&lease.subnet).is_some_and(|p| {
+            p.public_ip == lease.attrs.public_ip
+                && p.backend_type == lease.attrs.backend_type
+                && p.backend_data == backend_data(lease)
+        }) {
+            return;
+        }
         let (last_error, health) = inner
             .peers
             .get(&lease.subnet)
@@ -670,8 +680,16 @@ mod tests {
         assert_eq!(peer.programmed, "route");
         assert_eq!(peer.last_error.as_ref(), Some(&first));
 
-        // Re-sent as added (the periodic repair): pending again, the error kept.
+        // Re-sent as added with the same lease (the periodic repair, a replay): it
+        // stays programmed, since when it was.
+        let since = state.peers()[0].state_since.clone();
+        std::thread::sleep(Duration::from_millis(1100));
         state.peer_pending(&l);
+        assert_eq!(state.peers()[0].state, PeerState::Programmed);
+        assert_eq!(state.peers()[0].state_since, since);
+        // A changed lease is another peer to program: pending, the error kept.
+        let moved = lease("10.244.2.0/24", [192, 168, 1, 9]);
+        state.peer_pending(&moved);
         assert_eq!(state.peers()[0].state, PeerState::Pending);
         assert_eq!(state.peers()[0].last_error.as_ref(), Some(&first));
 

@@ -125,13 +125,14 @@ pub struct Options {
     pub resync_interval: Duration,
 }
 
-/// Ask the store for the config every [`STORE_PROBE`] and send whether it answered;
+/// Ask the store for the config every [`STORE_PROBE`] and send its answer (the config
+/// text, to notice a change) or why there is none;
 /// ends when the node loop is gone. One probe tries up to [`PROBE_TRIES`] requests
 /// within its time: the etcd client spreads requests over the endpoints, and one that
 /// meets a dead member while the others answer is no outage.
 async fn probe_store<S: LeaseStore>(
     store: S,
-    answers: tokio::sync::mpsc::Sender<Result<(), String>>,
+    answers: tokio::sync::mpsc::Sender<Result<Option<String>, String>>,
 ) {
     let mut every = tokio::time::interval(STORE_PROBE);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -141,7 +142,7 @@ async fn probe_store<S: LeaseStore>(
             let mut last = String::new();
             for _ in 0..PROBE_TRIES {
                 match store.get_config().await {
-                    Ok(_) => return Ok(()),
+                    Ok(config) => return Ok(config),
                     Err(e) => last = error_chain(&e),
                 }
             }
@@ -278,6 +279,8 @@ struct Node<S> {
     probes: Probes,
     resync_interval: Duration,
     report: Report,
+    /// The store's config text last looked at ([`Node::check_config`]).
+    config_noticed: Option<String>,
 }
 
 impl<S: LeaseStore> Node<S> {
@@ -366,9 +369,10 @@ impl<S: LeaseStore> Node<S> {
 
     /// Whether the store answered: the state `/v1/status`, `/readyz` and the metrics
     /// show, and one log line when it stops or starts answering.
-    fn on_store_probe(&mut self, answer: Result<(), String>) {
+    fn on_store_probe(&mut self, answer: Result<Option<String>, String>) {
         match answer {
-            Ok(()) => {
+            Ok(config) => {
+                self.check_config(config);
                 let was = self.report.api.set_store_state(StoreState::Connected);
                 if was == StoreState::Disconnected {
                     tracing::info!("the lease store answers again");
@@ -384,6 +388,29 @@ impl<S: LeaseStore> Node<S> {
                 }
             }
         }
+    }
+
+    /// The network config as the store holds it now, against the one this node runs
+    /// on (read at start): a change takes effect at the next start, so say so, once
+    /// per change, instead of running on the old one in silence.
+    fn check_config(&mut self, text: Option<String>) {
+        let Some(text) = text else { return };
+        if self.config_noticed.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        match twill_core::config::Config::parse(&text) {
+            Ok(now) if now == self.own.config => {}
+            Ok(_) => tracing::warn!(
+                "the network config in the store changed; this node keeps running on the \
+                 one it started with: restart twill to apply it (docs/operations.md, \
+                 \"Change the cluster's backend\")"
+            ),
+            Err(e) => tracing::warn!(
+                "the network config in the store is not valid any more ({e}); this node \
+                 keeps running on the one it started with"
+            ),
+        }
+        self.config_noticed = Some(text);
     }
 
     async fn stop(self, signal: &str) -> anyhow::Result<()> {

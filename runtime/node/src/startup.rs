@@ -181,6 +181,7 @@ async fn with_store<S: LeaseStore>(
             },
         },
         resync_interval: args.resync_interval,
+        config_noticed: None,
         report,
     })
 }

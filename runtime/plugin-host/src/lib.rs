@@ -226,6 +226,9 @@ pub struct Plugin {
     pub name: String,
     /// Its own version.
     pub version: String,
+    /// An example `Backend` config object for it (`describe().config-hint`); may be
+    /// empty.
+    pub config_hint: String,
     /// Where it came from (`built-in`, a file path).
     pub source: String,
     /// The capabilities (WIT interfaces of twill:backend) it imports.

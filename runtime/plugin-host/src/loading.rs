@@ -147,6 +147,7 @@ impl PluginHost {
             .map(|(info, pre, backend, datapath)| Plugin {
                 name: info.name,
                 version: info.version,
+                config_hint: info.config_hint,
                 source: source.to_owned(),
                 capabilities: facts.capabilities.clone(),
                 wit_version: facts.wit_version.clone().unwrap_or_default(),

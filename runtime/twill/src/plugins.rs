@@ -188,6 +188,16 @@ fn inspect(args: &PluginInspectArgs) -> anyhow::Result<bool> {
         plugin.map_or_else(not_run, |p| p.version.clone()),
     ));
     lines.push((
+        "config example",
+        plugin.map_or_else(not_run, |p| {
+            if p.config_hint.is_empty() {
+                "- (the plugin gives none)".to_owned()
+            } else {
+                p.config_hint.clone()
+            }
+        }),
+    ));
+    lines.push((
         "wit version",
         facts
             .and_then(|f| f.wit_version.clone())
