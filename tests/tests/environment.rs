@@ -267,7 +267,8 @@ fn every_run_option_is_exercised_by_a_test() {
 }
 
 /// The same settings as flags: `--etcd-prefix`, `--api-addr`, `--healthz-ip`,
-/// `--healthz-port`, each by its effect.
+/// `--healthz-port`, each by its effect; and flanneld's single-dash spelling
+/// (`-iface=eth0`).
 #[test]
 fn prefix_api_and_health_listeners_by_flag() {
     let mut c = Cluster::new(1);
@@ -280,8 +281,8 @@ fn prefix_api_and_health_listeners_by_flag() {
     c.start_twill_with(
         1,
         &[
-            "--iface",
-            "eth0",
+            // flanneld's Go spelling, as a migrated unit file has it.
+            "-iface=eth0",
             "--etcd-prefix",
             prefix,
             "--api-addr",

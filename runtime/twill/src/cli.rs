@@ -18,6 +18,52 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parse the command line, taking flanneld's Go spelling of `run`'s flags too
+    /// (`-etcd-endpoints=…`, `-iface eth0`): a single-dash argument naming one of `run`'s
+    /// long options is read as that option. Anything else is left to clap, so a typo
+    /// still fails with its usage message.
+    pub fn parse_flannel_style() -> Cli {
+        Cli::parse_from(go_style_flags(std::env::args_os().collect()))
+    }
+}
+
+/// `args` with `run`'s single-dash long options (Go's flag syntax, which flanneld
+/// uses) turned into double-dash ones.
+pub fn go_style_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    let is_run = args.get(1).is_some_and(|a| a == "run");
+    if !is_run {
+        return args;
+    }
+    let command = Cli::command();
+    let longs: Vec<String> = command
+        .find_subcommand("run")
+        .map(|run| {
+            run.get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    args.into_iter()
+        .enumerate()
+        .map(|(i, arg)| {
+            let Some(text) = arg.to_str().filter(|_| i >= 2) else {
+                return arg;
+            };
+            let Some(rest) = text.strip_prefix('-').filter(|r| !r.starts_with('-')) else {
+                return arg;
+            };
+            let name = rest.split('=').next().unwrap_or(rest);
+            if name.len() > 1 && longs.iter().any(|l| l == name) {
+                format!("-{text}").into()
+            } else {
+                arg
+            }
+        })
+        .collect()
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node daemon (what flanneld does).
@@ -657,4 +703,64 @@ pub struct ConfigSetArgs {
     /// The config, e.g. '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'.
     #[arg(value_name = "JSON")]
     pub json: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(args: &[&str]) -> Vec<String> {
+        go_style_flags(args.iter().map(Into::into).collect())
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn flanneld_single_dash_flags_are_read_as_long_options() {
+        assert_eq!(
+            rewrite(&[
+                "twill",
+                "run",
+                "-etcd-endpoints=http://10.0.0.1:2379",
+                "-iface",
+                "eth0",
+                "--ip-masq",
+                "-h",
+                "-nosuch",
+                "eth0"
+            ]),
+            [
+                "twill",
+                "run",
+                "--etcd-endpoints=http://10.0.0.1:2379",
+                "--iface",
+                "eth0",
+                "--ip-masq",
+                "-h",
+                "-nosuch",
+                "eth0"
+            ]
+        );
+        // Only for `run`: other commands keep their arguments.
+        assert_eq!(
+            rewrite(&["twill", "status", "-api-addr=1.2.3.4:1"]),
+            ["twill", "status", "-api-addr=1.2.3.4:1"]
+        );
+        let cli = Cli::parse_from(go_style_flags(
+            [
+                "twill",
+                "run",
+                "-subnet-lease-renew-margin=30",
+                "-iface=eth1",
+            ]
+            .iter()
+            .map(Into::into)
+            .collect(),
+        ));
+        let Command::Run(run) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(run.subnet_lease_renew_margin, 30);
+    }
 }

@@ -16,15 +16,13 @@ mod status;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // Invoked as `flannel` (from a CNI bin directory): the CNI plugin, which speaks
     // through CNI_* variables, stdin and stdout only.
     if cni::invoked_as_plugin() {
         return cni::main();
     }
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_flannel_style();
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
