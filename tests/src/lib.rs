@@ -355,6 +355,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// `n` nodes on the network config `config`, twill started on each (`--iface
+    /// eth0`), the pods wired and reaching each other.
+    pub fn running(n: u8, config: &str) -> Cluster {
+        let mut c = Cluster::new(n);
+        c.put_config(config);
+        for k in 1..=c.nodes.len() {
+            c.start_twill(k);
+        }
+        c.wire_pods();
+        c.assert_full_mesh(Duration::from_secs(30));
+        c
+    }
+
     /// Build the underlay, etcd and `n` node namespaces (twill not started yet).
     pub fn new(n: u8) -> Cluster {
         Self::segmented(&[n])

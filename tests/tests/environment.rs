@@ -9,6 +9,24 @@ use std::time::Duration;
 
 use twill_e2e::{Cluster, ETCD_IP, twill_bin, wait_for};
 
+/// The HTTP status `curl` gets for `url` from inside namespace `ns` (empty when none).
+fn http_code(ns: &str, url: &str) -> String {
+    let out = twill_e2e::run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        url,
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn flanneld_environment_variables_alone_configure_a_node() {
     let c = Cluster::new(2);
@@ -68,22 +86,7 @@ fn flanneld_environment_variables_alone_configure_a_node() {
     let filter = node.iptables(&["-S"]);
     assert!(!filter.contains("TWILL-FWD"), "{filter}");
     // FLANNELD_HEALTHZ_IP/PORT and TWILL_API_ADDR.
-    let curl = |url: &str| {
-        let out = twill_e2e::run(&[
-            "ip",
-            "netns",
-            "exec",
-            &node.ns,
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            url,
-        ]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let curl = |url: &str| http_code(&node.ns, url);
     wait_for("the health listener", Duration::from_secs(30), || {
         (curl("http://127.0.0.1:9476/readyz") == "200").then_some(())
     });
@@ -294,22 +297,7 @@ fn prefix_api_and_health_listeners_by_flag() {
         ],
     );
     let node = &c.nodes[0];
-    let curl = |url: &str| {
-        let out = twill_e2e::run(&[
-            "ip",
-            "netns",
-            "exec",
-            &node.ns,
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            url,
-        ]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let curl = |url: &str| http_code(&node.ns, url);
     wait_for(
         "the health listener on 9479",
         Duration::from_secs(30),

@@ -214,13 +214,7 @@ fn the_lease_is_renewed_at_its_margin_and_a_failed_renewal_is_retried() {
 /// full lease list has been replayed; a peer still there keeps its objects throughout.
 #[test]
 fn a_peer_that_left_while_the_daemon_was_stopped_is_removed_at_the_next_start() {
-    let mut c = Cluster::new(3);
-    c.put_config(CONFIG);
-    for k in 1..=3 {
-        c.start_twill(k);
-    }
-    c.wire_pods();
-    c.assert_full_mesh(Duration::from_secs(30));
+    let mut c = Cluster::running(3, CONFIG);
     let objects = |c: &Cluster, peer: usize| {
         let peer = &c.nodes[peer - 1];
         let subnet = peer.subnet();
@@ -321,13 +315,7 @@ fn a_request_the_kernel_refuses_is_counted_and_retried() {
 /// reconnect.
 #[test]
 fn changes_made_while_a_node_was_cut_off_from_etcd_are_applied_when_it_is_back() {
-    let mut c = Cluster::new(3);
-    c.put_config(CONFIG);
-    for k in 1..=3 {
-        c.start_twill(k);
-    }
-    c.wire_pods();
-    c.assert_full_mesh(Duration::from_secs(30));
+    let mut c = Cluster::running(3, CONFIG);
     let node = &c.nodes[0];
     let connects = node.metric("twill_etcd_watch_connects_total");
     let leaving = c.nodes[2].subnet();
@@ -442,13 +430,7 @@ fn systemd_is_told_when_the_node_is_ready_and_when_it_stops() {
 /// apply it; an invalid config is named as such. Pods keep reaching each other.
 #[test]
 fn a_config_changed_in_the_store_is_named_not_applied_in_silence() {
-    let mut c = Cluster::new(2);
-    c.put_config(CONFIG);
-    for k in 1..=2 {
-        c.start_twill(k);
-    }
-    c.wire_pods();
-    c.assert_full_mesh(Duration::from_secs(30));
+    let mut c = Cluster::running(2, CONFIG);
     let warnings = |c: &Cluster, what: &str| {
         c.nodes[0]
             .log_text()

@@ -643,22 +643,31 @@ fn what_a_trapped_instance_left_behind_is_removed_after_the_restart() {
     assert_eq!(c.nodes[0].stop(), Some(0));
 }
 
-/// Security review L-1: whatever a data-path plugin answers, the host writes into
-/// flannel0 only a packet in place of a datagram from a current peer whose subnet holds
-/// its inner source. The `udp-open` plugin passes every datagram; a lease makes one
-/// outside host a peer (10.244.2.0/24), another sends without one.
-#[test]
-fn only_a_peers_own_packets_reach_the_pods_whatever_the_plugin_says() {
+/// One node on the `udp-open` test plugin (from a plugin directory) in `Backend.Mode`
+/// `mode` (empty: none), its pod wired.
+fn udp_open_node(mode: &str) -> Cluster {
     static OPEN: OnceLock<PathBuf> = OnceLock::new();
     let open = OPEN.get_or_init(|| build_plugin_crate(&test_plugin_dir("udp-open")));
     let mut c = Cluster::new(1);
-    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp-open"}}"#);
+    c.put_config(&format!(
+        r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"udp-open","Mode":"{mode}"}}}}"#
+    ));
     let dir = c.dir().join("plugins");
     std::fs::create_dir_all(&dir).expect("plugin dir");
     std::fs::copy(open, dir.join("udp-open.wasm")).expect("copy the plugin");
     let dir = dir.display().to_string();
     c.start_twill_with(1, &["--iface", "eth0", "--plugin-dir", &dir]);
     c.wire_pods();
+    c
+}
+
+/// Security review L-1: whatever a data-path plugin answers, the host writes into
+/// flannel0 only a packet in place of a datagram from a current peer whose subnet holds
+/// its inner source. The `udp-open` plugin passes every datagram; a lease makes one
+/// outside host a peer (10.244.2.0/24), another sends without one.
+#[test]
+fn only_a_peers_own_packets_reach_the_pods_whatever_the_plugin_says() {
+    let mut c = udp_open_node("");
     let peer = c.add_outside_host("peer", "192.168.77.50");
     let stranger = c.add_outside_host("stranger", "192.168.77.51");
     c.etcdctl(&[
@@ -831,18 +840,7 @@ fn restarts_back_off_one_two_four_seconds() {
 /// datagram.
 #[test]
 fn a_trap_in_the_udp_data_path_restarts_it_on_the_same_device_and_socket() {
-    static OPEN: OnceLock<PathBuf> = OnceLock::new();
-    let open = OPEN.get_or_init(|| build_plugin_crate(&test_plugin_dir("udp-open")));
-    let mut c = Cluster::new(1);
-    c.put_config(
-        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp-open","Mode":"trap-in-decap"}}"#,
-    );
-    let dir = c.dir().join("plugins");
-    std::fs::create_dir_all(&dir).expect("plugin dir");
-    std::fs::copy(open, dir.join("udp-open.wasm")).expect("copy the plugin");
-    let dir = dir.display().to_string();
-    c.start_twill_with(1, &["--iface", "eth0", "--plugin-dir", &dir]);
-    c.wire_pods();
+    let mut c = udp_open_node("trap-in-decap");
     let peer = c.add_outside_host("peer", "192.168.77.50");
     let node = &c.nodes[0];
     let ifindex = || {

@@ -85,9 +85,14 @@ fn lease(prefix: &str, i: u32) -> (String, String) {
     (format!("{prefix}/subnets/{key}"), value)
 }
 
-/// Write (`Some(value)`) or delete (`None`) these keys in etcd, in transactions of
-/// [`TXN_OPS`] with [`IN_FLIGHT`] at a time, from inside the etcd namespace.
-fn etcd_bulk(etcd_ns: &str, ops: Vec<(String, Option<String>)>) -> Result<Duration, String> {
+/// Run `f` with a client of the cluster's etcd, from inside the etcd namespace (its
+/// address is only reachable there) on a runtime of its own; what `f` answers.
+fn with_etcd<T, F, Fut>(etcd_ns: &str, what: &str, f: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce(etcd_client::Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
     let url = format!("http://{ETCD_IP}:2379");
     netns::in_netns(Some(etcd_ns), move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -97,64 +102,63 @@ fn etcd_bulk(etcd_ns: &str, ops: Vec<(String, Option<String>)>) -> Result<Durati
             let client = etcd_client::Client::connect([url.as_str()], None)
                 .await
                 .map_err(std::io::Error::other)?;
-            let started = Instant::now();
-            let chunks: Vec<Vec<(String, Option<String>)>> =
-                ops.chunks(TXN_OPS).map(<[_]>::to_vec).collect();
-            let mut pending = chunks.into_iter();
-            let mut running = tokio::task::JoinSet::new();
-            loop {
-                while running.len() < IN_FLIGHT {
-                    let Some(chunk) = pending.next() else { break };
-                    let mut kv = client.kv_client();
-                    running.spawn(async move {
-                        let ops: Vec<etcd_client::TxnOp> = chunk
-                            .into_iter()
-                            .map(|(k, v)| match v {
-                                Some(v) => etcd_client::TxnOp::put(k, v, None),
-                                None => etcd_client::TxnOp::delete(k, None),
-                            })
-                            .collect();
-                        kv.txn(etcd_client::Txn::new().and_then(ops)).await
-                    });
-                }
-                match running.join_next().await {
-                    Some(done) => {
-                        done.map_err(std::io::Error::other)?
-                            .map_err(std::io::Error::other)?;
-                    }
-                    None => break,
-                }
-            }
-            Ok(started.elapsed())
+            f(client).await.map_err(std::io::Error::other)
         })
     })
-    .map_err(|e| format!("etcd bulk write: {e}"))
+    .map_err(|e| format!("{what}: {e}"))
 }
 
-/// Delete the keys in `[start, end)` with one request (one revision, one watch
-/// event batch), from inside the etcd namespace.
-fn etcd_delete_range(etcd_ns: &str, (start, end): (String, String)) -> Result<Duration, String> {
-    let url = format!("http://{ETCD_IP}:2379");
-    netns::in_netns(Some(etcd_ns), move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let mut client = etcd_client::Client::connect([url.as_str()], None)
-                .await
-                .map_err(std::io::Error::other)?;
-            let started = Instant::now();
-            client
-                .delete(
-                    start,
-                    Some(etcd_client::DeleteOptions::new().with_range(end)),
-                )
-                .await
-                .map_err(std::io::Error::other)?;
-            Ok(started.elapsed())
-        })
+/// Write (`Some(value)`) or delete (`None`) these keys in etcd, in transactions of
+/// [`TXN_OPS`] with [`IN_FLIGHT`] at a time.
+fn etcd_bulk(etcd_ns: &str, ops: Vec<(String, Option<String>)>) -> Result<Duration, String> {
+    with_etcd(etcd_ns, "etcd bulk write", move |client| async move {
+        let started = Instant::now();
+        let chunks: Vec<Vec<(String, Option<String>)>> =
+            ops.chunks(TXN_OPS).map(<[_]>::to_vec).collect();
+        let mut pending = chunks.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < IN_FLIGHT {
+                let Some(chunk) = pending.next() else { break };
+                let mut kv = client.kv_client();
+                running.spawn(async move {
+                    let ops: Vec<etcd_client::TxnOp> = chunk
+                        .into_iter()
+                        .map(|(k, v)| match v {
+                            Some(v) => etcd_client::TxnOp::put(k, v, None),
+                            None => etcd_client::TxnOp::delete(k, None),
+                        })
+                        .collect();
+                    kv.txn(etcd_client::Txn::new().and_then(ops)).await
+                });
+            }
+            match running.join_next().await {
+                Some(Ok(done)) => {
+                    done?;
+                }
+                Some(Err(e)) => {
+                    return Err(etcd_client::Error::IoError(std::io::Error::other(e)));
+                }
+                None => break,
+            }
+        }
+        Ok(started.elapsed())
     })
-    .map_err(|e| format!("etcd range delete: {e}"))
+}
+
+/// Delete the keys in `[start, end)` with one request (one revision, one watch event
+/// batch).
+fn etcd_delete_range(etcd_ns: &str, (start, end): (String, String)) -> Result<Duration, String> {
+    with_etcd(etcd_ns, "etcd range delete", move |mut client| async move {
+        let started = Instant::now();
+        client
+            .delete(
+                start,
+                Some(etcd_client::DeleteOptions::new().with_range(end)),
+            )
+            .await?;
+        Ok(started.elapsed())
+    })
 }
 
 /// Routes, neighbours and FDB entries (with a destination) on `flannel.1` in `ns`.
