@@ -320,54 +320,22 @@ fn polled_batch(
 fn baseline_ns(id: &str) -> Result<String, String> {
     let ns = format!("{id}-base");
     let _ = run(&["ip", "netns", "del", &ns]);
-    for cmd in [
-        vec!["ip", "netns", "add", &ns],
-        vec![
-            "ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
-        ],
-        vec![
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            "192.168.77.1/24",
-            "dev",
-            "eth0",
-        ],
-        vec!["ip", "-n", &ns, "link", "set", "eth0", "up"],
-        vec!["ip", "-n", &ns, "link", "set", "eth0p", "up"],
-        vec![
-            "ip",
-            "-n",
-            &ns,
-            "link",
-            "add",
-            "flannel.1",
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "local",
-            "192.168.77.1",
-            "dev",
-            "eth0",
-            "dstport",
-            "8472",
-            "nolearning",
-        ],
-        vec![
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            "10.0.0.0/32",
-            "dev",
-            "flannel.1",
-        ],
-        vec!["ip", "-n", &ns, "link", "set", "flannel.1", "up"],
-    ] {
+    let setup = [
+        "link add eth0 type veth peer name eth0p",
+        "addr add 192.168.77.1/24 dev eth0",
+        "link set eth0 up",
+        "link set eth0p up",
+        "link add flannel.1 type vxlan id 1 local 192.168.77.1 dev eth0 dstport 8472 nolearning",
+        "addr add 10.0.0.0/32 dev flannel.1",
+        "link set flannel.1 up",
+    ];
+    let add = vec!["ip", "netns", "add", &ns];
+    let steps = setup.iter().map(|step| {
+        let mut cmd = vec!["ip", "-n", &ns];
+        cmd.extend(step.split_whitespace());
+        cmd
+    });
+    for cmd in std::iter::once(add).chain(steps) {
         let out = run(&cmd);
         if !out.status.success() {
             return Err(format!(
