@@ -159,6 +159,21 @@ pub struct TableRoute {
     pub unicast: bool,
 }
 
+impl TableRoute {
+    /// Whether it is one twill wrote: its protocol, at metric 0 (twill writes no other).
+    pub fn is_twills(&self) -> bool {
+        self.protocol == ROUTE_PROTOCOL && self.metric == 0
+    }
+
+    /// Of `routes`, the one whose destination is exactly `dst`, the lowest metric first.
+    pub fn at(routes: impl IntoIterator<Item = TableRoute>, dst: Subnet) -> Option<TableRoute> {
+        routes
+            .into_iter()
+            .filter(|t| t.route.dst == dst)
+            .min_by_key(|t| t.metric)
+    }
+}
+
 /// What `ip route get` answers for a destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteLookup {
@@ -268,11 +283,7 @@ pub trait Kernel: Send + Sync + 'static {
     /// with the lowest metric), if any: what [`Kernel::table_routes`] holds for `dst`,
     /// without listing every route where the kernel can answer for one.
     fn table_route(&self, dst: Subnet) -> Result<Option<TableRoute>, NetError> {
-        Ok(self
-            .table_routes()?
-            .into_iter()
-            .filter(|t| t.route.dst == dst)
-            .min_by_key(|t| t.metric))
+        Ok(TableRoute::at(self.table_routes()?, dst))
     }
     /// Every permanent IPv4 neighbour entry, on every link.
     fn permanent_neighbours(&self) -> Result<Vec<Neighbour>, NetError>;

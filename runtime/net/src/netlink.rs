@@ -416,11 +416,7 @@ impl Kernel for Netlink {
             Some(t) if t.route.dst.prefix() < dst.prefix() && t.route.dst.contains_subnet(&dst) => {
                 Ok(None)
             }
-            _ => Ok(self
-                .table_routes()?
-                .into_iter()
-                .filter(|t| t.route.dst == dst)
-                .min_by_key(|t| t.metric)),
+            _ => Ok(TableRoute::at(self.table_routes()?, dst)),
         }
     }
 

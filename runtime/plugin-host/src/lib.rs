@@ -474,7 +474,7 @@ pub fn remove_leftovers(kernel: &dyn Kernel, old: &Held, new: &Held) -> usize {
     let twills: std::collections::BTreeSet<twill_core::Subnet> = match kernel.table_routes() {
         Ok(table) => table
             .into_iter()
-            .filter(|t| t.protocol == twill_net::ROUTE_PROTOCOL && t.metric == 0)
+            .filter(twill_net::TableRoute::is_twills)
             .map(|t| t.route.dst)
             .collect(),
         Err(e) => {
@@ -526,7 +526,7 @@ pub fn left_by_an_earlier_run(
         Ok(table) => held.routes.extend(
             table
                 .into_iter()
-                .filter(|t| t.protocol == twill_net::ROUTE_PROTOCOL && t.metric == 0)
+                .filter(twill_net::TableRoute::is_twills)
                 .map(|t| t.route.dst)
                 .filter(|dst| network.contains_subnet(dst) && !dst.overlaps(&own)),
         ),
