@@ -393,6 +393,8 @@ fn systemd_is_told_when_the_node_is_ready_and_when_it_stops() {
     let mut c = Cluster::new(2);
     c.put_config(CONFIG);
     c.start_twill(2);
+    // Node 2's lease in etcd before node 1 lists the leases (its subnet.env says so).
+    c.wire_pod(2);
     let path = c.dir().join("notify.sock");
     let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
     socket
