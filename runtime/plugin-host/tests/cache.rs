@@ -27,6 +27,24 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Remove a scratch directory. wasmtime's cache worker writes its statistics files on a
+/// thread of its own after a load returns, so a removal can meet a file written
+/// meanwhile ("directory not empty"): try again for a while before failing.
+fn clean_up(dir: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("clean up {}: {e}; again", dir.display());
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("clean up {}: {e}", dir.display()),
+        }
+    }
+}
+
 fn host(cache: Option<&std::path::Path>) -> PluginHost {
     PluginHost::with_cache(Arc::new(FakeKernel::new()), Limits::default(), cache).expect("engine")
 }
@@ -52,7 +70,7 @@ fn a_second_host_reads_the_compiled_plugin_from_the_cache() {
 
     let uncached = host(None).load("built-in:vxlan", vxlan()).expect("loads");
     assert!(!uncached.from_cache);
-    std::fs::remove_dir_all(&dir).expect("clean up");
+    clean_up(&dir);
 }
 
 #[test]
@@ -65,7 +83,7 @@ fn an_unusable_cache_directory_is_no_failure() {
     assert_eq!(host.cache_dir(), None);
     let plugin = host.load("built-in:vxlan", vxlan()).expect("loads");
     assert!(!plugin.from_cache);
-    std::fs::remove_dir_all(&dir).expect("clean up");
+    clean_up(&dir);
 }
 
 /// Every regular file below `dir`.
@@ -105,7 +123,7 @@ fn changed_bytes_are_compiled_again_not_read_from_the_cache() {
     let again = second.load("built-in:vxlan", vxlan()).expect("loads");
     assert!(again.from_cache, "the original is still cached");
     assert_ne!(plugin.sha256, again.sha256);
-    std::fs::remove_dir_all(&dir).expect("clean up");
+    clean_up(&dir);
 }
 
 /// A cache entry overwritten with junk is not run: the plugin is compiled again (and
@@ -131,5 +149,5 @@ fn a_corrupt_cache_entry_is_compiled_again() {
         .load("built-in:vxlan", vxlan())
         .expect("loads");
     assert!(next.from_cache, "the entry was written again");
-    std::fs::remove_dir_all(&dir).expect("clean up");
+    clean_up(&dir);
 }
