@@ -74,7 +74,8 @@ fn host_gw_refuses_a_nat_public_ip() {
     let mut c = Cluster::new(1);
     c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#);
     c.start_twill_with(1, &["--iface", "eth0", "--public-ip", "203.0.113.7"]);
-    assert_eq!(c.nodes[0].wait_exit(Duration::from_secs(30)), Some(1));
+    // 6: the backend refused (docs/operations.md, "Exit status").
+    assert_eq!(c.nodes[0].wait_exit(Duration::from_secs(30)), Some(6));
     let log = c.nodes[0].log_text();
     assert!(
         log.contains("meaning that probably you're on a NAT"),

@@ -5,11 +5,16 @@ use std::time::Duration;
 
 use twill_e2e::{Cluster, wait_for};
 
-/// Run twill on node 1 until it exits; assert a failure whose only error line
-/// contains `want`.
-fn expect_failure(c: &mut Cluster, args: &[&str], want: &str) {
-    c.expect_failure(1, args, want);
+/// Run twill on node 1 until it exits; assert a failure with exit status `code` whose
+/// only error line contains `want`.
+fn expect_failure(c: &mut Cluster, args: &[&str], code: i32, want: &str) {
+    c.expect_failure(1, args, code, want);
 }
+
+/// The exit statuses of docs/operations.md, "Exit status".
+const CONFIG: i32 = 3;
+const BACKEND: i32 = 6;
+const NODE: i32 = 7;
 
 #[test]
 fn bad_configs_interfaces_and_backends_fail_with_one_line() {
@@ -17,39 +22,57 @@ fn bad_configs_interfaces_and_backends_fail_with_one_line() {
     let eth0 = ["--iface", "eth0"];
 
     c.put_config(r#"{"Network":"10.244.0.0/16","#);
-    expect_failure(&mut c, &eth0, "network config is not a JSON object");
+    expect_failure(&mut c, &eth0, CONFIG, "network config is not a JSON object");
 
     c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"nope"}}"#);
     expect_failure(
         &mut c,
         &eth0,
+        BACKEND,
         r#"unknown backend type "nope" in Backend.Type (available: directrouting, host-gw, udp, vxlan)"#,
     );
 
     c.put_config(r#"{"Network":"10.244.0.0/16","SubnetLen":17,"Backend":{"Type":"vxlan"}}"#);
-    expect_failure(&mut c, &eth0, "network config field SubnetLen");
+    expect_failure(&mut c, &eth0, CONFIG, "network config field SubnetLen");
 
     c.put_config(r#"{"Network":"10.244.0.0/30","Backend":{"Type":"vxlan"}}"#);
     expect_failure(
         &mut c,
         &eth0,
+        CONFIG,
         "network config field Network: 10.244.0.0/30 is too small",
     );
 
     // Security review M-1: a network over the host's own ranges or its own address.
     c.put_config(r#"{"Network":"0.0.0.0/0","Backend":{"Type":"vxlan"}}"#);
-    expect_failure(&mut c, &eth0, "overlaps the loopback range 127.0.0.0/8");
+    expect_failure(
+        &mut c,
+        &eth0,
+        CONFIG,
+        "overlaps the loopback range 127.0.0.0/8",
+    );
     c.put_config(r#"{"Network":"192.168.0.0/16","Backend":{"Type":"vxlan"}}"#);
-    expect_failure(&mut c, &eth0, "contains this node's public IP 192.168.77.1");
+    expect_failure(
+        &mut c,
+        &eth0,
+        CONFIG,
+        "contains this node's public IP 192.168.77.1",
+    );
 
     c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":"x"}}"#);
-    expect_failure(&mut c, &eth0, "Backend.VNI");
+    expect_failure(&mut c, &eth0, BACKEND, "Backend.VNI");
 
     c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
-    expect_failure(&mut c, &["--iface", "eth9"], "interface eth9 not found");
+    expect_failure(
+        &mut c,
+        &["--iface", "eth9"],
+        NODE,
+        "interface eth9 not found",
+    );
     expect_failure(
         &mut c,
         &["--iface", "10.9.9.9"],
+        NODE,
         "interface 10.9.9.9 not found",
     );
     assert!(

@@ -8,6 +8,9 @@ use std::time::Duration;
 use twill_e2e::{Cluster, Etcd, path_arg, wait_for};
 use twill_lab::pki::Signer;
 
+/// The exit status of a store error (docs/operations.md, "Exit status").
+const STORE: i32 = 4;
+
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
 
 /// A refusal must end twill well before a retry loop would have said anything twice
@@ -115,7 +118,7 @@ fn tls_with_client_certificates_joins_and_each_refusal_exits_naming_its_cause() 
         };
         let mut args = vec!["--iface", "eth0"];
         args.extend(extra);
-        let (line, ran) = c.expect_failure(2, &args, want);
+        let (line, ran) = c.expect_failure(2, &args, STORE, want);
         eprintln!("{what}: exited after {ran:.1?}: {line}");
         assert!(
             ran < REFUSED_WITHIN,
@@ -223,7 +226,7 @@ fn etcd_users_and_roles_a_user_with_read_write_on_the_prefix_joins_others_exit()
         ),
     ];
     for (what, args, want) in cases {
-        let (line, ran) = c.expect_failure(2, &args, want);
+        let (line, ran) = c.expect_failure(2, &args, STORE, want);
         eprintln!("{what}: exited after {ran:.1?}: {line}");
         assert!(
             ran < REFUSED_WITHIN,

@@ -584,6 +584,7 @@ fn a_registered_mtu_outside_the_links_range_is_refused() {
     let (line, _) = c.expect_failure(
         1,
         &["--iface", "eth0", "--plugin-dir", &dir],
+        6, // a backend error (docs/operations.md, "Exit status")
         "registered MTU 0, outside 68..=1500",
     );
     println!("{line}");

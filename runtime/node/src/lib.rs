@@ -20,8 +20,10 @@
 //! in one log line and the exit code, and no caller matches on them.
 #![forbid(unsafe_code)]
 
+mod failure;
 mod health;
 mod iface;
+pub mod leave;
 mod notify;
 mod own;
 mod peers;
@@ -32,6 +34,7 @@ mod rules;
 mod startup;
 mod subnet_file;
 
+pub use failure::Failure;
 pub use rules::FORWARD_CHAIN;
 pub use subnet_file::write_atomically;
 mod supervisor;
@@ -43,7 +46,8 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use failure::Classify;
 use futures::StreamExt;
 use tokio::signal::unix::{SignalKind, signal};
 use twill_api::{ApiState, Metrics, StoreState};
@@ -309,16 +313,23 @@ impl<S: LeaseStore> Node<S> {
         loop {
             tokio::select! {
                 event = watch.next() => {
-                    let Some(event) = event else { bail!("the lease watch ended") };
+                    let Some(event) = event else {
+                        return Err(anyhow::anyhow!("the lease watch ended")).as_failure(Failure::Store);
+                    };
                     self.report.watch_connects(self.own.store.watch_connects());
                     self.report.api.set_store_state(StoreState::Connected);
-                    self.on_watch(event).await?;
+                    // Our lease's fatal errors are classified where they arise.
+                    self.on_watch(event).await.as_failure(Failure::Backend)?;
                 }
-                () = sleep_until(self.own.renew_at) => self.renew_or_reclaim().await?,
+                () = sleep_until(self.own.renew_at) => {
+                    self.renew_or_reclaim().await.as_failure(Failure::Lease)?;
+                }
                 _ = resync.tick() => self.resync().await?,
                 _ = retry_failed.tick() => self.retry_failed().await?,
-                () = sleep_until(self.backend.restart_at()) => self.restart_backend().await?,
-                _ = signals.hup.recv() => self.reload("SIGHUP", true).await?,
+                () = sleep_until(self.backend.restart_at()) => {
+                    self.restart_backend().await.as_failure(Failure::Backend)?;
+                }
+                _ = signals.hup.recv() => self.reload("SIGHUP", true).await.as_failure(Failure::Backend)?,
                 _ = signals.term.recv() => return self.stop("SIGTERM").await,
                 _ = signals.int.recv() => return self.stop("SIGINT").await,
                 _ = plugin_files.tick() => {

@@ -19,6 +19,7 @@ use twill_core::lease::Lease;
 use twill_core::subnet_env::SubnetEnv;
 use twill_store::{AcquireError, Created, LEASE_TTL, LeaseStore, acquire};
 
+use crate::failure::{Classify, Failure};
 use crate::{Node, subnet_file};
 
 /// How long to wait before retrying a failed renewal (flannel: one minute).
@@ -170,7 +171,8 @@ impl<S: LeaseStore> Node<S> {
             }
             Err(e) => {
                 return Err(anyhow::Error::new(e)
-                    .context(format!("another node ({taken_by}) holds our subnet {from}")));
+                    .context(format!("another node ({taken_by}) holds our subnet {from}")))
+                .as_failure(Failure::Lease);
             }
         };
         let to = acquired.lease.subnet;

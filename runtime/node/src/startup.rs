@@ -16,6 +16,7 @@ use twill_plugin_host::{
 };
 use twill_store::{AcquireError, EmbeddedStore, EtcdOptions, EtcdStore, LeaseStore, acquire};
 
+use crate::failure::{Classify, Failure};
 use crate::peers::Peers;
 use crate::report::Report;
 use crate::retry::{Backoff, CONFIG_POLL, retry};
@@ -33,8 +34,10 @@ pub(super) async fn run(
     report: Report,
     mut signals: crate::Signals,
 ) -> anyhow::Result<()> {
-    let kernel = open_kernel(&report).await?;
-    let (external, public_ip) = resolve_iface(&args, &kernel).await?;
+    let kernel = open_kernel(&report).await.as_failure(Failure::Node)?;
+    let (external, public_ip) = resolve_iface(&args, &kernel)
+        .await
+        .as_failure(Failure::Node)?;
     report.api.set_store_state(StoreState::Connecting);
     report.api.set_store_unready_after(args.store_unready_after);
     let iface = (kernel, external, public_ip);
@@ -51,12 +54,12 @@ pub(super) async fn run(
     }
     match args.store {
         StoreKind::Embedded => {
-            let store = until_stopped!(open_embedded(&args))?;
+            let store = until_stopped!(open_embedded(&args)).as_failure(Failure::Store)?;
             let node = until_stopped!(with_store(args, report, iface, store))?;
             node.run(signals).await
         }
         StoreKind::Etcd => {
-            let store = until_stopped!(connect_etcd(&args))?;
+            let store = until_stopped!(connect_etcd(&args)).as_failure(Failure::Store)?;
             let node = until_stopped!(with_store(args, report, iface, store))?;
             node.run(signals).await
         }
@@ -73,16 +76,19 @@ async fn with_store<S: LeaseStore>(
 ) -> anyhow::Result<Node<S>> {
     let config = wait_for_config(&store, &args.etcd_prefix).await?;
     report.api.set_store_state(StoreState::Connected);
-    check_network_apart_from_underlay(&config, &external, public_ip)?;
+    check_network_apart_from_underlay(&config, &external, public_ip).as_failure(Failure::Config)?;
     tracing::info!(
         network = %config.network, subnet_len = config.subnet_len,
         subnet_min = %config.subnet_min, subnet_max = %config.subnet_max,
         backend = %config.backend.kind, "network config"
     );
-    let (host, plugin) = load_plugin(&args, kernel.clone(), &config)?;
+    let (host, plugin) =
+        load_plugin(&args, kernel.clone(), &config).as_failure(Failure::Backend)?;
     describe_node(&args, &report, &external, public_ip, &config, &plugin);
 
-    let (leases, _) = retry("list leases", || store.list_leases()).await?;
+    let (leases, _) = retry("list leases", || store.list_leases())
+        .await
+        .as_failure(Failure::Store)?;
     // Our previous lease's BackendData, whatever its type: the backend keeps what it
     // recognises (the directrouting backend publishes `vxlan`, so matching on the
     // configured type would lose its VTEP MAC on every restart).
@@ -100,17 +106,23 @@ async fn with_store<S: LeaseStore>(
             .port()
             .map_or_else(|| twill_plugin_host::DEFAULT_PORTS.to_vec(), |p| vec![p]),
     };
-    let backend = host.spawn(&plugin, grant.clone())?;
-    let registration =
-        init_backend(&backend, &config, previous_data, &report, external.mtu).await?;
+    let backend = host
+        .spawn(&plugin, grant.clone())
+        .as_failure(Failure::Backend)?;
+    let registration = init_backend(&backend, &config, previous_data, &report, external.mtu)
+        .await
+        .as_failure(Failure::Backend)?;
     let attrs = LeaseAttrs::new(
         public_ip,
         &registration.backend_type,
         registration.backend_data.as_deref(),
     )
-    .context("backend registered invalid BackendData")?;
+    .context("backend registered invalid BackendData")
+    .as_failure(Failure::Backend)?;
     let previous_subnet = subnet_file::read_previous(&args.subnet_file);
-    let lease = acquire_with_retry(&store, &config, &attrs, previous_subnet).await?;
+    let lease = acquire_with_retry(&store, &config, &attrs, previous_subnet)
+        .await
+        .as_failure(Failure::Lease)?;
     tracing::info!(subnet = %lease.subnet, expires = ?lease.expires, "holding lease");
     report.api.set_subnet(lease.subnet);
     report.api.set_lease_held(true);
@@ -129,7 +141,8 @@ async fn with_store<S: LeaseStore>(
     };
     report
         .plugin_call(backend.plugin(), "start", backend.start(lease.subnet))
-        .await?;
+        .await
+        .as_failure(Failure::Backend)?;
     let peers = Peers::new(lease.subnet, &config, public_ip);
     let datapath = if plugin.has_datapath() {
         let setup = twill_datapath::Setup {
@@ -146,7 +159,9 @@ async fn with_store<S: LeaseStore>(
     } else {
         None
     };
-    let traffic = install_rules(&args, &config, &lease).await?;
+    let traffic = install_rules(&args, &config, &lease)
+        .await
+        .as_failure(Failure::Node)?;
     write_env(&args, &config, &lease, &registration, &report)?;
     Ok(Node {
         own: OwnLease {
@@ -427,7 +442,7 @@ async fn wait_for_config(store: &impl LeaseStore, prefix: &str) -> anyhow::Resul
     loop {
         match store.get_config().await {
             Ok(Some(text)) => {
-                let config = Config::parse(&text)?;
+                let config = Config::parse(&text).as_failure(Failure::Config)?;
                 for notice in Config::notices(&text) {
                     tracing::warn!("network config at {prefix}/config: {notice}");
                 }
@@ -441,11 +456,10 @@ async fn wait_for_config(store: &impl LeaseStore, prefix: &str) -> anyhow::Resul
                 backoff = Backoff::new();
                 tokio::time::sleep(CONFIG_POLL).await;
             }
-            Err(e) => {
-                backoff
-                    .wait("cannot read the network config from the store", &e)
-                    .await?
-            }
+            Err(e) => backoff
+                .wait("cannot read the network config from the store", &e)
+                .await
+                .as_failure(Failure::Store)?,
         }
     }
 }
@@ -485,7 +499,10 @@ async fn acquire_with_retry(
     loop {
         match acquire(store, config, attrs, previous).await {
             Ok(acquired) => return Ok(acquired.lease),
-            Err(AcquireError::Store(e)) => backoff.wait("acquire a lease", &e).await?,
+            Err(AcquireError::Store(e)) => backoff
+                .wait("acquire a lease", &e)
+                .await
+                .as_failure(Failure::Store)?,
             Err(e) => return Err(e).context("acquire a subnet lease"),
         }
     }

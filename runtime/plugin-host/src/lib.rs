@@ -134,6 +134,29 @@ pub enum LoadError {
     },
 }
 
+/// What is wrong with a plugin's name, if anything. The name is what the config's
+/// `Backend.Type` selects, and flannel (and twill) read that lower-cased, so a name
+/// with capitals could never be selected; it also names the plugin in metrics labels,
+/// log lines and the API. Rule: 1 to 32 of `a-z`, `0-9`, `-`, starting with a letter.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    let first = name.chars().next();
+    if name.is_empty() || name.len() > 32 {
+        Some("a plugin name is 1 to 32 characters")
+    } else if !first.is_some_and(|c| c.is_ascii_lowercase()) {
+        Some("a plugin name starts with a lowercase letter (Backend.Type is read lower-cased)")
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        Some(
+            "a plugin name is lowercase letters, digits and '-' only (Backend.Type is read \
+             lower-cased, so any other name could never be selected)",
+        )
+    } else {
+        None
+    }
+}
+
 impl LoadError {
     fn engine(what: &'static str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         LoadError::Engine {
@@ -386,9 +409,13 @@ impl PluginHost {
         let guest = indices
             .load(&mut store, &instance)
             .map_err(|e| format!("{e:#}"))?;
-        guest
+        let info = guest
             .call_describe(&mut store)
-            .map_err(|e| format!("{e:#}"))
+            .map_err(|e| format!("{e:#}"))?;
+        match name_problem(&info.name) {
+            None => Ok(info),
+            Some(problem) => Err(format!("describe() names it {:?}: {problem}", info.name)),
+        }
     }
 
     /// The data-path descriptors `plugin` asked for (after its `init`), if any.
@@ -585,6 +612,37 @@ pub(crate) fn placeholder_grant() -> Grant {
         },
         public_ip: nowhere,
         ports: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::name_problem;
+
+    #[test]
+    fn only_names_a_lowercased_backend_type_can_select_are_loaded() {
+        for good in [
+            "vxlan",
+            "host-gw",
+            "udp-open",
+            "a",
+            "ipip6",
+            &"x".repeat(32),
+        ] {
+            assert_eq!(name_problem(good), None, "{good}");
+        }
+        for bad in [
+            "",
+            "Gateway",
+            "VXLAN",
+            "host_gw",
+            "6to4",
+            "-x",
+            "gw ",
+            &"x".repeat(33),
+        ] {
+            assert!(name_problem(bad).is_some(), "{bad:?}");
+        }
     }
 }
 

@@ -16,6 +16,46 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// How much to log: error, warn (also Go's `warning`), info, debug, trace or off.
+    /// twill's own lines at that level, its libraries at warn. Overrides TWILL_LOG,
+    /// which also takes tracing's per-crate syntax (`info,twill_node=debug`).
+    #[arg(
+        long,
+        global = true,
+        value_name = "LEVEL",
+        value_parser = parse_log_level
+    )]
+    pub log_level: Option<String>,
+
+    /// How log lines are written to standard error: `text`, or `json` (one JSON object
+    /// per line: timestamp, level, message and fields, for a log shipper).
+    #[arg(
+        long,
+        global = true,
+        env = "TWILL_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The level words `--log-level` takes, Go's `warning` among them; anything else is
+/// refused with the list.
+pub fn parse_log_level(word: &str) -> Result<String, String> {
+    match word.trim().to_ascii_lowercase().as_str() {
+        "warning" | "warn" => Ok("warn".into()),
+        level @ ("error" | "info" | "debug" | "trace" | "off") => Ok(level.into()),
+        _ => Err("one of error, warn (warning), info, debug, trace, off".into()),
+    }
 }
 
 impl Cli {
@@ -85,13 +125,15 @@ pub enum Command {
     /// every namespace, device, process and file it made.
     Demo(DemoArgs),
 
-    /// Manage the network config in the embedded store (`twill run --store embedded`).
+    /// The network config: check one before rolling it out, print the store's, write
+    /// the embedded store's.
     #[command(subcommand)]
     Config(ConfigCommand),
 
     /// Show a running node's status: its lease, backend and every peer's state.
     ///
-    /// Reads the node's HTTP API (`twill run --api-addr`).
+    /// Reads the node's HTTP API (`twill run --api-addr`). Exit status 0 when the node
+    /// is ready, 8 when it answers but is not ready, 1 when it cannot be asked.
     Status(StatusArgs),
 
     /// Check this node for what makes an overlay fail silently.
@@ -126,6 +168,49 @@ pub enum Command {
     /// file would be skipped. Needs no root, store or network namespace.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Retire this node: release its lease now (peers drop it at once instead of in
+    /// 24 h) and remove what twill put in its kernel (devices, routes, the probe
+    /// address, iptables chains) and subnet.env. Stop `twill run` first.
+    ///
+    /// The lease is found by subnet.env (and must be held by an address of this node),
+    /// or by --public-ip. Takes `twill run`'s store flags.
+    Leave(LeaveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LeaveArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The subnet.env `twill run` wrote (removed here).
+    #[arg(
+        long,
+        env = "FLANNELD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env",
+        value_name = "PATH"
+    )]
+    pub subnet_file: PathBuf,
+    /// Release the lease published with this public IP (needed without subnet.env).
+    #[arg(long, env = "FLANNELD_PUBLIC_IP", value_name = "IP")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// The interface `twill run` used (as its --iface), for the routes via peers.
+    #[arg(
+        long,
+        env = "FLANNELD_IFACE",
+        value_delimiter = ',',
+        value_name = "NAME|IP"
+    )]
+    pub iface: Vec<String>,
+    /// The running daemon's API: if it answers, leave refuses (stop twill first).
+    #[arg(
+        long,
+        env = "TWILL_API_ADDR",
+        default_value = "127.0.0.1:9465",
+        value_name = "ADDR:PORT"
+    )]
+    pub api_addr: SocketAddr,
+    /// Release the lease only; leave devices, routes, rules and subnet.env in place.
+    #[arg(long)]
+    pub keep_kernel: bool,
 }
 
 /// `twill install-cni`.
@@ -205,6 +290,43 @@ pub enum PluginCommand {
     /// loading took (and whether from the cache), and whether this host can load it
     /// (and if not, why). `built-in:<name>` inspects a built-in.
     Inspect(PluginInspectArgs),
+    /// Run a component through a node's life against a recording in-memory kernel:
+    /// nothing on this machine changes.
+    ///
+    /// Loads it as `twill run` would, then calls init (with the config's Backend
+    /// object), start, on-leases with sample peers joining, the same again (a backend
+    /// must be idempotent), one peer leaving, and shutdown; prints each answer and every
+    /// kernel change (link, address, route, neighbour, FDB, TUN, socket) it asked for.
+    /// The host's confinement applies as on a node. Exit status 1 if a step fails.
+    Test(PluginTestArgs),
+    /// Write a new backend plugin crate (the SDK and the WIT included): a working
+    /// host-gw-like backend to change, with a README on building, testing and
+    /// installing it. Needs no twill repository.
+    New(PluginNewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PluginTestArgs {
+    /// The component (`*.wasm`), or `built-in:<name>`.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The network config to run with (default: 10.244.0.0/16 and
+    /// `{"Type":"<the plugin's name>"}`).
+    #[arg(long, value_name = "JSON")]
+    pub config: Option<String>,
+    /// How many sample peers join.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=200), value_name = "N")]
+    pub peers: u8,
+}
+
+#[derive(Debug, Args)]
+pub struct PluginNewArgs {
+    /// The plugin's name: what `Backend.Type` selects (lowercase letters, digits, `-`).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Where to write the crate (default: ./NAME); must not exist or be empty.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -213,6 +335,10 @@ pub struct PluginListArgs {
     pub dir: PluginDirArg,
     #[command(flatten)]
     pub cache: PluginCacheArg,
+    /// Print `{"plugin_dir": {path, state, reason}, "plugins": [{name, version, wit,
+    /// source, status}]}` instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +348,9 @@ pub struct PluginInspectArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub cache: PluginCacheArg,
+    /// Print one JSON object (the same facts, snake_case keys) instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The plugin directory unless --plugin-dir says otherwise.
@@ -291,6 +420,10 @@ pub struct StatusArgs {
         value_name = "ADDR:PORT"
     )]
     pub api_addr: SocketAddr,
+    /// Print `{"status": …, "peers": […]}` as the API gives them (/v1/status,
+    /// /v1/peers) instead of the summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -331,20 +464,23 @@ pub enum StoreKind {
     Embedded,
 }
 
-#[derive(Debug, Args)]
-pub struct RunArgs {
+/// Which lease store, and how to reach it: `twill run`'s flags, also taken by the
+/// commands that read or write the store (`config`, `leave`).
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
     /// Where leases and the network config live: `etcd` (flannel's layout; the store
     /// for real clusters) or `embedded` (one SQLite file at --store-path shared by the
     /// twill processes of one host, as `twill demo` uses; write its config with
     /// `twill config set`).
     #[arg(
-        long,
+        id = "store",
+        long = "store",
         env = "TWILL_STORE",
         value_enum,
         default_value_t = StoreKind::Etcd,
         value_name = "STORE"
     )]
-    pub store: StoreKind,
+    pub kind: StoreKind,
 
     /// The embedded store's database file (with --store embedded).
     #[arg(
@@ -373,6 +509,51 @@ pub struct RunArgs {
         value_name = "PREFIX"
     )]
     pub etcd_prefix: String,
+
+    /// CA certificate (PEM) that signed etcd's server certificates; makes the
+    /// endpoints https. Without it, https endpoints are checked against the system's
+    /// trust roots.
+    #[arg(long, env = "FLANNELD_ETCD_CAFILE", value_name = "PATH")]
+    pub etcd_cafile: Option<PathBuf>,
+
+    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-keyfile.
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_CERTFILE",
+        requires = "etcd_keyfile",
+        value_name = "PATH"
+    )]
+    pub etcd_certfile: Option<PathBuf>,
+
+    /// Private key (PEM) of --etcd-certfile.
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_KEYFILE",
+        requires = "etcd_certfile",
+        value_name = "PATH"
+    )]
+    pub etcd_keyfile: Option<PathBuf>,
+
+    /// etcd user (etcd's own authentication; its role needs read-write on the prefix).
+    #[arg(long, env = "FLANNELD_ETCD_USERNAME", value_name = "NAME")]
+    pub etcd_username: Option<String>,
+
+    /// Password of --etcd-username. Prefer the environment variable: a flag's value is
+    /// visible to every user in the process list.
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_username",
+        value_name = "PASSWORD"
+    )]
+    pub etcd_password: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// How long the lease store may be unreachable before /readyz fails (traffic
     /// keeps flowing meanwhile; the node only cannot learn of new peers or renew).
@@ -453,45 +634,6 @@ pub struct RunArgs {
         value_name = "SECONDS"
     )]
     pub iptables_resync: u64,
-
-    /// CA certificate (PEM) that signed etcd's server certificates; makes the
-    /// endpoints https. Without it, https endpoints are checked against the system's
-    /// trust roots.
-    #[arg(long, env = "FLANNELD_ETCD_CAFILE", value_name = "PATH")]
-    pub etcd_cafile: Option<PathBuf>,
-
-    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-keyfile.
-    #[arg(
-        long,
-        env = "FLANNELD_ETCD_CERTFILE",
-        requires = "etcd_keyfile",
-        value_name = "PATH"
-    )]
-    pub etcd_certfile: Option<PathBuf>,
-
-    /// Private key (PEM) of --etcd-certfile.
-    #[arg(
-        long,
-        env = "FLANNELD_ETCD_KEYFILE",
-        requires = "etcd_certfile",
-        value_name = "PATH"
-    )]
-    pub etcd_keyfile: Option<PathBuf>,
-
-    /// etcd user (etcd's own authentication; its role needs read-write on the prefix).
-    #[arg(long, env = "FLANNELD_ETCD_USERNAME", value_name = "NAME")]
-    pub etcd_username: Option<String>,
-
-    /// Password of --etcd-username. Prefer the environment variable: a flag's value is
-    /// visible to every user in the process list.
-    #[arg(
-        long,
-        env = "FLANNELD_ETCD_PASSWORD",
-        hide_env_values = true,
-        requires = "etcd_username",
-        value_name = "PASSWORD"
-    )]
-    pub etcd_password: Option<String>,
 
     /// Interface (name or IPv4 address) for the overlay's underlay traffic; may be
     /// repeated, the first that exists wins. Default: the interface of the default route.
@@ -587,19 +729,20 @@ impl RunArgs {
     /// What the node daemon takes from these flags.
     pub fn options(self) -> twill_node::Options {
         twill_node::Options {
-            store: match self.store {
+            store: match self.store.kind {
                 StoreKind::Etcd => twill_node::StoreKind::Etcd,
                 StoreKind::Embedded => twill_node::StoreKind::Embedded,
             },
-            store_path: self.store_path,
-            etcd_endpoints: self.etcd_endpoints,
-            etcd_prefix: self.etcd_prefix,
-            etcd_ca_file: self.etcd_cafile,
-            etcd_cert_file: self.etcd_certfile,
-            etcd_key_file: self.etcd_keyfile,
+            etcd_ca_file: self.store.etcd_cafile,
+            etcd_cert_file: self.store.etcd_certfile,
+            etcd_key_file: self.store.etcd_keyfile,
             etcd_user: self
+                .store
                 .etcd_username
-                .map(|name| (name, self.etcd_password.unwrap_or_default())),
+                .map(|name| (name, self.store.etcd_password.unwrap_or_default())),
+            store_path: self.store.store_path,
+            etcd_endpoints: self.store.etcd_endpoints,
+            etcd_prefix: self.store.etcd_prefix,
             iface: self.iface,
             public_ip: self.public_ip,
             subnet_file: self.subnet_file,
@@ -678,6 +821,36 @@ pub enum ConfigCommand {
     /// Validate a network config (flannel's net-conf JSON) and write it to the embedded
     /// store at <etcd-prefix>/config, as `etcdctl put <prefix>/config` does for etcd.
     Set(ConfigSetArgs),
+    /// Print the network config the store holds (etcd, or embedded with --store
+    /// embedded); with --json the config a node runs on, every default filled in.
+    Get(ConfigGetArgs),
+    /// Check a network config before it reaches any node: its fields, keys twill
+    /// ignores, the backend (built-in or in --plugin-dir) and the backend's own keys
+    /// (its init, run against a recording kernel: nothing changes). Without JSON, the
+    /// store's config, and whether its leases fit it.
+    ///
+    /// One line per check (ok / warn / FAIL); exit status 0, or 3 when a check fails.
+    Check(ConfigCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigGetArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print the effective config (defaults filled in) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigCheckArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub dir: PluginDirArg,
+    /// The config to check (`-` reads standard input); default: the store's.
+    #[arg(value_name = "JSON")]
+    pub json: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -10,9 +10,12 @@ mod containers;
 mod demo;
 mod docker_opts;
 mod doctor;
+mod dry_run;
 mod files;
+mod leave;
 mod plugins;
 mod status;
+mod template;
 
 use std::process::ExitCode;
 
@@ -23,7 +26,7 @@ fn main() -> ExitCode {
         return cni::main();
     }
     let cli = cli::Cli::parse_flannel_style();
-    init_logging();
+    init_logging(cli.log_level.as_deref(), cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -42,11 +45,39 @@ fn main() -> ExitCode {
                      --help` for the FLANNELD_* variables it reads)"
                 );
             }
-            runtime.block_on(twill_node::run(args.options()))
+            // The exit status tells the kinds of fatal error apart
+            // (docs/operations.md, "Exit status").
+            return match runtime.block_on(twill_node::run(args.options())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    twill_node::Failure::of(&e).map_or(ExitCode::FAILURE, |f| f.exit_code().into())
+                }
+            };
         }
         cli::Command::Demo(args) => runtime.block_on(demo::run(args)),
         cli::Command::Config(cli::ConfigCommand::Set(args)) => runtime.block_on(config::set(args)),
-        cli::Command::Status(args) => runtime.block_on(status::run(args.api_addr)),
+        cli::Command::Config(cli::ConfigCommand::Get(args)) => runtime.block_on(config::get(args)),
+        cli::Command::Config(cli::ConfigCommand::Check(args)) => {
+            return match runtime.block_on(config::check(args)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(twill_node::Failure::Config.exit_code()),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        cli::Command::Status(args) => {
+            return match runtime.block_on(status::run(args.api_addr, args.json)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(status::NOT_READY),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         cli::Command::Doctor(args) => {
             let args = doctor::Args {
                 api_addr: args.api_addr,
@@ -63,9 +94,10 @@ fn main() -> ExitCode {
             };
         }
         cli::Command::DockerOpts(args) => docker_opts::run(&args),
+        cli::Command::Leave(args) => runtime.block_on(leave::run(args)),
         cli::Command::InstallCni(args) => cni::install(&args.bin_dir, args.conf_dir.as_deref()),
         // Synchronous; needs no root, store or network namespace.
-        cli::Command::Plugin(command) => return plugins::command(command),
+        cli::Command::Plugin(command) => return plugins::command(command, &runtime),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,16 +108,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let (directives, problem) = log_directives(std::env::var("TWILL_LOG").ok().as_deref());
+/// Logging to standard error: `--log-level` (already validated) if given, else
+/// `TWILL_LOG`; text or JSON lines (`--log-format`).
+fn init_logging(level: Option<&str>, format: cli::LogFormat) {
+    let (directives, problem) = match level {
+        Some(level) => (format!("warn,twill={level}"), None),
+        None => log_directives(std::env::var("TWILL_LOG").ok().as_deref()),
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        cli::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        cli::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     if let Some(problem) = problem {
         tracing::warn!("{problem}");
     }
@@ -122,15 +167,7 @@ fn log_directives(value: Option<&str>) -> (String, Option<String>) {
     let Some(raw) = value.map(str::trim).filter(|v| !v.is_empty()) else {
         return (DEFAULT_LOG.to_owned(), None);
     };
-    let level = |word: &str| match word.to_ascii_lowercase().as_str() {
-        "warning" | "warn" => Some("warn"),
-        "trace" => Some("trace"),
-        "debug" => Some("debug"),
-        "info" => Some("info"),
-        "error" => Some("error"),
-        "off" => Some("off"),
-        _ => None,
-    };
+    let level = |word: &str| cli::parse_log_level(word).ok();
     if let Some(level) = level(raw) {
         return (format!("warn,twill={level}"), None);
     }
@@ -140,7 +177,7 @@ fn log_directives(value: Option<&str>) -> (String, Option<String>) {
             Some((target, word)) => {
                 level(word).map_or_else(|| d.to_owned(), |l| format!("{target}={l}"))
             }
-            None => level(d).map_or_else(|| d.to_owned(), str::to_owned),
+            None => level(d).unwrap_or_else(|| d.to_owned()),
         })
         .collect::<Vec<_>>()
         .join(",");

@@ -11,14 +11,22 @@ use twill_net::Refusing;
 use twill_plugin_host::catalog::{Catalog, DirState, FileOutcome, builtin_source};
 use twill_plugin_host::{Limits, PluginHost};
 
-use crate::cli::{PluginCacheArg, PluginCommand, PluginInspectArgs, PluginListArgs};
+use twill_core::Config;
+use twill_net::fake::Call;
+
+use crate::cli::{
+    PluginCacheArg, PluginCommand, PluginInspectArgs, PluginListArgs, PluginTestArgs,
+};
+use crate::dry_run;
 
 /// `twill plugin …`: exit 0, or 1 with the error on stderr (or, for `inspect`, when
 /// the component cannot be loaded).
-pub fn command(command: PluginCommand) -> ExitCode {
+pub fn command(command: PluginCommand, runtime: &tokio::runtime::Runtime) -> ExitCode {
     let result = match command {
         PluginCommand::List(args) => list(&args).map(|()| true),
         PluginCommand::Inspect(args) => inspect(&args),
+        PluginCommand::Test(args) => runtime.block_on(test(&args)),
+        PluginCommand::New(args) => crate::template::new(&args).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -40,28 +48,36 @@ fn offline_host(cache: &PluginCacheArg) -> anyhow::Result<PluginHost> {
 fn list(args: &PluginListArgs) -> anyhow::Result<()> {
     let host = offline_host(&args.cache)?;
     let catalog = Catalog::scan(&host, twill_builtin::BUILTIN, args.dir.dir());
-    match &catalog.dir {
-        DirState::None => println!("plugin directory: none (built-in plugins only)"),
-        DirState::Missing(dir) => println!(
+    let (path, state, reason) = match &catalog.dir {
+        DirState::None => (None, "none", None),
+        DirState::Missing(dir) => (Some(dir), "missing", None),
+        DirState::Unreadable { dir, reason } => (Some(dir), "unreadable", Some(reason)),
+        DirState::Untrusted { dir, reason } => (Some(dir), "untrusted", Some(reason)),
+        DirState::Read(dir) => (Some(dir), "read", None),
+    };
+    let dir_line = match &catalog.dir {
+        DirState::None => "plugin directory: none (built-in plugins only)".to_owned(),
+        DirState::Missing(dir) => format!(
             "plugin directory: {} (does not exist: built-in plugins only)",
             dir.display()
         ),
-        DirState::Unreadable { dir, reason } => println!(
+        DirState::Unreadable { dir, reason } => format!(
             "plugin directory: {} (cannot be read: {reason}; built-in plugins only)",
             dir.display()
         ),
-        DirState::Untrusted { dir, reason } => println!(
+        DirState::Untrusted { dir, reason } => format!(
             "plugin directory: {} (not trusted: {reason}; built-in plugins only)",
             dir.display()
         ),
-        DirState::Read(dir) => println!(
+        DirState::Read(dir) => format!(
             "plugin directory: {} ({} *.wasm file{})",
             dir.display(),
             catalog.files.len(),
             if catalog.files.len() == 1 { "" } else { "s" }
         ),
-    }
-    let mut rows = vec![row(["NAME", "VERSION", "WIT", "SOURCE", "STATUS"])];
+    };
+    let header = row(["NAME", "VERSION", "WIT", "SOURCE", "STATUS"]);
+    let mut rows = vec![header.clone()];
     for (dir, _) in catalog.builtins() {
         let Some(loaded) = catalog.load_builtin(&host, dir) else {
             continue;
@@ -110,6 +126,30 @@ fn list(args: &PluginListArgs) -> anyhow::Result<()> {
             ]),
         });
     }
+    if args.json {
+        let keys: Vec<String> = header.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let plugins: Vec<serde_json::Value> = rows[1..]
+            .iter()
+            .map(|r| {
+                keys.iter()
+                    .cloned()
+                    .zip(r.iter().map(|c| serde_json::Value::from(c.as_str())))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into()
+            })
+            .collect();
+        let out = serde_json::json!({
+            "plugin_dir": {
+                "path": path.map(|p| p.display().to_string()),
+                "state": state,
+                "reason": reason,
+            },
+            "plugins": plugins,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("{dir_line}");
     print!("{}", table(&rows));
     Ok(())
 }
@@ -256,11 +296,178 @@ fn inspect(args: &PluginInspectArgs) -> anyhow::Result<bool> {
             Err(e) => format!("no: {}", e.reason()),
         },
     ));
+    if args.json {
+        let out: serde_json::Map<String, serde_json::Value> = lines
+            .iter()
+            .map(|(k, v)| (k.replace(' ', "_"), serde_json::Value::from(v.as_str())))
+            .chain([("loads".to_owned(), inspection.result.is_ok().into())])
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(inspection.result.is_ok());
+    }
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     for (key, value) in &lines {
         println!("{:<width$} {value}", format!("{key}:"), width = width);
     }
     Ok(inspection.result.is_ok())
+}
+
+/// `twill plugin test`: load the component, then run it through a node's life on the
+/// recording kernel, printing each step's answer and every kernel change it asked for.
+/// Whether every step succeeded.
+async fn test(args: &PluginTestArgs) -> anyhow::Result<bool> {
+    let (source, bytes) = inspected_bytes(&args.file)?;
+    let bench = dry_run::Bench::new()?;
+    let plugin = bench
+        .host
+        .load(&source, &bytes)
+        .map_err(|e| anyhow::anyhow!("{}", e.reason()))
+        .with_context(|| format!("load {source}"))?;
+    let text = match &args.config {
+        Some(text) => text.clone(),
+        None => format!(
+            r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"{}"}}}}"#,
+            plugin.name
+        ),
+    };
+    let config = Config::parse(&text).context("--config")?;
+    for notice in Config::notices(&text) {
+        println!("warning: {notice}");
+    }
+    let own = twill_core::Subnet::new(
+        std::net::Ipv4Addr::from(
+            u32::from(config.network.addr()) + (1 << (32 - config.subnet_len)),
+        ),
+        config.subnet_len,
+    )?;
+    println!(
+        "plugin {} {} ({source}), twill:backend@{}{}",
+        plugin.name,
+        plugin.version,
+        plugin.wit_version,
+        if plugin.has_datapath() {
+            ", data path"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "node: eth0 {}/24 MTU 1500, network {}, own subnet {own}; a recording kernel: \
+         nothing on this machine changes\n",
+        dry_run::NODE_IP,
+        config.network
+    );
+    let mut ok = true;
+    let mut step = |title: String, answer: Result<String, String>, calls: Vec<Call>| {
+        println!("{title}");
+        match answer {
+            Ok(a) if a.is_empty() => {}
+            Ok(a) => println!("  -> {a}"),
+            Err(e) => {
+                ok = false;
+                println!("  -> FAILED: {e}");
+            }
+        }
+        for c in &calls {
+            println!("  {}", dry_run::describe_call(c));
+        }
+        println!();
+    };
+    let backend = bench.spawn(&plugin, config.network, config.backend.port())?;
+    let registration = match bench.init(&backend, &config.backend.json).await {
+        Ok(r) => r,
+        Err(e) => {
+            step(
+                format!("init {}", config.backend.json),
+                Err(format!("{e:#}")),
+                bench.calls(),
+            );
+            return Ok(false);
+        }
+    };
+    step(
+        format!("init {}", config.backend.json),
+        Ok(format!(
+            "BackendType {:?}, BackendData {}, MTU {}",
+            registration.backend_type,
+            registration.backend_data.as_deref().unwrap_or("none"),
+            registration.mtu
+        )),
+        bench.calls(),
+    );
+    let started = backend
+        .start(own)
+        .await
+        .map(|()| String::new())
+        .map_err(|e| format!("{e:#}"));
+    step(format!("start {own}"), started, bench.calls());
+    let peers =
+        dry_run::sample_peers(config.network, config.subnet_len, &registration, args.peers)?;
+    let outcomes = |outcomes: Result<Vec<twill_plugin_host::PeerOutcome>, _>| match outcomes {
+        Err(e) => Err(format!("{e:#}")),
+        Ok(list) => {
+            let lines: Vec<String> = list
+                .iter()
+                .map(|o| {
+                    let subnet = o.subnet.map_or_else(|| "?".to_owned(), |s| s.to_string());
+                    match &o.result {
+                        Ok(what) => format!("{subnet}: {what}"),
+                        Err(e) => format!("{subnet}: ERROR {e}"),
+                    }
+                })
+                .collect();
+            if list.iter().any(|o| o.result.is_err()) {
+                Err(lines.join("; "))
+            } else {
+                Ok(lines.join("; "))
+            }
+        }
+    };
+    let title = format!(
+        "on-leases: {} peer{} added ({})",
+        peers.len(),
+        if peers.len() == 1 { "" } else { "s" },
+        peers
+            .iter()
+            .map(|l| format!("{} at {}", l.subnet, l.attrs.public_ip))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let answer = outcomes(backend.on_leases(dry_run::joined(&peers)).await);
+    step(title, answer, bench.calls());
+    let answer = outcomes(backend.on_leases(dry_run::joined(&peers)).await);
+    step(
+        "on-leases: the same peers again (must be idempotent)".into(),
+        answer,
+        bench.calls(),
+    );
+    if let Some(last) = peers.last() {
+        let answer = outcomes(
+            backend
+                .on_leases(vec![twill_core::lease::LeaseEvent::Removed(last.clone())])
+                .await,
+        );
+        step(
+            format!("on-leases: {} removed", last.subnet),
+            answer,
+            bench.calls(),
+        );
+    }
+    let stopped = backend
+        .shutdown()
+        .await
+        .map(|()| String::new())
+        .map_err(|e| format!("{e:#}"));
+    step("shutdown".into(), stopped, bench.calls());
+    println!(
+        "{}",
+        if ok {
+            "result: every step succeeded"
+        } else {
+            "result: FAILED (see above)"
+        }
+    );
+    Ok(ok)
 }
 
 #[cfg(test)]

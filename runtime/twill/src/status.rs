@@ -136,10 +136,22 @@ pub fn render(status: &Status, peers: &[Peer]) -> String {
     out
 }
 
-/// Print the summary of the node whose API is at `addr`.
-pub async fn run(addr: SocketAddr) -> anyhow::Result<()> {
+/// The exit status of `twill status` for a node that answers but is not ready.
+pub const NOT_READY: u8 = 8;
+
+/// Print the summary (or with `json` the API's two documents) of the node whose API is
+/// at `addr`; whether it is ready.
+pub async fn run(addr: SocketAddr, json: bool) -> anyhow::Result<bool> {
+    if json {
+        let status: serde_json::Value = get(addr, "/v1/status").await?;
+        let peers: serde_json::Value = get(addr, "/v1/peers").await?;
+        let ready = status.get("ready").and_then(serde_json::Value::as_bool) == Some(true);
+        let both = serde_json::json!({ "status": status, "peers": peers.get("peers") });
+        println!("{}", serde_json::to_string_pretty(&both)?);
+        return Ok(ready);
+    }
     let status: Status = get(addr, "/v1/status").await?;
     let peers: Peers = get(addr, "/v1/peers").await?;
     print!("{}", render(&status, &peers.peers));
-    Ok(())
+    Ok(status.ready)
 }

@@ -18,11 +18,18 @@ pub const TARGET: &str = "wasm32-wasip2";
 /// `dir`, with the outer cargo's environment removed; callers add `-p` or profile
 /// settings and run it.
 pub fn cargo_build(dir: &Path, target_dir: &Path) -> Command {
+    let mut cmd = cargo_in(dir);
+    cmd.args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .arg(target_dir);
+    cmd
+}
+
+/// `cargo` in `dir`, with the outer cargo's environment removed (as [`cargo_build`]);
+/// callers add the subcommand and its arguments.
+pub fn cargo_in(dir: &Path) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(dir)
-        .args(["build", "--release", "--target", TARGET, "--target-dir"])
-        .arg(target_dir);
+    cmd.current_dir(dir);
     for (key, _) in std::env::vars_os() {
         let Some(key) = key.to_str() else { continue };
         let outer = (key.starts_with("CARGO_") && !key.starts_with("CARGO_HOME"))
