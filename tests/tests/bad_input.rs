@@ -13,6 +13,7 @@ fn expect_failure(c: &mut Cluster, args: &[&str], code: i32, want: &str) {
 
 /// The exit statuses of docs/operations.md, "Exit status".
 const CONFIG: i32 = 3;
+const LEASE: i32 = 5;
 const BACKEND: i32 = 6;
 const NODE: i32 = 7;
 
@@ -75,6 +76,16 @@ fn bad_configs_interfaces_and_backends_fail_with_one_line() {
         NODE,
         "interface 10.9.9.9 not found",
     );
+    // A network whose only subnet another node holds: a lease error.
+    c.put_config(
+        r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.1.0","Backend":{"Type":"vxlan"}}"#,
+    );
+    c.etcdctl(&[
+        "put",
+        &format!("{}/subnets/10.244.1.0-24", c.prefix),
+        r#"{"PublicIP":"192.168.77.99","BackendType":"vxlan"}"#,
+    ]);
+    expect_failure(&mut c, &eth0, LEASE, "acquire a subnet lease");
     assert!(
         !c.nodes[0].subnet_file.exists(),
         "no subnet.env after failures"

@@ -69,13 +69,13 @@ impl std::error::Error for Classified {
     }
 }
 
-/// `.as_failure(kind)` on a step's result.
+/// `.or_fail_as(kind)` on a step's result.
 pub trait Classify<T> {
-    fn as_failure(self, failure: Failure) -> anyhow::Result<T>;
+    fn or_fail_as(self, failure: Failure) -> anyhow::Result<T>;
 }
 
 impl<T, E: Into<anyhow::Error>> Classify<T> for Result<T, E> {
-    fn as_failure(self, failure: Failure) -> anyhow::Result<T> {
+    fn or_fail_as(self, failure: Failure) -> anyhow::Result<T> {
         self.map_err(|e| {
             let error: anyhow::Error = e.into();
             if Failure::of(&error).is_some() {
@@ -95,10 +95,10 @@ mod tests {
     fn the_kind_is_found_and_the_message_is_unchanged() {
         let step: anyhow::Result<()> = Err(anyhow::anyhow!("subnets exhausted"))
             .context("acquire a subnet lease")
-            .as_failure(Failure::Lease);
+            .or_fail_as(Failure::Lease);
         let error = step
             .context("outer")
-            .as_failure(Failure::Store)
+            .or_fail_as(Failure::Store)
             .expect_err("fails");
         assert_eq!(
             Failure::of(&error),

@@ -314,22 +314,22 @@ impl<S: LeaseStore> Node<S> {
             tokio::select! {
                 event = watch.next() => {
                     let Some(event) = event else {
-                        return Err(anyhow::anyhow!("the lease watch ended")).as_failure(Failure::Store);
+                        return Err(anyhow::anyhow!("the lease watch ended")).or_fail_as(Failure::Store);
                     };
                     self.report.watch_connects(self.own.store.watch_connects());
                     self.report.api.set_store_state(StoreState::Connected);
                     // Our lease's fatal errors are classified where they arise.
-                    self.on_watch(event).await.as_failure(Failure::Backend)?;
+                    self.on_watch(event).await.or_fail_as(Failure::Backend)?;
                 }
                 () = sleep_until(self.own.renew_at) => {
-                    self.renew_or_reclaim().await.as_failure(Failure::Lease)?;
+                    self.renew_or_reclaim().await.or_fail_as(Failure::Lease)?;
                 }
                 _ = resync.tick() => self.resync().await?,
                 _ = retry_failed.tick() => self.retry_failed().await?,
                 () = sleep_until(self.backend.restart_at()) => {
-                    self.restart_backend().await.as_failure(Failure::Backend)?;
+                    self.restart_backend().await.or_fail_as(Failure::Backend)?;
                 }
-                _ = signals.hup.recv() => self.reload("SIGHUP", true).await.as_failure(Failure::Backend)?,
+                _ = signals.hup.recv() => self.reload("SIGHUP", true).await.or_fail_as(Failure::Backend)?,
                 _ = signals.term.recv() => return self.stop("SIGTERM").await,
                 _ = signals.int.recv() => return self.stop("SIGINT").await,
                 _ = plugin_files.tick() => {

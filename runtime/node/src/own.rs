@@ -172,7 +172,7 @@ impl<S: LeaseStore> Node<S> {
             Err(e) => {
                 return Err(anyhow::Error::new(e)
                     .context(format!("another node ({taken_by}) holds our subnet {from}")))
-                .as_failure(Failure::Lease);
+                .or_fail_as(Failure::Lease);
             }
         };
         let to = acquired.lease.subnet;

@@ -34,10 +34,10 @@ pub(super) async fn run(
     report: Report,
     mut signals: crate::Signals,
 ) -> anyhow::Result<()> {
-    let kernel = open_kernel(&report).await.as_failure(Failure::Node)?;
+    let kernel = open_kernel(&report).await.or_fail_as(Failure::Node)?;
     let (external, public_ip) = resolve_iface(&args, &kernel)
         .await
-        .as_failure(Failure::Node)?;
+        .or_fail_as(Failure::Node)?;
     report.api.set_store_state(StoreState::Connecting);
     report.api.set_store_unready_after(args.store_unready_after);
     let iface = (kernel, external, public_ip);
@@ -54,12 +54,12 @@ pub(super) async fn run(
     }
     match args.store {
         StoreKind::Embedded => {
-            let store = until_stopped!(open_embedded(&args)).as_failure(Failure::Store)?;
+            let store = until_stopped!(open_embedded(&args)).or_fail_as(Failure::Store)?;
             let node = until_stopped!(with_store(args, report, iface, store))?;
             node.run(signals).await
         }
         StoreKind::Etcd => {
-            let store = until_stopped!(connect_etcd(&args)).as_failure(Failure::Store)?;
+            let store = until_stopped!(connect_etcd(&args)).or_fail_as(Failure::Store)?;
             let node = until_stopped!(with_store(args, report, iface, store))?;
             node.run(signals).await
         }
@@ -76,19 +76,19 @@ async fn with_store<S: LeaseStore>(
 ) -> anyhow::Result<Node<S>> {
     let config = wait_for_config(&store, &args.etcd_prefix).await?;
     report.api.set_store_state(StoreState::Connected);
-    check_network_apart_from_underlay(&config, &external, public_ip).as_failure(Failure::Config)?;
+    check_network_apart_from_underlay(&config, &external, public_ip).or_fail_as(Failure::Config)?;
     tracing::info!(
         network = %config.network, subnet_len = config.subnet_len,
         subnet_min = %config.subnet_min, subnet_max = %config.subnet_max,
         backend = %config.backend.kind, "network config"
     );
     let (host, plugin) =
-        load_plugin(&args, kernel.clone(), &config).as_failure(Failure::Backend)?;
+        load_plugin(&args, kernel.clone(), &config).or_fail_as(Failure::Backend)?;
     describe_node(&args, &report, &external, public_ip, &config, &plugin);
 
     let (leases, _) = retry("list leases", || store.list_leases())
         .await
-        .as_failure(Failure::Store)?;
+        .or_fail_as(Failure::Store)?;
     // Our previous lease's BackendData, whatever its type: the backend keeps what it
     // recognises (the directrouting backend publishes `vxlan`, so matching on the
     // configured type would lose its VTEP MAC on every restart).
@@ -108,21 +108,21 @@ async fn with_store<S: LeaseStore>(
     };
     let backend = host
         .spawn(&plugin, grant.clone())
-        .as_failure(Failure::Backend)?;
+        .or_fail_as(Failure::Backend)?;
     let registration = init_backend(&backend, &config, previous_data, &report, external.mtu)
         .await
-        .as_failure(Failure::Backend)?;
+        .or_fail_as(Failure::Backend)?;
     let attrs = LeaseAttrs::new(
         public_ip,
         &registration.backend_type,
         registration.backend_data.as_deref(),
     )
     .context("backend registered invalid BackendData")
-    .as_failure(Failure::Backend)?;
+    .or_fail_as(Failure::Backend)?;
     let previous_subnet = subnet_file::read_previous(&args.subnet_file);
     let lease = acquire_with_retry(&store, &config, &attrs, previous_subnet)
         .await
-        .as_failure(Failure::Lease)?;
+        .or_fail_as(Failure::Lease)?;
     tracing::info!(subnet = %lease.subnet, expires = ?lease.expires, "holding lease");
     report.api.set_subnet(lease.subnet);
     report.api.set_lease_held(true);
@@ -142,7 +142,7 @@ async fn with_store<S: LeaseStore>(
     report
         .plugin_call(backend.plugin(), "start", backend.start(lease.subnet))
         .await
-        .as_failure(Failure::Backend)?;
+        .or_fail_as(Failure::Backend)?;
     let peers = Peers::new(lease.subnet, &config, public_ip);
     let datapath = if plugin.has_datapath() {
         let setup = twill_datapath::Setup {
@@ -161,7 +161,7 @@ async fn with_store<S: LeaseStore>(
     };
     let traffic = install_rules(&args, &config, &lease)
         .await
-        .as_failure(Failure::Node)?;
+        .or_fail_as(Failure::Node)?;
     write_env(&args, &config, &lease, &registration, &report)?;
     Ok(Node {
         own: OwnLease {
@@ -442,7 +442,7 @@ async fn wait_for_config(store: &impl LeaseStore, prefix: &str) -> anyhow::Resul
     loop {
         match store.get_config().await {
             Ok(Some(text)) => {
-                let config = Config::parse(&text).as_failure(Failure::Config)?;
+                let config = Config::parse(&text).or_fail_as(Failure::Config)?;
                 for notice in Config::notices(&text) {
                     tracing::warn!("network config at {prefix}/config: {notice}");
                 }
@@ -459,7 +459,7 @@ async fn wait_for_config(store: &impl LeaseStore, prefix: &str) -> anyhow::Resul
             Err(e) => backoff
                 .wait("cannot read the network config from the store", &e)
                 .await
-                .as_failure(Failure::Store)?,
+                .or_fail_as(Failure::Store)?,
         }
     }
 }
@@ -502,7 +502,7 @@ async fn acquire_with_retry(
             Err(AcquireError::Store(e)) => backoff
                 .wait("acquire a lease", &e)
                 .await
-                .as_failure(Failure::Store)?,
+                .or_fail_as(Failure::Store)?,
             Err(e) => return Err(e).context("acquire a subnet lease"),
         }
     }

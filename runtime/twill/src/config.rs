@@ -45,7 +45,7 @@ pub async fn put_embedded(path: &std::path::Path, prefix: &str, json: &str) -> a
 
 /// The store a command reads or writes: `twill run`'s store flags, one connection.
 pub enum Store {
-    Etcd(EtcdStore),
+    Etcd(Box<EtcdStore>),
     Embedded(EmbeddedStore),
 }
 
@@ -76,9 +76,11 @@ impl Store {
                         .clone()
                         .map(|name| (name, args.etcd_password.clone().unwrap_or_default())),
                 };
-                Ok(Store::Etcd(EtcdStore::connect(opts).await.with_context(
-                    || format!("connect to etcd at {}", args.etcd_endpoints.join(",")),
-                )?))
+                Ok(Store::Etcd(Box::new(
+                    EtcdStore::connect(opts).await.with_context(|| {
+                        format!("connect to etcd at {}", args.etcd_endpoints.join(","))
+                    })?,
+                )))
             }
             StoreKind::Embedded => {
                 let (path, prefix) = (args.store_path.clone(), args.etcd_prefix.clone());
