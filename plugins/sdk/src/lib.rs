@@ -95,20 +95,11 @@
 //! export_backend!(Gateway);
 //! ```
 //!
-//! With this `Cargo.toml`:
-//!
-//! ```toml
-//! [package]
-//! name = "twill-gateway"
-//! version = "0.1.0"
-//! edition = "2024"
-//!
-//! [lib]
-//! crate-type = ["cdylib"]
-//!
-//! [dependencies]
-//! twill-plugin-sdk = { path = "<twill>/plugins/sdk" }
-//! ```
+//! `twill plugin new NAME` writes a crate like this one, with this SDK and the WIT
+//! inside it (the very files the `twill` binary was built with), so it builds without
+//! twill's repository; `twill plugin test FILE` then runs the component through a
+//! node's life on a recording kernel and prints every kernel change it asks for
+//! (docs/plugins.md in twill's repository).
 //!
 //! A complete out-of-tree backend is `examples/ipip` in twill's repository. It is
 //! flannel's ipip backend as a crate of its own (its own cargo workspace, depending on
