@@ -104,6 +104,23 @@ pub fn go_style_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> 
         .collect()
 }
 
+/// `twill run --help`'s closing examples.
+const RUN_EXAMPLES: &str = "\
+Examples:
+  # flanneld's flags (its single-dash spelling works too: -etcd-endpoints=…)
+  twill run --etcd-endpoints=https://10.0.0.5:2379 --etcd-cafile=/etc/ssl/etcd-ca.pem \\
+            --etcd-certfile=/etc/ssl/node.pem --etcd-keyfile=/etc/ssl/node-key.pem \\
+            --iface=eth0 --ip-masq
+  # the same from a flanneld environment file (as the systemd unit does)
+  set -a; . /etc/default/twill; set +a; twill run
+  # one machine, no etcd: the embedded store
+  twill config set --store-path /var/lib/twill/leases.db '{\"Network\":\"10.244.0.0/16\"}'
+  twill run --store embedded --store-path /var/lib/twill/leases.db
+
+Exit status: 0 after SIGTERM/SIGINT; 2 usage, 3 network config, 4 lease store, 5 lease,
+6 backend plugin, 7 the node (interface, netlink, rules), 1 anything else.
+See docs/operations.md and docs/config.md.";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node daemon (what flanneld does).
@@ -113,6 +130,7 @@ pub enum Command {
     /// leases a subnet, programs the backend, writes subnet.env and keeps peers
     /// in sync. SIGTERM stops it and leaves the kernel objects in place, so a restart does
     /// not cut traffic.
+    #[command(after_help = RUN_EXAMPLES)]
     Run(Box<RunArgs>),
 
     /// Run a whole twill cluster on this machine, in network namespaces (needs root).
@@ -552,7 +570,7 @@ pub struct StoreArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Lease store")]
     pub store: StoreArgs,
 
     /// How long the lease store may be unreachable before /readyz fails (traffic
@@ -564,6 +582,7 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(u64).range(1..=86400),
         value_name = "SECONDS"
     )]
+    #[arg(help_heading = "Lease store")]
     pub store_unready_after: u64,
 
     /// How often the backend is initialised and started again and given every peer,
@@ -575,6 +594,7 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(u64).range(1..=3600),
         value_name = "SECONDS"
     )]
+    #[arg(help_heading = "Repair and probes")]
     pub resync_interval: u64,
 
     /// How often each peer is probed through the overlay (an ICMP echo from this
@@ -587,6 +607,7 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(u64).range(0..=3600),
         value_name = "SECONDS"
     )]
+    #[arg(help_heading = "Repair and probes")]
     pub peer_probe_interval: u64,
 
     /// At most this many peer probes a second, however many peers there are (a round
@@ -598,16 +619,19 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(u32).range(1..=10000),
         value_name = "PER_SECOND"
     )]
+    #[arg(help_heading = "Repair and probes")]
     pub peer_probe_rate: u32,
 
     /// Masquerade traffic from the cluster network to destinations outside it with the
     /// node's address (flannel's rules, in iptables chain TWILL-POSTRTG of the nat
     /// table); subnet.env then says FLANNEL_IPMASQ=true.
     #[arg(long, env = "FLANNELD_IP_MASQ")]
+    #[arg(help_heading = "Traffic rules (iptables)")]
     pub ip_masq: bool,
 
     /// Masquerade without --random-fully.
     #[arg(long, env = "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE")]
+    #[arg(help_heading = "Traffic rules (iptables)")]
     pub ip_masq_fully_random_disable: bool,
 
     /// Accept the cluster network's traffic in iptables' FORWARD chain (chain
@@ -623,6 +647,7 @@ pub struct RunArgs {
         default_missing_value = "true",
         value_name = "BOOL"
     )]
+    #[arg(help_heading = "Traffic rules (iptables)")]
     pub iptables_forward_rules: bool,
 
     /// How often the masquerade and forward rules are checked and repaired.
@@ -633,6 +658,7 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(u64).range(1..=3600),
         value_name = "SECONDS"
     )]
+    #[arg(help_heading = "Traffic rules (iptables)")]
     pub iptables_resync: u64,
 
     /// Interface (name or IPv4 address) for the overlay's underlay traffic; may be
@@ -643,10 +669,12 @@ pub struct RunArgs {
         value_delimiter = ',',
         value_name = "NAME|IP"
     )]
+    #[arg(help_heading = "This node")]
     pub iface: Vec<String>,
 
     /// IP address peers reach this node at. Default: the interface's address.
     #[arg(long, env = "FLANNELD_PUBLIC_IP", value_name = "IP")]
+    #[arg(help_heading = "This node")]
     pub public_ip: Option<Ipv4Addr>,
 
     /// Where to write the subnet file.
@@ -656,6 +684,7 @@ pub struct RunArgs {
         default_value = "/run/flannel/subnet.env",
         value_name = "PATH"
     )]
+    #[arg(help_heading = "This node")]
     pub subnet_file: PathBuf,
 
     /// Longest a single call into the backend plugin may run before the epoch
@@ -667,6 +696,7 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(u64).range(1..=3600),
         value_name = "SECONDS"
     )]
+    #[arg(help_heading = "Backend plugins")]
     pub plugin_call_timeout: u64,
 
     /// Most linear memory one plugin instance may grow to; beyond it the plugin traps
@@ -678,6 +708,7 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(u64).range(1..=4096),
         value_name = "MIB"
     )]
+    #[arg(help_heading = "Backend plugins")]
     pub plugin_memory_mib: u64,
 
     /// Minutes before the lease expires at which to renew it (1..=1439).
@@ -688,6 +719,7 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(u32).range(1..=1439),
         value_name = "MINUTES"
     )]
+    #[arg(help_heading = "Lease store")]
     pub subnet_lease_renew_margin: u32,
 
     /// Address of the HTTP API (status, leases, peers, plugins, /metrics, health).
@@ -698,6 +730,7 @@ pub struct RunArgs {
         default_value = "127.0.0.1:9465",
         value_name = "ADDR:PORT"
     )]
+    #[arg(help_heading = "HTTP API and health")]
     pub api_addr: SocketAddr,
 
     /// IP for a separate health-check listener (/healthz, /readyz), as flanneld's.
@@ -707,6 +740,7 @@ pub struct RunArgs {
         default_value = "0.0.0.0",
         value_name = "IP"
     )]
+    #[arg(help_heading = "HTTP API and health")]
     pub healthz_ip: IpAddr,
 
     /// Port of the separate health-check listener; 0 (the default) disables it.
@@ -716,12 +750,13 @@ pub struct RunArgs {
         default_value_t = 0,
         value_name = "PORT"
     )]
+    #[arg(help_heading = "HTTP API and health")]
     pub healthz_port: u16,
 
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Backend plugins")]
     pub plugin_dir: PluginDirArg,
 
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Backend plugins")]
     pub plugin_cache: PluginCacheArg,
 }
 
