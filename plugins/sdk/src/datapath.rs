@@ -29,6 +29,7 @@ use std::cell::RefCell;
 pub use crate::bindings::exports::twill::backend::datapath::{
     Action, BatchOut, Drops, Endpoint, OutPacket, Packet,
 };
+pub use crate::bindings::exports::twill::backend::datapath_heads::{Fate, Head, HeadsOut};
 use crate::{Error, LeaseEvent, Node, Subnet};
 
 /// The host interface of a data-path backend: its TUN device and UDP socket.
@@ -54,6 +55,21 @@ pub trait Datapath: 'static {
     /// Datagrams received from peers (`peer` is each one's sender), to be written into
     /// the TUN device.
     fn decap(&mut self, arena: Vec<u8>, packets: Vec<Packet>) -> BatchOut;
+
+    /// Like [`Datapath::encap`], from each packet's first bytes alone ([`Head`]: at most
+    /// 128, the IPv4 header and what follows; `total` is the whole length): one
+    /// [`Fate`] per head, heads changed in place (the host writes them back over their
+    /// packets), packets of your own (ICMP errors) in `extra`. The payload never
+    /// crosses into the plugin, which makes the data path cheaper. The default,
+    /// `None`, says the backend needs whole packets: the host then calls `encap`.
+    fn encap_heads(&mut self, _arena: Vec<u8>, _heads: Vec<Head>) -> Option<HeadsOut> {
+        None
+    }
+
+    /// Like [`Datapath::decap`], from heads; see [`Datapath::encap_heads`].
+    fn decap_heads(&mut self, _arena: Vec<u8>, _heads: Vec<Head>) -> Option<HeadsOut> {
+        None
+    }
 }
 
 thread_local! {
@@ -107,6 +123,37 @@ pub mod __private {
         })
     }
 
+    /// Before `attach`: every head dropped, as in [`encap`].
+    pub fn encap_heads(arena: Vec<u8>, heads: Vec<Head>) -> Option<HeadsOut> {
+        PATH.with(|cell| match cell.borrow_mut().as_mut() {
+            Some(p) => p.encap_heads(arena, heads),
+            None => Some(unattached_heads(arena, &heads, |d, n| d.no_route = n)),
+        })
+    }
+
+    pub fn decap_heads(arena: Vec<u8>, heads: Vec<Head>) -> Option<HeadsOut> {
+        PATH.with(|cell| match cell.borrow_mut().as_mut() {
+            Some(p) => p.decap_heads(arena, heads),
+            None => Some(unattached_heads(arena, &heads, |d, n| d.unknown_peer = n)),
+        })
+    }
+
+    fn unattached_heads(
+        arena: Vec<u8>,
+        heads: &[Head],
+        count: impl Fn(&mut Drops, u32),
+    ) -> HeadsOut {
+        let mut drops = no_drops();
+        count(&mut drops, u32::try_from(heads.len()).unwrap_or(u32::MAX));
+        HeadsOut {
+            arena,
+            fates: vec![Fate::Dropped; heads.len()],
+            extra: Vec::new(),
+            extra_packets: Vec::new(),
+            drops,
+        }
+    }
+
     fn unattached(arena: Vec<u8>, packets: &[Packet], count: impl Fn(&mut Drops, u32)) -> BatchOut {
         let mut drops = no_drops();
         count(&mut drops, u32::try_from(packets.len()).unwrap_or(u32::MAX));
@@ -119,7 +166,8 @@ pub mod __private {
 }
 
 /// Export `$control` (a [`Backend`](crate::Backend)) as this component's `twill:backend/backend` and
-/// `$path` (a [`Datapath`]) as its `twill:backend/datapath`.
+/// `$path` (a [`Datapath`]) as its `twill:backend/datapath` and
+/// `twill:backend/datapath-heads`.
 ///
 /// The exports exist only when building for WebAssembly; a native build of the same
 /// crate (for its unit tests) compiles both without them.
@@ -152,6 +200,23 @@ macro_rules! export_datapath_backend {
                 packets: ::std::vec::Vec<$crate::datapath::Packet>,
             ) -> $crate::datapath::BatchOut {
                 $crate::datapath::__private::decap(arena, packets)
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        impl $crate::bindings::exports::twill::backend::datapath_heads::Guest
+            for __TwillDatapathBackendExport
+        {
+            fn encap_heads(
+                arena: ::std::vec::Vec<u8>,
+                heads: ::std::vec::Vec<$crate::datapath::Head>,
+            ) -> ::std::option::Option<$crate::datapath::HeadsOut> {
+                $crate::datapath::__private::encap_heads(arena, heads)
+            }
+            fn decap_heads(
+                arena: ::std::vec::Vec<u8>,
+                heads: ::std::vec::Vec<$crate::datapath::Head>,
+            ) -> ::std::option::Option<$crate::datapath::HeadsOut> {
+                $crate::datapath::__private::decap_heads(arena, heads)
             }
         }
         #[cfg(target_arch = "wasm32")]

@@ -2,7 +2,9 @@
 //! batch data path ([`Path`], a [`Datapath`]), over the SDK's world
 //! `overlay-datapath-backend`.
 
-use twill_plugin_sdk::datapath::{self, Action, BatchOut, Datapath, Drops, Endpoint, OutPacket};
+use twill_plugin_sdk::datapath::{
+    self, Action, BatchOut, Datapath, Drops, Endpoint, Fate, Head, HeadsOut, OutPacket,
+};
 use twill_plugin_sdk::host::{addresses, links, log, routes};
 use twill_plugin_sdk::{
     Backend, Error, Info, LeaseEvent, Node, Registration, Subnet, export_datapath_backend,
@@ -104,18 +106,11 @@ struct Path {
     peers: Peers,
 }
 
-/// Add a verdict's counters and output descriptor.
-fn record(
-    verdict: Verdict,
-    offset: u32,
-    len: u32,
-    port: u16,
-    packets: &mut Vec<OutPacket>,
-    drops: &mut Drops,
-) {
-    let action = match verdict {
-        Verdict::ToPeer(ip) => Action::ToPeer(Endpoint { ip, port }),
-        Verdict::ToTun => Action::ToTun,
+/// A verdict's action, or `None` with its drop counted.
+fn action(verdict: Verdict, port: u16, drops: &mut Drops) -> Option<Action> {
+    match verdict {
+        Verdict::ToPeer(ip) => Some(Action::ToPeer(Endpoint { ip, port })),
+        Verdict::ToTun => Some(Action::ToTun),
         Verdict::Drop(reason) => {
             let counter = match reason {
                 Drop::UnknownPeer => &mut drops.unknown_peer,
@@ -125,14 +120,59 @@ fn record(
                 Drop::Malformed => &mut drops.malformed,
             };
             *counter += 1;
-            return;
+            None
         }
-    };
-    packets.push(OutPacket {
-        offset,
-        len,
-        action,
-    });
+    }
+}
+
+/// Add a verdict's counters and output descriptor.
+fn record(
+    verdict: Verdict,
+    offset: u32,
+    len: u32,
+    port: u16,
+    packets: &mut Vec<OutPacket>,
+    drops: &mut Drops,
+) {
+    if let Some(action) = action(verdict, port, drops) {
+        packets.push(OutPacket {
+            offset,
+            len,
+            action,
+        });
+    }
+}
+
+/// A verdict as a head's fate, its drop counted.
+fn fate(verdict: Verdict, port: u16, drops: &mut Drops) -> Fate {
+    match action(verdict, port, drops) {
+        Some(Action::ToPeer(ep)) => Fate::ToPeer(ep),
+        Some(Action::ToTun) => Fate::ToTun,
+        None => Fate::Dropped,
+    }
+}
+
+/// An ICMP net-unreachable for the packet starting with `head`, appended to `arena`
+/// (from the network's own address: the node's flannel0 address would be a local
+/// source, which the kernel drops as martian on input); its descriptor.
+fn unreachable(arena: &mut Vec<u8>, head: &[u8], network: u32) -> OutPacket {
+    let mut quoted = [0u8; 68];
+    let n = head.len().min(quoted.len());
+    quoted[..n].copy_from_slice(&head[..n]);
+    let at = arena.len();
+    let len = packet::push_unreachable(arena, &quoted[..n], network);
+    OutPacket {
+        offset: at as u32,
+        len: len as u32,
+        action: Action::ToTun,
+    }
+}
+
+/// The head's bytes if its descriptor lies inside the arena and within its packet.
+fn head_bounds(h: &Head, arena_len: usize) -> Option<(usize, usize)> {
+    let start = h.offset as usize;
+    let end = start.checked_add(h.len as usize)?;
+    (end <= arena_len && h.len <= h.total).then_some((start, end))
 }
 
 /// The packet's bytes if its descriptor lies inside the arena.
@@ -177,20 +217,9 @@ impl Datapath for Path {
             if verdict == Verdict::Drop(Drop::NoRoute)
                 && packet::wants_unreachable(&arena[start..end], &self.node)
             {
-                // Copy the quoted part out first: the arena grows under it.
-                let mut quoted = [0u8; 68];
-                let n = (end - start).min(quoted.len());
-                quoted[..n].copy_from_slice(&arena[start..start + n]);
-                let at = arena.len();
-                // From the network's own address: the node's flannel0 address would
-                // be a local source, which the kernel drops as martian on input.
-                let from = self.node.network.addr;
-                let len = packet::push_unreachable(&mut arena, &quoted[..n], from);
-                out.push(OutPacket {
-                    offset: at as u32,
-                    len: len as u32,
-                    action: Action::ToTun,
-                });
+                // The quoted part is copied out first: the arena grows under it.
+                let head = arena[start..end.min(start + 68)].to_vec();
+                out.push(unreachable(&mut arena, &head, self.node.network.addr));
             }
             record(verdict, d.offset, d.len, self.port, &mut out, &mut drops);
         }
@@ -218,6 +247,62 @@ impl Datapath for Path {
             packets: out,
             drops,
         }
+    }
+
+    fn encap_heads(&mut self, mut arena: Vec<u8>, heads: Vec<Head>) -> Option<HeadsOut> {
+        let mut fates = Vec::with_capacity(heads.len());
+        let (mut extra, mut extra_packets) = (Vec::new(), Vec::new());
+        let mut drops = datapath::no_drops();
+        for h in &heads {
+            let Some((start, end)) = head_bounds(h, arena.len()) else {
+                drops.malformed += 1;
+                fates.push(Fate::Dropped);
+                continue;
+            };
+            let whole = h.total as usize;
+            let head = &mut arena[start..end];
+            let verdict = packet::encap_verdict_head(head, whole, &self.node, &self.peers);
+            if verdict == Verdict::Drop(Drop::NoRoute)
+                && packet::wants_unreachable_head(head, whole, &self.node)
+            {
+                extra_packets.push(unreachable(&mut extra, head, self.node.network.addr));
+            }
+            fates.push(fate(verdict, self.port, &mut drops));
+        }
+        Some(HeadsOut {
+            arena,
+            fates,
+            extra,
+            extra_packets,
+            drops,
+        })
+    }
+
+    fn decap_heads(&mut self, mut arena: Vec<u8>, heads: Vec<Head>) -> Option<HeadsOut> {
+        let mut fates = Vec::with_capacity(heads.len());
+        let mut drops = datapath::no_drops();
+        for h in &heads {
+            let Some((start, end)) = head_bounds(h, arena.len()) else {
+                drops.malformed += 1;
+                fates.push(Fate::Dropped);
+                continue;
+            };
+            let verdict = packet::decap_verdict_head(
+                &mut arena[start..end],
+                h.total as usize,
+                h.peer,
+                &self.node,
+                &self.peers,
+            );
+            fates.push(fate(verdict, self.port, &mut drops));
+        }
+        Some(HeadsOut {
+            arena,
+            fates,
+            extra: Vec::new(),
+            extra_packets: Vec::new(),
+            drops,
+        })
     }
 }
 

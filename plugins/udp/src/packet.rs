@@ -179,6 +179,13 @@ fn be32(b: &[u8], at: usize) -> u32 {
 
 /// The IPv4 header length if `packet` starts with a well-formed IPv4 header.
 fn header_len(packet: &[u8]) -> Option<usize> {
+    header_len_within(packet, packet.len())
+}
+
+/// [`header_len`] of a packet of `whole` bytes of which `packet` is the start (a head
+/// of the host's `datapath-heads`): the header lies in `packet`, its total length
+/// within `whole`.
+fn header_len_within(packet: &[u8], whole: usize) -> Option<usize> {
     let first = *packet.first()?;
     if first >> 4 != 4 {
         return None;
@@ -188,7 +195,7 @@ fn header_len(packet: &[u8]) -> Option<usize> {
         return None;
     }
     let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
-    if total < ihl || total > packet.len() {
+    if total < ihl || total > whole {
         return None;
     }
     Some(ihl)
@@ -234,7 +241,13 @@ pub fn checksum(data: &[u8]) -> u16 {
 /// Decide the fate of a packet read from the TUN device (TTL already checked and
 /// decremented in place when it goes to a peer).
 pub fn encap_verdict(packet: &mut [u8], node: &Node, peers: &Peers) -> Verdict {
-    if header_len(packet).is_none() {
+    let whole = packet.len();
+    encap_verdict_head(packet, whole, node, peers)
+}
+
+/// [`encap_verdict`] from the first bytes of a packet of `whole` bytes.
+pub fn encap_verdict_head(packet: &mut [u8], whole: usize, node: &Node, peers: &Peers) -> Verdict {
+    if header_len_within(packet, whole).is_none() {
         return Verdict::Drop(Drop::Malformed);
     }
     let dst = be32(packet, 16);
@@ -249,10 +262,22 @@ pub fn encap_verdict(packet: &mut [u8], node: &Node, peers: &Peers) -> Verdict {
 
 /// Decide the fate of a datagram's payload from `sender`.
 pub fn decap_verdict(packet: &mut [u8], sender: u32, node: &Node, peers: &Peers) -> Verdict {
+    let whole = packet.len();
+    decap_verdict_head(packet, whole, sender, node, peers)
+}
+
+/// [`decap_verdict`] from the first bytes of a packet of `whole` bytes.
+pub fn decap_verdict_head(
+    packet: &mut [u8],
+    whole: usize,
+    sender: u32,
+    node: &Node,
+    peers: &Peers,
+) -> Verdict {
     let Some(subnet) = peers.subnet_of(sender) else {
         return Verdict::Drop(Drop::UnknownPeer);
     };
-    if header_len(packet).is_none() {
+    if header_len_within(packet, whole).is_none() {
         return Verdict::Drop(Drop::Malformed);
     }
     if !subnet.contains(be32(packet, 12)) {
@@ -273,7 +298,12 @@ pub fn decap_verdict(packet: &mut [u8], sender: u32, node: &Node, peers: &Peers)
 /// every ICMP packet; answering queries such as echo too lets `ping` say
 /// "Destination Net Unreachable" instead of timing out.
 pub fn wants_unreachable(packet: &[u8], node: &Node) -> bool {
-    let Some(ihl) = header_len(packet) else {
+    wants_unreachable_head(packet, packet.len(), node)
+}
+
+/// [`wants_unreachable`] from the first bytes of a packet of `whole` bytes.
+pub fn wants_unreachable_head(packet: &[u8], whole: usize, node: &Node) -> bool {
+    let Some(ihl) = header_len_within(packet, whole) else {
         return false;
     };
     let frag_offset = u16::from_be_bytes([packet[6], packet[7]]) & 0x1fff;

@@ -3,7 +3,9 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use twill_plugin_host::{Action, BatchOut, Endpoint};
+use twill_plugin_host::{Action, Endpoint};
+
+use crate::Answer;
 
 /// Datagrams for one destination sent with one `sendmmsg` entry: back to back in the
 /// output arena, all `segment` bytes long but the last (UDP GSO cuts them apart).
@@ -25,14 +27,14 @@ const GSO_BYTES: usize = 65_507;
 /// Group the `to-peer` packets of a batch into sends (GSO sends if `gso`), leaving out
 /// those `allowed` refuses; returns how many were refused.
 pub(crate) fn group_datagrams(
-    out: &BatchOut,
+    out: Answer<'_>,
     groups: &mut Vec<Group>,
     gso: bool,
     allowed: impl Fn(&Endpoint) -> bool,
 ) -> u64 {
     groups.clear();
     let mut refused = 0;
-    for p in &out.packets {
+    for p in out.packets {
         let Action::ToPeer(ep) = p.action else {
             continue;
         };
@@ -76,14 +78,14 @@ pub(crate) fn group_datagrams(
 
 /// The bytes of an output descriptor, if it lies inside the output arena (a plugin
 /// cannot make the host read outside it).
-pub(crate) fn slice(out: &BatchOut, offset: u32, len: u32) -> Option<&[u8]> {
+pub(crate) fn slice(out: Answer<'_>, offset: u32, len: u32) -> Option<&[u8]> {
     let start = offset as usize;
     out.arena.get(start..start.checked_add(len as usize)?)
 }
 
 #[cfg(test)]
 mod tests {
-    use twill_plugin_host::{Drops, OutPacket};
+    use twill_plugin_host::{BatchOut, Drops, OutPacket};
 
     use super::*;
 
@@ -134,17 +136,20 @@ mod tests {
             (100, b),
             (200, b),
         ]);
-        assert_eq!(group_datagrams(&out, &mut groups, true, |_| true), 0);
+        assert_eq!(
+            group_datagrams(Answer::of(&out), &mut groups, true, |_| true),
+            0
+        );
         assert_eq!(shapes(&groups), [(3, 1472), (1, 1472), (2, 1472), (1, 200)]);
         // Jumbo frames: no GSO send beyond the UDP payload limit.
         let out = out_of(&[(8973, a); 20]);
-        group_datagrams(&out, &mut groups, true, |_| true);
+        group_datagrams(Answer::of(&out), &mut groups, true, |_| true);
         assert!(groups.iter().all(|g| (g.end - g.start) <= GSO_BYTES));
         assert_eq!(groups.iter().map(|g| g.count).sum::<u64>(), 20);
         assert_eq!(groups[0].count, 7);
         // Without GSO every datagram is its own message; refused peers are left out.
         let out = out_of(&[(1472, a), (1472, a), (1472, b)]);
-        let refused = group_datagrams(&out, &mut groups, false, |ep| {
+        let refused = group_datagrams(Answer::of(&out), &mut groups, false, |ep| {
             ep.ip == u32::from(Ipv4Addr::from(a))
         });
         assert_eq!(refused, 1);

@@ -25,6 +25,7 @@
 
 pub mod counters;
 mod gso;
+mod heads;
 mod inbound;
 pub mod offload;
 mod out;
@@ -44,6 +45,8 @@ use twill_net::datapath::Tun;
 use twill_plugin_host::{CallError, Datapath, Grant, Plugin, PluginHost, PluginStats};
 
 pub use counters::{Counters, Direction, DropReason};
+pub(crate) use heads::Answer;
+pub use heads::HEAD_BYTES;
 
 /// Packets per batch (and per plugin call), before segmentation.
 pub const BATCH: usize = 64;

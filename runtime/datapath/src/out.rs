@@ -8,12 +8,12 @@ use std::sync::mpsc;
 
 use twill_core::lease::LeaseEvent;
 use twill_net::datapath::{SendBatch, wait_readable};
-use twill_plugin_host::{BatchOut, Datapath, Packet};
+use twill_plugin_host::{Datapath, OutPacket, Packet};
 
 use crate::counters::count_plugin_drops;
 use crate::gso::{Group, group_datagrams};
 use crate::offload::{self, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, VNET_HDR_LEN, VnetHdr};
-use crate::{BATCH, Direction, DropReason, IDLE_WAIT, PumpError, Shared, io_err};
+use crate::{Answer, BATCH, Direction, DropReason, IDLE_WAIT, PumpError, Shared, heads, io_err};
 
 /// One read from the TUN device: its `virtio_net_hdr` and a packet of up to 64 KiB
 /// (a TCP super-packet when the device does TSO).
@@ -33,6 +33,8 @@ impl Shared {
         let mut packets: Vec<Packet> = Vec::with_capacity(BATCH * 4);
         let mut groups: Vec<Group> = Vec::with_capacity(BATCH);
         let mut send = SendBatch::new();
+        let (mut head_arena, mut heads) = (Vec::new(), Vec::new());
+        let mut kept: Vec<OutPacket> = Vec::with_capacity(BATCH * 4);
         let fd = self.tun.as_raw_fd();
         while !self.stopped() {
             self.drain_updates(&mut dp, &rx)?;
@@ -42,6 +44,30 @@ impl Shared {
                 wait_readable(&[fd], IDLE_WAIT).map_err(io_err("wait for the TUN device"))?;
                 continue;
             }
+            if dp.takes_heads() {
+                heads::heads_of(&arena, &packets, &mut head_arena, &mut heads);
+                if let Some(out) = dp.encap_heads(&head_arena, &heads)? {
+                    count_plugin_drops(&*self.counters, &out.drops);
+                    let bad = heads::apply(&mut arena, &packets, &heads, &out, &mut kept);
+                    self.denied(
+                        bad + dp.take_excess(),
+                        "answer heads it was not given, or more than one fate per head",
+                        &mut warned,
+                    );
+                    let kept = Answer {
+                        arena: &arena,
+                        packets: &kept,
+                    };
+                    let extra = Answer {
+                        arena: &out.extra,
+                        packets: &out.extra_packets,
+                    };
+                    for answer in [kept, extra] {
+                        self.forward_out(answer, &dp, &mut groups, &mut send, &mut warned)?;
+                    }
+                    continue;
+                }
+            }
             let out = dp.encap(&arena, &packets)?;
             count_plugin_drops(&*self.counters, &out.drops);
             self.denied(
@@ -49,14 +75,27 @@ impl Shared {
                 "answer more packets than two per packet given",
                 &mut warned,
             );
-            let confinement = dp.confinement();
-            let gso = self.gso.load(Ordering::Relaxed);
-            let refused =
-                group_datagrams(&out, &mut groups, gso, |ep| confinement.to_peer_allowed(ep));
-            self.denied(refused, "send to an address that is no peer", &mut warned);
-            self.send_groups(&out, &groups, &mut send)?;
-            self.write_to_tun(&out, confinement, None, None, &mut warned);
+            self.forward_out(Answer::of(&out), &dp, &mut groups, &mut send, &mut warned)?;
         }
+        Ok(())
+    }
+
+    /// An encap answer's datagrams to their peers (grouped for UDP GSO) and its
+    /// packets for the TUN device (ICMP replies), each checked by the confinement.
+    fn forward_out(
+        &self,
+        out: Answer<'_>,
+        dp: &Datapath,
+        groups: &mut Vec<Group>,
+        send: &mut SendBatch,
+        warned: &mut bool,
+    ) -> Result<(), PumpError> {
+        let confinement = dp.confinement();
+        let gso = self.gso.load(Ordering::Relaxed);
+        let refused = group_datagrams(out, groups, gso, |ep| confinement.to_peer_allowed(ep));
+        self.denied(refused, "send to an address that is no peer", warned);
+        self.send_groups(out, groups, send)?;
+        self.write_to_tun(out, confinement, None, None, warned);
         Ok(())
     }
 
@@ -125,7 +164,7 @@ impl Shared {
     /// checksumming answers EIO on older kernels).
     fn send_groups(
         &self,
-        out: &BatchOut,
+        out: Answer<'_>,
         groups: &[Group],
         send: &mut SendBatch,
     ) -> Result<(), PumpError> {

@@ -3,8 +3,9 @@
 
 use std::io::IoSlice;
 
-use twill_plugin_host::{Action, BatchOut, Confinement, Packet};
+use twill_plugin_host::{Action, Confinement, Packet};
 
+use crate::Answer;
 use crate::gso::slice;
 use crate::offload::{self, Coalescer, Merge, VNET_HDR_LEN};
 use crate::{Direction, DropReason, Shared};
@@ -27,7 +28,7 @@ impl Shared {
     /// current peer, with a source in that peer's subnet, is written.
     pub(crate) fn write_to_tun(
         &self,
-        out: &BatchOut,
+        out: Answer<'_>,
         confinement: &Confinement,
         senders: Option<&[Packet]>,
         direction: Option<Direction>,
@@ -37,7 +38,7 @@ impl Shared {
         let mut denied = 0;
         let mut coalescer = Coalescer::default();
         let mut run: Vec<&[u8]> = Vec::new();
-        for p in &out.packets {
+        for p in out.packets {
             if !matches!(p.action, Action::ToTun) {
                 continue;
             }

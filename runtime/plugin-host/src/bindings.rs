@@ -20,3 +20,7 @@ pub use exports::twill::backend::backend::{Guest as BackendGuest, GuestIndices a
 pub use exports::twill::backend::datapath::{
     Guest as DatapathGuest, GuestIndices as DatapathIndices,
 };
+/// The exported data-path interface that works on packet heads.
+pub use exports::twill::backend::datapath_heads::{
+    Guest as HeadsGuest, GuestIndices as HeadsIndices,
+};

@@ -12,7 +12,8 @@ use twill_core::lease::LeaseEvent;
 pub use crate::bindings::exports::twill::backend::datapath::{
     Action, BatchOut, Drops, Endpoint, OutPacket, Packet,
 };
-use crate::bindings::{self as wit, DatapathGuest};
+pub use crate::bindings::exports::twill::backend::datapath_heads::{Fate, Head, HeadsOut};
+use crate::bindings::{self as wit, DatapathGuest, HeadsGuest};
 use crate::confine::Confinement;
 use crate::convert::{event_to_wit, node_to_wit, subnet_to_wit};
 use crate::instance::{BackendError, CallError, Guarded};
@@ -22,7 +23,8 @@ use crate::{Grant, Plugin, PluginHost};
 /// One data-path instance. Not `Sync`: it belongs to one thread.
 pub struct Datapath {
     plugin: String,
-    guest: Guarded<DatapathGuest>,
+    /// `datapath`, and `datapath-heads` while the plugin takes heads.
+    guest: Guarded<(DatapathGuest, Option<HeadsGuest>)>,
     confinement: Confinement,
     /// Answer descriptors cut off by [`cap_answer`] and not yet taken.
     excess: u64,
@@ -52,7 +54,7 @@ impl PluginHost {
             function,
             message: format!("{e:#}"),
         };
-        let Some(indices) = &plugin.datapath else {
+        let Some((indices, heads)) = &plugin.datapath else {
             return Err(CallError::Backend {
                 plugin: plugin.name.clone(),
                 function: "attach",
@@ -79,14 +81,21 @@ impl PluginHost {
         let guest = indices
             .load(&mut store, &instance)
             .map_err(|e| trap("instantiate", e))?;
+        let heads = match heads {
+            Some(h) => Some(
+                h.load(&mut store, &instance)
+                    .map_err(|e| trap("instantiate", e))?,
+            ),
+            None => None,
+        };
         let mut datapath = Datapath {
             plugin: plugin.name.clone(),
-            guest: Guarded::new(&plugin.name, store, guest, self.deadline_ticks()),
+            guest: Guarded::new(&plugin.name, store, (guest, heads), self.deadline_ticks()),
             confinement,
             excess: 0,
         };
         datapath.guest.call("attach", |g, s| {
-            g.call_attach(s, config, &node, subnet_to_wit(own))
+            g.0.call_attach(s, config, &node, subnet_to_wit(own))
         })?;
         Ok(datapath)
     }
@@ -112,14 +121,14 @@ impl Datapath {
         self.confinement.apply(events);
         let events: Vec<wit::LeaseEvent> = events.iter().map(event_to_wit).collect();
         self.guest
-            .call("update", |g, s| g.call_update(s, &events).map(Ok))
+            .call("update", |g, s| g.0.call_update(s, &events).map(Ok))
     }
 
     /// A batch read from the TUN device (its answer capped, see [`cap_answer`]).
     pub fn encap(&mut self, arena: &[u8], packets: &[Packet]) -> Result<BatchOut, CallError> {
         let mut out = self
             .guest
-            .call("encap", |g, s| g.call_encap(s, arena, packets).map(Ok))?;
+            .call("encap", |g, s| g.0.call_encap(s, arena, packets).map(Ok))?;
         self.excess += cap_answer(&mut out, packets.len());
         Ok(out)
     }
@@ -128,9 +137,69 @@ impl Datapath {
     pub fn decap(&mut self, arena: &[u8], packets: &[Packet]) -> Result<BatchOut, CallError> {
         let mut out = self
             .guest
-            .call("decap", |g, s| g.call_decap(s, arena, packets).map(Ok))?;
+            .call("decap", |g, s| g.0.call_decap(s, arena, packets).map(Ok))?;
         self.excess += cap_answer(&mut out, packets.len());
         Ok(out)
+    }
+
+    /// Whether the plugin takes packet heads (`datapath-heads`): it exports them and has
+    /// not answered `none`.
+    pub fn takes_heads(&self) -> bool {
+        self.guest.guest().1.is_some()
+    }
+
+    /// The heads of a batch read from the TUN device; `None` when the plugin wants whole
+    /// packets (then [`Datapath::encap`], from now on). Its answer is capped: one fate
+    /// per head, extra packets as [`cap_answer`] allows.
+    pub fn encap_heads(
+        &mut self,
+        arena: &[u8],
+        heads: &[Head],
+    ) -> Result<Option<HeadsOut>, CallError> {
+        self.heads_call("encap-heads", arena, heads, true)
+    }
+
+    /// The heads of a batch received on the UDP socket; as [`Datapath::encap_heads`].
+    pub fn decap_heads(
+        &mut self,
+        arena: &[u8],
+        heads: &[Head],
+    ) -> Result<Option<HeadsOut>, CallError> {
+        self.heads_call("decap-heads", arena, heads, false)
+    }
+
+    fn heads_call(
+        &mut self,
+        function: &'static str,
+        arena: &[u8],
+        heads: &[Head],
+        encap: bool,
+    ) -> Result<Option<HeadsOut>, CallError> {
+        if !self.takes_heads() {
+            return Ok(None);
+        }
+        let answer = self.guest.call(function, |g, s| {
+            let Some(h) = &g.1 else { return Ok(Ok(None)) };
+            let answer = if encap {
+                h.call_encap_heads(s, arena, heads)
+            } else {
+                h.call_decap_heads(s, arena, heads)
+            };
+            answer.map(Ok)
+        })?;
+        let Some(mut out) = answer else {
+            self.guest.guest_mut().1 = None;
+            return Ok(None);
+        };
+        let fates = out.fates.len().saturating_sub(heads.len());
+        out.fates.truncate(heads.len());
+        let extra = out
+            .extra_packets
+            .len()
+            .saturating_sub(heads.len() + ANSWER_SLACK);
+        out.extra_packets.truncate(heads.len() + ANSWER_SLACK);
+        self.excess += u64::try_from(fates + extra).unwrap_or(u64::MAX);
+        Ok(Some(out))
     }
 
     /// How many answer descriptors were cut off since the last call (to be counted as

@@ -389,6 +389,16 @@ impl<G> Guarded<G> {
         }
     }
 
+    /// The guest's export handles.
+    pub(crate) fn guest(&self) -> &G {
+        &self.guest
+    }
+
+    /// The guest's export handles, to drop one the plugin declined.
+    pub(crate) fn guest_mut(&mut self) -> &mut G {
+        &mut self.guest
+    }
+
     /// Call an export with a fresh epoch deadline; sort its outcome into ok, the
     /// backend's error, or a trap that poisons the instance.
     pub(crate) fn call<T>(

@@ -31,11 +31,13 @@ use twill_net::Kernel;
 use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store, StoreLimitsBuilder};
 
-use crate::bindings::{BackendIndices, DatapathIndices};
+use crate::bindings::{BackendIndices, DatapathIndices, HeadsIndices};
 use crate::state::PluginState;
 
 pub use crate::confine::Confinement;
-pub use crate::datapath::{Action, BatchOut, Datapath, Drops, Endpoint, OutPacket, Packet};
+pub use crate::datapath::{
+    Action, BatchOut, Datapath, Drops, Endpoint, Fate, Head, HeadsOut, OutPacket, Packet,
+};
 pub use crate::instance::{
     Backend, BackendError, CallError, ErrorKind, NodeInfo, PeerOutcome, Registration,
 };
@@ -267,7 +269,8 @@ pub struct Plugin {
     pub from_cache: bool,
     pre: InstancePre<PluginState>,
     backend: BackendIndices,
-    datapath: Option<DatapathIndices>,
+    /// The data path's exports: `datapath`, and `datapath-heads` when there.
+    datapath: Option<(DatapathIndices, Option<HeadsIndices>)>,
 }
 
 impl Plugin {

@@ -17,7 +17,7 @@ use std::time::Instant;
 use sha2::Digest;
 use wasmtime::component::{Component, HasSelf, Linker};
 
-use crate::bindings::{BackendIndices, DatapathIndices, OverlayDatapathBackend};
+use crate::bindings::{BackendIndices, DatapathIndices, HeadsIndices, OverlayDatapathBackend};
 use crate::state::PluginState;
 use crate::{CAPABILITIES, LoadError, Plugin, PluginHost, WIT_VERSION};
 
@@ -41,6 +41,9 @@ pub struct ComponentFacts {
     pub exports_backend: bool,
     /// Whether it exports `twill:backend/datapath` (of any version): a data-path backend.
     pub exports_datapath: bool,
+    /// Whether it also exports `twill:backend/datapath-heads`: the host may hand it
+    /// packet heads instead of whole packets.
+    pub exports_heads: bool,
 }
 
 /// Everything known about one component: its digest, what it declares, and whether
@@ -186,6 +189,7 @@ impl PluginHost {
                 versions.extend(version.map(str::to_owned));
                 facts.exports_backend |= iface == "backend";
                 facts.exports_datapath |= iface == "datapath";
+                facts.exports_heads |= iface == "datapath-heads";
             }
             facts.exports.push(name.to_owned());
         }
@@ -251,7 +255,7 @@ impl PluginHost {
             crate::bindings::Info,
             wasmtime::component::InstancePre<PluginState>,
             BackendIndices,
-            Option<DatapathIndices>,
+            Option<(DatapathIndices, Option<HeadsIndices>)>,
         ),
         LoadError,
     > {
@@ -275,7 +279,12 @@ impl PluginHost {
         // A component that exports `datapath` is a data-path backend (udp); one whose
         // `datapath` does not fit the bindings is refused rather than run without it.
         let datapath = if facts.exports_datapath {
-            Some(DatapathIndices::new(&pre).map_err(incompatible)?)
+            let heads = if facts.exports_heads {
+                Some(HeadsIndices::new(&pre).map_err(incompatible)?)
+            } else {
+                None
+            };
+            Some((DatapathIndices::new(&pre).map_err(incompatible)?, heads))
         } else {
             None
         };

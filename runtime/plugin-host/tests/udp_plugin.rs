@@ -200,3 +200,87 @@ fn the_data_path_forwards_checks_and_answers_in_one_call_per_batch() {
     assert_eq!(stats.calls().get("encap"), Some(&1));
     assert_eq!(stats.calls().get("decap"), Some(&2));
 }
+
+/// The same verdicts through `datapath-heads`: the plugin sees each packet's first 128
+/// bytes and its length, never the rest; it changes the head in place (TTL, checksum)
+/// and makes the ICMP reply from the head alone.
+#[test]
+fn the_heads_path_gives_the_same_verdicts_from_the_first_bytes_alone() {
+    use twill_plugin_host::{Fate, Head};
+    let (_kernel, host, plugin, grant) = setup();
+    let stats = Arc::new(PluginStats::default());
+    let own = "10.244.1.0/24".parse().expect("subnet");
+    let mut dp = host
+        .datapath(&plugin, grant, stats.clone(), r#"{"Port":9000}"#, own)
+        .expect("attach");
+    assert!(dp.takes_heads(), "the built-in udp exports datapath-heads");
+    let peer = Lease {
+        subnet: "10.244.2.0/24".parse().expect("subnet"),
+        attrs: LeaseAttrs::new(Ipv4Addr::new(192, 168, 0, 2), "", None).expect("attrs"),
+        expires: None,
+    };
+    dp.update(&[LeaseEvent::Added(peer)]).expect("update");
+    // A 1,400-byte packet to the peer whose head alone is given (its IP total length
+    // says 1,400), one to nowhere, one with TTL 1, and one whose header claims more
+    // than the packet holds.
+    let big = {
+        let mut p = packet([10, 244, 1, 2], [10, 244, 2, 2], 64);
+        p[2..4].copy_from_slice(&1400u16.to_be_bytes());
+        p[10..12].copy_from_slice(&[0, 0]);
+        let sum = checksum(&p[..20]);
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
+        p.resize(128, 0xab);
+        p
+    };
+    let heads_given = [
+        (big, 1400),
+        (packet([10, 244, 1, 2], [10, 244, 9, 9], 64), 32),
+        (packet([10, 244, 1, 2], [10, 244, 2, 2], 1), 32),
+        (packet([10, 244, 1, 2], [10, 244, 2, 2], 64), 30),
+    ];
+    let (mut arena, mut heads) = (Vec::new(), Vec::new());
+    for (h, total) in &heads_given {
+        heads.push(Head {
+            offset: arena.len() as u32,
+            len: h.len() as u32,
+            total: *total,
+            peer: 0,
+        });
+        arena.extend_from_slice(h);
+    }
+    let out = dp
+        .encap_heads(&arena, &heads)
+        .expect("encap-heads")
+        .expect("the plugin takes heads");
+    assert_eq!(out.fates.len(), 4);
+    match out.fates[0] {
+        Fate::ToPeer(ep) => {
+            assert_eq!(Ipv4Addr::from(ep.ip), Ipv4Addr::new(192, 168, 0, 2));
+            assert_eq!(ep.port, 9000);
+        }
+        ref other => panic!("the big packet goes to the peer: {other:?}"),
+    }
+    assert_eq!(out.arena[8], 63, "the TTL went down in the head");
+    assert_eq!(checksum(&out.arena[..20]), 0, "and the checksum holds");
+    assert!(matches!(out.fates[1], Fate::Dropped));
+    assert!(matches!(out.fates[2], Fate::Dropped));
+    assert!(
+        matches!(out.fates[3], Fate::Dropped),
+        "a total length beyond the packet"
+    );
+    assert_eq!(
+        (
+            out.drops.no_route,
+            out.drops.ttl_expired,
+            out.drops.malformed
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(out.extra_packets.len(), 1, "the ICMP net-unreachable");
+    let reply = &out.extra_packets[0];
+    assert!(matches!(reply.action, Action::ToTun));
+    let icmp = &out.extra[reply.offset as usize..(reply.offset + reply.len) as usize];
+    assert_eq!((icmp[9], icmp[20], icmp[21]), (1, 3, 0));
+    assert_eq!(stats.calls().get("encap-heads"), Some(&1));
+    assert_eq!(stats.calls().get("encap"), None, "no whole packet crossed");
+}
