@@ -9,7 +9,12 @@
 //! `attach`ed to the node and gets every lease change ([`Datapath::update`]) before
 //! its batches. A batch is one byte arena with `{offset, len, peer}` descriptors; the
 //! answer is an output arena (the input, changed in place, plus appended packets such
-//! as ICMP replies), one action per packet to keep, and drop counts by reason. Whatever
+//! as ICMP replies), one action per packet to keep, and drop counts by reason. A
+//! backend that decides from a packet's first bytes alone (its headers) also
+//! implements [`Datapath::encap_heads`] and [`Datapath::decap_heads`]: the host then
+//! hands only each packet's first 128 bytes and its length and writes the changed
+//! heads back itself, which spares copying every payload into the plugin and back
+//! (udp does; the default answers `None`, and the host calls `encap`/`decap`). Whatever
 //! the answer says, the host sends only to a current peer on the bound port and writes
 //! into the TUN device only packets from the network to the node's own subnet.
 //!

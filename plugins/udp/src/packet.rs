@@ -177,14 +177,10 @@ fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// The IPv4 header length if `packet` starts with a well-formed IPv4 header.
-fn header_len(packet: &[u8]) -> Option<usize> {
-    header_len_within(packet, packet.len())
-}
-
-/// [`header_len`] of a packet of `whole` bytes of which `packet` is the start (a head
-/// of the host's `datapath-heads`): the header lies in `packet`, its total length
-/// within `whole`.
+/// The IPv4 header length if `packet` starts with a well-formed IPv4 header, for a
+/// packet of `whole` bytes of which `packet` is the start (all of it, or a head of the
+/// host's `datapath-heads`): the header lies in `packet`, its total length within
+/// `whole`.
 fn header_len_within(packet: &[u8], whole: usize) -> Option<usize> {
     let first = *packet.first()?;
     if first >> 4 != 4 {
@@ -589,7 +585,7 @@ mod tests {
             if verdict == Verdict::ToTun {
                 to_tun += 1;
                 assert_eq!(sender, ip(192, 168, 0, 2), "only a peer's datagram passes");
-                let ihl = header_len(&p).expect("a passed packet parses");
+                let ihl = header_len_within(&p, p.len()).expect("a passed packet parses");
                 assert!(
                     peer_subnet.contains(be32(&p, 12)),
                     "inner source in the sender's subnet"

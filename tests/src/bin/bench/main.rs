@@ -106,7 +106,8 @@ const CONFIGS: [Config; 7] = [
     Config::new(
         "udp",
         Setup::Twill(r#"{"Type":"udp"}"#),
-        Some(("kernel-vxlan", 0.5)),
+        // Issue 16: at least 0.6 of kernel vxlan (the aim is 0.9).
+        Some(("kernel-vxlan", 0.6)),
     ),
 ];
 
