@@ -8,12 +8,11 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::Value;
 use twill_core::{Lease, LeaseEvent, Subnet};
 
 use crate::model::{
-    ErrorInfo, HealthCounts, LeaseEntry, PROBE_LOSSES_UNREACHABLE, Peer, PeerHealth, PeerState,
-    Plugin, Status, StoreState, StoreStatus, SubnetMoved,
+    BackendData, ErrorInfo, HealthCounts, LeaseEntry, PROBE_LOSSES_UNREACHABLE, Peer, PeerHealth,
+    PeerState, Plugin, Status, StoreState, StoreStatus, SubnetMoved,
 };
 use crate::time::{rfc3339, unix_seconds};
 
@@ -571,14 +570,9 @@ fn lease_entry(lease: &Lease) -> LeaseEntry {
     }
 }
 
-/// The lease's BackendData as JSON; text that is not JSON (the core validates it, so
-/// this does not happen) is shown as a string rather than dropped.
-fn backend_data(lease: &Lease) -> Option<Value> {
-    lease
-        .attrs
-        .backend_data
-        .as_ref()
-        .map(|text| serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone())))
+/// The lease's BackendData, kept as its text.
+fn backend_data(lease: &Lease) -> Option<BackendData> {
+    lease.attrs.backend_data.as_deref().map(BackendData::new)
 }
 
 fn set_peer_state(peer: &mut Peer, state: PeerState, now: SystemTime) {
@@ -712,7 +706,10 @@ mod tests {
         state.apply_lease_event(&LeaseEvent::Added(b));
         assert_eq!(state.gauges().leases, 2);
         assert_eq!(
-            state.leases()[1].backend_data,
+            state.leases()[1]
+                .backend_data
+                .as_ref()
+                .map(BackendData::to_json),
             Some(serde_json::json!({"VNI": 1}))
         );
     }
