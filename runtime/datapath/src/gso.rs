@@ -85,7 +85,7 @@ pub(crate) fn slice(out: Answer<'_>, offset: u32, len: u32) -> Option<&[u8]> {
 
 #[cfg(test)]
 mod tests {
-    use twill_plugin_host::{BatchOut, Drops, OutPacket};
+    use twill_plugin_host::{BatchOut, OutPacket};
 
     use super::*;
 
@@ -106,13 +106,7 @@ mod tests {
         BatchOut {
             arena,
             packets,
-            drops: Drops {
-                unknown_peer: 0,
-                spoofed_source: 0,
-                no_route: 0,
-                ttl_expired: 0,
-                malformed: 0,
-            },
+            drops: twill_plugin_host::no_drops(),
         }
     }
 

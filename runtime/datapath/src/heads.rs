@@ -133,11 +133,8 @@ mod tests {
             extra: Vec::new(),
             extra_packets: Vec::new(),
             drops: Drops {
-                unknown_peer: 0,
-                spoofed_source: 0,
                 no_route: 1,
-                ttl_expired: 0,
-                malformed: 0,
+                ..twill_plugin_host::no_drops()
             },
         };
         let mut kept = Vec::new();
@@ -162,13 +159,7 @@ mod tests {
             fates: vec![Fate::ToTun],
             extra: Vec::new(),
             extra_packets: Vec::new(),
-            drops: Drops {
-                unknown_peer: 0,
-                spoofed_source: 0,
-                no_route: 0,
-                ttl_expired: 0,
-                malformed: 0,
-            },
+            drops: twill_plugin_host::no_drops(),
         };
         let mut kept = Vec::new();
         assert_eq!(apply(&mut arena, &packets, &heads, &out, &mut kept), 2);

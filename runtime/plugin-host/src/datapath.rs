@@ -220,6 +220,17 @@ pub fn cap_answer(out: &mut BatchOut, given: usize) -> u64 {
     u64::try_from(excess).unwrap_or(u64::MAX)
 }
 
+/// No drops (every counter 0).
+pub fn no_drops() -> Drops {
+    Drops {
+        unknown_peer: 0,
+        spoofed_source: 0,
+        no_route: 0,
+        ttl_expired: 0,
+        malformed: 0,
+    }
+}
+
 /// Extra answer descriptors a batch may hold beyond two per packet.
 pub const ANSWER_SLACK: usize = 64;
 
@@ -237,13 +248,7 @@ mod cap_tests {
         let mut out = BatchOut {
             arena: vec![0; 20],
             packets: vec![descriptor; 10_000],
-            drops: Drops {
-                unknown_peer: 0,
-                spoofed_source: 0,
-                no_route: 0,
-                ttl_expired: 0,
-                malformed: 0,
-            },
+            drops: no_drops(),
         };
         assert_eq!(cap_answer(&mut out, 8), 10_000 - (16 + ANSWER_SLACK) as u64);
         assert_eq!(out.packets.len(), 16 + ANSWER_SLACK);

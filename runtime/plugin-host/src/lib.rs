@@ -36,7 +36,7 @@ use crate::state::PluginState;
 
 pub use crate::confine::Confinement;
 pub use crate::datapath::{
-    Action, BatchOut, Datapath, Drops, Endpoint, Fate, Head, HeadsOut, OutPacket, Packet,
+    Action, BatchOut, Datapath, Drops, Endpoint, Fate, Head, HeadsOut, OutPacket, Packet, no_drops,
 };
 pub use crate::instance::{
     Backend, BackendError, CallError, ErrorKind, NodeInfo, PeerOutcome, Registration,

@@ -38,6 +38,24 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// A data-path instance of node 10.244.1.0/24 on port 9000 that knows the peer
+/// 10.244.2.0/24 at 192.168.0.2, and its call counters.
+fn attached() -> (twill_plugin_host::Datapath, Arc<PluginStats>) {
+    let (_kernel, host, plugin, grant) = setup();
+    let stats = Arc::new(PluginStats::default());
+    let own = "10.244.1.0/24".parse().expect("subnet");
+    let mut dp = host
+        .datapath(&plugin, grant, stats.clone(), r#"{"Port":9000}"#, own)
+        .expect("attach");
+    let peer = Lease {
+        subnet: "10.244.2.0/24".parse().expect("subnet"),
+        attrs: LeaseAttrs::new(Ipv4Addr::new(192, 168, 0, 2), "", None).expect("attrs"),
+        expires: None,
+    };
+    dp.update(&[LeaseEvent::Added(peer)]).expect("update");
+    (dp, stats)
+}
+
 #[tokio::test]
 async fn udp_opens_its_tun_and_routes_the_network_to_it() {
     let (kernel, host, plugin, grant) = setup();
@@ -91,18 +109,7 @@ async fn udp_opens_its_tun_and_routes_the_network_to_it() {
 
 #[test]
 fn the_data_path_forwards_checks_and_answers_in_one_call_per_batch() {
-    let (_kernel, host, plugin, grant) = setup();
-    let stats = Arc::new(PluginStats::default());
-    let own = "10.244.1.0/24".parse().expect("subnet");
-    let mut dp = host
-        .datapath(&plugin, grant, stats.clone(), r#"{"Port":9000}"#, own)
-        .expect("attach");
-    let peer = Lease {
-        subnet: "10.244.2.0/24".parse().expect("subnet"),
-        attrs: LeaseAttrs::new(Ipv4Addr::new(192, 168, 0, 2), "", None).expect("attrs"),
-        expires: None,
-    };
-    dp.update(&[LeaseEvent::Added(peer)]).expect("update");
+    let (mut dp, stats) = attached();
 
     // Out, in this order: to the peer (TTL 64 → 63, checksum still valid), to nowhere
     // (an ICMP reply back into the TUN), TTL 1 (dropped), junk (dropped).
@@ -207,19 +214,8 @@ fn the_data_path_forwards_checks_and_answers_in_one_call_per_batch() {
 #[test]
 fn the_heads_path_gives_the_same_verdicts_from_the_first_bytes_alone() {
     use twill_plugin_host::{Fate, Head};
-    let (_kernel, host, plugin, grant) = setup();
-    let stats = Arc::new(PluginStats::default());
-    let own = "10.244.1.0/24".parse().expect("subnet");
-    let mut dp = host
-        .datapath(&plugin, grant, stats.clone(), r#"{"Port":9000}"#, own)
-        .expect("attach");
+    let (mut dp, stats) = attached();
     assert!(dp.takes_heads(), "the built-in udp exports datapath-heads");
-    let peer = Lease {
-        subnet: "10.244.2.0/24".parse().expect("subnet"),
-        attrs: LeaseAttrs::new(Ipv4Addr::new(192, 168, 0, 2), "", None).expect("attrs"),
-        expires: None,
-    };
-    dp.update(&[LeaseEvent::Added(peer)]).expect("update");
     // A 1,400-byte packet to the peer whose head alone is given (its IP total length
     // says 1,400), one to nowhere, one with TTL 1, and one whose header claims more
     // than the packet holds.

@@ -195,22 +195,11 @@ pub enum Command {
     Leave(LeaveArgs),
 }
 
-#[derive(Debug, Args)]
-pub struct LeaveArgs {
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// The subnet.env `twill run` wrote (removed here).
-    #[arg(
-        long,
-        env = "FLANNELD_SUBNET_FILE",
-        default_value = "/run/flannel/subnet.env",
-        value_name = "PATH"
-    )]
-    pub subnet_file: PathBuf,
-    /// Release the lease published with this public IP (needed without subnet.env).
-    #[arg(long, env = "FLANNELD_PUBLIC_IP", value_name = "IP")]
-    pub public_ip: Option<Ipv4Addr>,
-    /// The interface `twill run` used (as its --iface), for the routes via peers.
+/// Which node this is: `twill run`'s, also taken by `twill leave`.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Interface (name or IPv4 address) for the overlay's underlay traffic; may be
+    /// repeated, the first that exists wins. Default: the interface of the default route.
     #[arg(
         long,
         env = "FLANNELD_IFACE",
@@ -218,6 +207,30 @@ pub struct LeaveArgs {
         value_name = "NAME|IP"
     )]
     pub iface: Vec<String>,
+
+    /// IP address peers reach this node at. Default: the interface's address.
+    #[arg(long, env = "FLANNELD_PUBLIC_IP", value_name = "IP")]
+    pub public_ip: Option<Ipv4Addr>,
+
+    /// Where the subnet file is written.
+    #[arg(
+        long,
+        env = "FLANNELD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env",
+        value_name = "PATH"
+    )]
+    pub subnet_file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaveArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// `twill run`'s --iface, --public-ip and --subnet-file: the lease is found by
+    /// subnet.env (removed here), or by the public IP when there is none; the
+    /// interface is that of the routes via peers.
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// The running daemon's API: if it answers, leave refuses (stop twill first).
     #[arg(
         long,
@@ -661,31 +674,8 @@ pub struct RunArgs {
     #[arg(help_heading = "Traffic rules (iptables)")]
     pub iptables_resync: u64,
 
-    /// Interface (name or IPv4 address) for the overlay's underlay traffic; may be
-    /// repeated, the first that exists wins. Default: the interface of the default route.
-    #[arg(
-        long,
-        env = "FLANNELD_IFACE",
-        value_delimiter = ',',
-        value_name = "NAME|IP"
-    )]
-    #[arg(help_heading = "This node")]
-    pub iface: Vec<String>,
-
-    /// IP address peers reach this node at. Default: the interface's address.
-    #[arg(long, env = "FLANNELD_PUBLIC_IP", value_name = "IP")]
-    #[arg(help_heading = "This node")]
-    pub public_ip: Option<Ipv4Addr>,
-
-    /// Where to write the subnet file.
-    #[arg(
-        long,
-        env = "FLANNELD_SUBNET_FILE",
-        default_value = "/run/flannel/subnet.env",
-        value_name = "PATH"
-    )]
-    #[arg(help_heading = "This node")]
-    pub subnet_file: PathBuf,
+    #[command(flatten, next_help_heading = "This node")]
+    pub node: NodeArgs,
 
     /// Longest a single call into the backend plugin may run before the epoch
     /// deadline interrupts it (the call fails and the plugin is restarted).
@@ -778,9 +768,9 @@ impl RunArgs {
             store_path: self.store.store_path,
             etcd_endpoints: self.store.etcd_endpoints,
             etcd_prefix: self.store.etcd_prefix,
-            iface: self.iface,
-            public_ip: self.public_ip,
-            subnet_file: self.subnet_file,
+            iface: self.node.iface,
+            public_ip: self.node.public_ip,
+            subnet_file: self.node.subnet_file,
             plugin_call_timeout: std::time::Duration::from_secs(self.plugin_call_timeout),
             plugin_memory_bytes: usize::try_from(self.plugin_memory_mib << 20)
                 .unwrap_or(usize::MAX),

@@ -28,18 +28,20 @@ pub async fn run(args: LeaveArgs) -> anyhow::Result<()> {
             args.api_addr
         );
     }
-    let env = match std::fs::read_to_string(&args.subnet_file) {
+    let env = match std::fs::read_to_string(&args.node.subnet_file) {
         Ok(text) => Some(
             SubnetEnv::parse(&text)
-                .with_context(|| format!("read {}", args.subnet_file.display()))?,
+                .with_context(|| format!("read {}", args.node.subnet_file.display()))?,
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("read {}", args.subnet_file.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("read {}", args.node.subnet_file.display()));
+        }
     };
-    if env.is_none() && args.public_ip.is_none() {
+    if env.is_none() && args.node.public_ip.is_none() {
         bail!(
             "{} does not exist: pass --public-ip to say which node's lease to release",
-            args.subnet_file.display()
+            args.node.subnet_file.display()
         );
     }
     let store = Store::open(&args.store).await?;
@@ -48,14 +50,14 @@ pub async fn run(args: LeaveArgs) -> anyhow::Result<()> {
         .list_leases()
         .await
         .with_context(|| format!("list the leases in {where_}"))?;
-    let lease = match (&env, args.public_ip) {
+    let lease = match (&env, args.node.public_ip) {
         (Some(env), ip) => {
             let lease = leases.iter().find(|l| l.subnet == env.subnet);
             match (lease, ip) {
                 (Some(l), Some(ip)) if l.attrs.public_ip != ip => bail!(
                     "the lease of {} (from {}) is held by {}, not --public-ip {ip}: not released",
                     env.subnet,
-                    args.subnet_file.display(),
+                    args.node.subnet_file.display(),
                     l.attrs.public_ip
                 ),
                 (Some(l), None) if !is_local(l.attrs.public_ip).await? => bail!(
@@ -115,7 +117,7 @@ pub async fn run(args: LeaveArgs) -> anyhow::Result<()> {
             |l| vec![l.attrs.backend_type.clone()],
         ),
     };
-    let removed = twill_node::leave::clear(left, &args.iface, &args.subnet_file).await?;
+    let removed = twill_node::leave::clear(left, &args.node.iface, &args.node.subnet_file).await?;
     if removed.is_empty() {
         println!("nothing of twill's was left in this node's kernel");
     }
