@@ -175,6 +175,27 @@ fn head_bounds(h: &Head, arena_len: usize) -> Option<(usize, usize)> {
     (end <= arena_len && h.len <= h.total).then_some((start, end))
 }
 
+/// One fate per head, in order: `decide` over each head's bytes; a head outside the
+/// arena, or longer than its packet, is dropped as malformed.
+fn fates_of(
+    arena: &mut [u8],
+    heads: &[Head],
+    drops: &mut Drops,
+    mut decide: impl FnMut(&mut [u8], &Head, &mut Drops) -> Fate,
+) -> Vec<Fate> {
+    let arena_len = arena.len();
+    heads
+        .iter()
+        .map(|h| match head_bounds(h, arena_len) {
+            Some((start, end)) => decide(&mut arena[start..end], h, drops),
+            None => {
+                drops.malformed += 1;
+                Fate::Dropped
+            }
+        })
+        .collect()
+}
+
 /// The packet's bytes if its descriptor lies inside the arena.
 fn bounds(p: &datapath::Packet, arena_len: usize) -> Option<(usize, usize)> {
     let start = p.offset as usize;
@@ -250,25 +271,18 @@ impl Datapath for Path {
     }
 
     fn encap_heads(&mut self, mut arena: Vec<u8>, heads: Vec<Head>) -> Option<HeadsOut> {
-        let mut fates = Vec::with_capacity(heads.len());
         let (mut extra, mut extra_packets) = (Vec::new(), Vec::new());
         let mut drops = datapath::no_drops();
-        for h in &heads {
-            let Some((start, end)) = head_bounds(h, arena.len()) else {
-                drops.malformed += 1;
-                fates.push(Fate::Dropped);
-                continue;
-            };
+        let fates = fates_of(&mut arena, &heads, &mut drops, |head, h, drops| {
             let whole = h.total as usize;
-            let head = &mut arena[start..end];
             let verdict = packet::encap_verdict_head(head, whole, &self.node, &self.peers);
             if verdict == Verdict::Drop(Drop::NoRoute)
                 && packet::wants_unreachable_head(head, whole, &self.node)
             {
                 extra_packets.push(unreachable(&mut extra, head, self.node.network.addr));
             }
-            fates.push(fate(verdict, self.port, &mut drops));
-        }
+            fate(verdict, self.port, drops)
+        });
         Some(HeadsOut {
             arena,
             fates,
@@ -279,23 +293,12 @@ impl Datapath for Path {
     }
 
     fn decap_heads(&mut self, mut arena: Vec<u8>, heads: Vec<Head>) -> Option<HeadsOut> {
-        let mut fates = Vec::with_capacity(heads.len());
         let mut drops = datapath::no_drops();
-        for h in &heads {
-            let Some((start, end)) = head_bounds(h, arena.len()) else {
-                drops.malformed += 1;
-                fates.push(Fate::Dropped);
-                continue;
-            };
-            let verdict = packet::decap_verdict_head(
-                &mut arena[start..end],
-                h.total as usize,
-                h.peer,
-                &self.node,
-                &self.peers,
-            );
-            fates.push(fate(verdict, self.port, &mut drops));
-        }
+        let fates = fates_of(&mut arena, &heads, &mut drops, |head, h, drops| {
+            let verdict =
+                packet::decap_verdict_head(head, h.total as usize, h.peer, &self.node, &self.peers);
+            fate(verdict, self.port, drops)
+        });
         Some(HeadsOut {
             arena,
             fates,

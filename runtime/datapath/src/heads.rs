@@ -5,7 +5,10 @@
 //! the answer becomes output descriptors into the host's buffer, which then go through
 //! the same confinement, grouping and writes.
 
-use twill_plugin_host::{Action, Fate, Head, HeadsOut, OutPacket, Packet};
+use twill_plugin_host::{Action, Datapath, Fate, Head, HeadsOut, OutPacket, Packet};
+
+use crate::counters::count_plugin_drops;
+use crate::{PumpError, Shared};
 
 /// The most of a packet the plugin gets: the IPv4 header (up to 60 bytes) and what
 /// follows it (the transport header, the start of an ICMP error's quote).
@@ -25,15 +28,71 @@ impl<'a> Answer<'a> {
             packets: &out.packets,
         }
     }
+
+    /// The packets a heads answer makes of its own (ICMP errors).
+    pub(crate) fn extra(out: &'a HeadsOut) -> Self {
+        Answer {
+            arena: &out.extra,
+            packets: &out.extra_packets,
+        }
+    }
+}
+
+/// The heads path's buffers, allocated once per data-path thread.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    arena: Vec<u8>,
+    heads: Vec<Head>,
+    /// The packets the last answer keeps, at their places in the batch's arena.
+    pub kept: Vec<OutPacket>,
+}
+
+/// Which way a batch goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Way {
+    /// Read from the TUN device (`encap-heads`).
+    Out,
+    /// Received on the UDP socket (`decap-heads`).
+    In,
+}
+
+impl Shared {
+    /// Hand the plugin the heads of `packets` (which lie in `arena`) and apply its
+    /// answer to `arena`: its drops counted, the packets it keeps in `scratch.kept`,
+    /// what it answered beyond its heads counted as denied. `None` when the plugin
+    /// takes whole packets (then the caller calls `encap`/`decap`). The answer is
+    /// returned for its extra packets (`Answer::extra`).
+    pub(crate) fn through_heads(
+        &self,
+        dp: &mut Datapath,
+        way: Way,
+        arena: &mut [u8],
+        packets: &[Packet],
+        scratch: &mut Scratch,
+        warned: &mut bool,
+    ) -> Result<Option<HeadsOut>, PumpError> {
+        if !dp.takes_heads() {
+            return Ok(None);
+        }
+        heads_of(arena, packets, &mut scratch.arena, &mut scratch.heads);
+        let answer = match way {
+            Way::Out => dp.encap_heads(&scratch.arena, &scratch.heads)?,
+            Way::In => dp.decap_heads(&scratch.arena, &scratch.heads)?,
+        };
+        let Some(out) = answer else { return Ok(None) };
+        count_plugin_drops(&*self.counters, &out.drops);
+        let bad = apply(arena, packets, &scratch.heads, &out, &mut scratch.kept);
+        self.denied(
+            bad + dp.take_excess(),
+            "answer heads it was not given, or more than one fate per head",
+            warned,
+        );
+        Ok(Some(out))
+    }
 }
 
 /// The heads of `packets` (which lie in `arena`), copied into `heads_arena`.
-pub(crate) fn heads_of(
-    arena: &[u8],
-    packets: &[Packet],
-    heads_arena: &mut Vec<u8>,
-    heads: &mut Vec<Head>,
-) {
+fn heads_of(arena: &[u8], packets: &[Packet], heads_arena: &mut Vec<u8>, heads: &mut Vec<Head>) {
     heads_arena.clear();
     heads.clear();
     for p in packets {
@@ -56,7 +115,7 @@ pub(crate) fn heads_of(
 /// its descriptor (at the packet's own place) pushed to `kept`. Returns how many
 /// fates could not be applied (a head the answer no longer holds, or a fate missing):
 /// those packets are dropped, and the caller counts them as denied.
-pub(crate) fn apply(
+fn apply(
     arena: &mut [u8],
     packets: &[Packet],
     heads: &[Head],

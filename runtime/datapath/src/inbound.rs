@@ -5,9 +5,10 @@ use std::sync::mpsc;
 
 use twill_core::lease::LeaseEvent;
 use twill_net::datapath::{RecvBatch, wait_readable};
-use twill_plugin_host::{Datapath, OutPacket, Packet};
+use twill_plugin_host::{Datapath, Packet};
 
 use crate::counters::count_plugin_drops;
+use crate::heads::Way;
 use crate::{Answer, BATCH, Direction, DropReason, IDLE_WAIT, PumpError, Shared, heads, io_err};
 
 /// Messages per `recvmmsg`; each may hold many datagrams (UDP GRO).
@@ -24,8 +25,7 @@ impl Shared {
         let mut warned = false;
         let mut batch = RecvBatch::new(RECV_MESSAGES, RECV_SLOT);
         let mut packets: Vec<Packet> = Vec::with_capacity(BATCH * 4);
-        let (mut head_arena, mut heads) = (Vec::new(), Vec::new());
-        let mut kept: Vec<OutPacket> = Vec::with_capacity(BATCH * 4);
+        let mut heads = heads::Scratch::default();
         let fd = self.socket.as_raw_fd();
         while !self.stopped() {
             self.drain_updates(&mut dp, &rx)?;
@@ -38,43 +38,20 @@ impl Shared {
             }
             let (used, oversize) = unpack(&mut batch, n, &mut packets);
             self.counters.dropped(DropReason::Oversize, oversize);
-            if dp.takes_heads() {
-                heads::heads_of(
-                    &batch.arena()[..used],
-                    &packets,
-                    &mut head_arena,
-                    &mut heads,
-                );
-                if let Some(out) = dp.decap_heads(&head_arena, &heads)? {
-                    count_plugin_drops(&*self.counters, &out.drops);
-                    let arena = &mut batch.arena_mut()[..used];
-                    let bad = heads::apply(arena, &packets, &heads, &out, &mut kept);
-                    self.denied(
-                        bad + dp.take_excess(),
-                        "answer heads it was not given, or more than one fate per head",
-                        &mut warned,
-                    );
-                    let kept = Answer {
-                        arena: &batch.arena()[..used],
-                        packets: &kept,
-                    };
-                    let extra = Answer {
-                        arena: &out.extra,
-                        packets: &out.extra_packets,
-                    };
-                    for answer in [kept, extra] {
-                        let direction = Some(Direction::In);
-                        let confinement = dp.confinement();
-                        self.write_to_tun(
-                            answer,
-                            confinement,
-                            Some(&packets),
-                            direction,
-                            &mut warned,
-                        );
-                    }
-                    continue;
+            let arena = &mut batch.arena_mut()[..used];
+            if let Some(out) =
+                self.through_heads(&mut dp, Way::In, arena, &packets, &mut heads, &mut warned)?
+            {
+                let kept = Answer {
+                    arena: &batch.arena()[..used],
+                    packets: &heads.kept,
+                };
+                for answer in [kept, Answer::extra(&out)] {
+                    let confinement = dp.confinement();
+                    let direction = Some(Direction::In);
+                    self.write_to_tun(answer, confinement, Some(&packets), direction, &mut warned);
                 }
+                continue;
             }
             let out = dp.decap(&batch.arena()[..used], &packets)?;
             count_plugin_drops(&*self.counters, &out.drops);

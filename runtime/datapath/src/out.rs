@@ -8,10 +8,11 @@ use std::sync::mpsc;
 
 use twill_core::lease::LeaseEvent;
 use twill_net::datapath::{SendBatch, wait_readable};
-use twill_plugin_host::{Datapath, OutPacket, Packet};
+use twill_plugin_host::{Datapath, Packet};
 
 use crate::counters::count_plugin_drops;
 use crate::gso::{Group, group_datagrams};
+use crate::heads::Way;
 use crate::offload::{self, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, VNET_HDR_LEN, VnetHdr};
 use crate::{Answer, BATCH, Direction, DropReason, IDLE_WAIT, PumpError, Shared, heads, io_err};
 
@@ -33,8 +34,7 @@ impl Shared {
         let mut packets: Vec<Packet> = Vec::with_capacity(BATCH * 4);
         let mut groups: Vec<Group> = Vec::with_capacity(BATCH);
         let mut send = SendBatch::new();
-        let (mut head_arena, mut heads) = (Vec::new(), Vec::new());
-        let mut kept: Vec<OutPacket> = Vec::with_capacity(BATCH * 4);
+        let mut heads = heads::Scratch::default();
         let fd = self.tun.as_raw_fd();
         while !self.stopped() {
             self.drain_updates(&mut dp, &rx)?;
@@ -44,29 +44,22 @@ impl Shared {
                 wait_readable(&[fd], IDLE_WAIT).map_err(io_err("wait for the TUN device"))?;
                 continue;
             }
-            if dp.takes_heads() {
-                heads::heads_of(&arena, &packets, &mut head_arena, &mut heads);
-                if let Some(out) = dp.encap_heads(&head_arena, &heads)? {
-                    count_plugin_drops(&*self.counters, &out.drops);
-                    let bad = heads::apply(&mut arena, &packets, &heads, &out, &mut kept);
-                    self.denied(
-                        bad + dp.take_excess(),
-                        "answer heads it was not given, or more than one fate per head",
-                        &mut warned,
-                    );
-                    let kept = Answer {
-                        arena: &arena,
-                        packets: &kept,
-                    };
-                    let extra = Answer {
-                        arena: &out.extra,
-                        packets: &out.extra_packets,
-                    };
-                    for answer in [kept, extra] {
-                        self.forward_out(answer, &dp, &mut groups, &mut send, &mut warned)?;
-                    }
-                    continue;
+            if let Some(out) = self.through_heads(
+                &mut dp,
+                Way::Out,
+                &mut arena,
+                &packets,
+                &mut heads,
+                &mut warned,
+            )? {
+                let kept = Answer {
+                    arena: &arena,
+                    packets: &heads.kept,
+                };
+                for answer in [kept, Answer::extra(&out)] {
+                    self.forward_out(answer, &dp, &mut groups, &mut send, &mut warned)?;
                 }
+                continue;
             }
             let out = dp.encap(&arena, &packets)?;
             count_plugin_drops(&*self.counters, &out.drops);

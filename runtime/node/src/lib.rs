@@ -36,6 +36,7 @@ mod subnet_file;
 
 pub use failure::Failure;
 pub use rules::FORWARD_CHAIN;
+pub use startup::check_registered_mtu;
 pub use subnet_file::write_atomically;
 mod supervisor;
 mod switch;

@@ -325,10 +325,24 @@ fn describe_node(
     });
 }
 
-/// `init` with the `Backend` config and our previous BackendData.
 /// The smallest MTU an IPv4 link may have (RFC 791).
 const MIN_MTU: u32 = 68;
 
+/// Whether the MTU a backend registered may go into subnet.env: it is handed to every
+/// pod (security review L-3), so an MTU no link can carry, or more than the underlay's,
+/// would break every new pod. Also what `twill config check` and `twill plugin test`
+/// hold a plugin's `init` to.
+pub fn check_registered_mtu(plugin: &str, mtu: u32, underlay_mtu: u32) -> anyhow::Result<()> {
+    if !(MIN_MTU..=underlay_mtu).contains(&mtu) {
+        anyhow::bail!(
+            "backend {plugin} registered MTU {mtu}, outside {MIN_MTU}..={underlay_mtu} (the \
+             external interface's MTU): not written to subnet.env"
+        );
+    }
+    Ok(())
+}
+
+/// `init` with the `Backend` config and our previous BackendData.
 async fn init_backend(
     backend: &Backend,
     config: &Config,
@@ -343,16 +357,7 @@ async fn init_backend(
     let registration = report
         .plugin_call(backend.plugin(), "init", backend.init(info))
         .await?;
-    // subnet.env hands this MTU to every pod (security review L-3): an MTU no link
-    // can carry, or more than the underlay, would break every new pod.
-    if !(MIN_MTU..=underlay_mtu).contains(&registration.mtu) {
-        anyhow::bail!(
-            "backend {} registered MTU {}, outside {MIN_MTU}..={underlay_mtu} (the external \
-             interface's MTU): not written to subnet.env",
-            backend.plugin(),
-            registration.mtu
-        );
-    }
+    check_registered_mtu(backend.plugin(), registration.mtu, underlay_mtu)?;
     report.api.set_backend_initialised(true);
     report.api.set_mtu(registration.mtu);
     Ok(registration)

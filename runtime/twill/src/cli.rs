@@ -188,7 +188,8 @@ pub enum Command {
     Plugin(PluginCommand),
     /// Retire this node: release its lease now (peers drop it at once instead of in
     /// 24 h) and remove what twill put in its kernel (devices, routes, the probe
-    /// address, iptables chains) and subnet.env. Stop `twill run` first.
+    /// address, iptables chains) and subnet.env. Stop `twill run` first: leave refuses
+    /// while the daemon's API (--api-addr) answers.
     ///
     /// The lease is found by subnet.env (and must be held by an address of this node),
     /// or by --public-ip. Takes `twill run`'s store flags.
@@ -231,14 +232,8 @@ pub struct LeaveArgs {
     /// interface is that of the routes via peers.
     #[command(flatten)]
     pub node: NodeArgs,
-    /// The running daemon's API: if it answers, leave refuses (stop twill first).
-    #[arg(
-        long,
-        env = "TWILL_API_ADDR",
-        default_value = "127.0.0.1:9465",
-        value_name = "ADDR:PORT"
-    )]
-    pub api_addr: SocketAddr,
+    #[command(flatten)]
+    pub api: ApiAddrArg,
     /// Release the lease only; leave devices, routes, rules and subnet.env in place.
     #[arg(long)]
     pub keep_kernel: bool,
@@ -441,8 +436,9 @@ impl PluginCacheArg {
     }
 }
 
-#[derive(Debug, Args)]
-pub struct StatusArgs {
+/// Where a command finds the node's HTTP API (`twill run --api-addr`).
+#[derive(Debug, Clone, Args)]
+pub struct ApiAddrArg {
     /// Address of the node's HTTP API.
     #[arg(
         long,
@@ -451,6 +447,12 @@ pub struct StatusArgs {
         value_name = "ADDR:PORT"
     )]
     pub api_addr: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub api: ApiAddrArg,
     /// Print `{"status": …, "peers": […]}` as the API gives them (/v1/status,
     /// /v1/peers) instead of the summary.
     #[arg(long)]
@@ -459,14 +461,8 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// Address of the node's HTTP API.
-    #[arg(
-        long,
-        env = "TWILL_API_ADDR",
-        default_value = "127.0.0.1:9465",
-        value_name = "ADDR:PORT"
-    )]
-    pub api_addr: SocketAddr,
+    #[command(flatten)]
+    pub api: ApiAddrArg,
 
     /// The subnet.env twill writes (as `twill run --subnet-file`).
     #[arg(
@@ -579,6 +575,14 @@ pub struct StoreArgs {
         value_name = "PASSWORD"
     )]
     pub etcd_password: Option<String>,
+}
+
+impl StoreArgs {
+    /// --etcd-username with its password (empty when none is given).
+    pub fn etcd_user(&self) -> Option<(String, String)> {
+        let name = self.etcd_username.clone()?;
+        Some((name, self.etcd_password.clone().unwrap_or_default()))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -758,13 +762,10 @@ impl RunArgs {
                 StoreKind::Etcd => twill_node::StoreKind::Etcd,
                 StoreKind::Embedded => twill_node::StoreKind::Embedded,
             },
+            etcd_user: self.store.etcd_user(),
             etcd_ca_file: self.store.etcd_cafile,
             etcd_cert_file: self.store.etcd_certfile,
             etcd_key_file: self.store.etcd_keyfile,
-            etcd_user: self
-                .store
-                .etcd_username
-                .map(|name| (name, self.store.etcd_password.unwrap_or_default())),
             store_path: self.store.store_path,
             etcd_endpoints: self.store.etcd_endpoints,
             etcd_prefix: self.store.etcd_prefix,

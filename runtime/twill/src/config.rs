@@ -71,10 +71,7 @@ impl Store {
                     ca_file: args.etcd_cafile.clone(),
                     cert_file: args.etcd_certfile.clone(),
                     key_file: args.etcd_keyfile.clone(),
-                    user: args
-                        .etcd_username
-                        .clone()
-                        .map(|name| (name, args.etcd_password.clone().unwrap_or_default())),
+                    user: args.etcd_user(),
                 };
                 Ok(Store::Etcd(Box::new(
                     EtcdStore::connect(opts).await.with_context(|| {

@@ -23,8 +23,6 @@ use twill_plugin_host::{
 /// 192.168.0.1.
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 10);
 const NODE_MTU: u32 = 1500;
-/// The smallest MTU a backend may register (as the daemon checks).
-const MIN_MTU: u32 = 576;
 
 /// A plugin host on a fresh recording kernel.
 pub struct Bench {
@@ -84,12 +82,7 @@ impl Bench {
             previous_data: None,
         };
         let registration = backend.init(info).await.context("init")?;
-        if !(MIN_MTU..=NODE_MTU).contains(&registration.mtu) {
-            anyhow::bail!(
-                "init registered MTU {}, outside {MIN_MTU}..={NODE_MTU} (the interface's MTU)",
-                registration.mtu
-            );
-        }
+        twill_node::check_registered_mtu(backend.plugin(), registration.mtu, NODE_MTU)?;
         LeaseAttrs::new(
             NODE_IP,
             &registration.backend_type,

@@ -18,14 +18,14 @@ pub async fn run(args: LeaveArgs) -> anyhow::Result<()> {
     // A running daemon would renew the lease (and program everything) again.
     let probe = tokio::time::timeout(
         Duration::from_secs(1),
-        tokio::net::TcpStream::connect(args.api_addr),
+        tokio::net::TcpStream::connect(args.api.api_addr),
     )
     .await;
     if matches!(probe, Ok(Ok(_))) {
         bail!(
             "twill run is still running on this node (its API answers at {}): stop it first \
              (systemctl stop twill), or it renews the lease again",
-            args.api_addr
+            args.api.api_addr
         );
     }
     let env = match std::fs::read_to_string(&args.node.subnet_file) {

@@ -69,7 +69,7 @@ fn main() -> ExitCode {
             };
         }
         cli::Command::Status(args) => {
-            return match runtime.block_on(status::run(args.api_addr, args.json)) {
+            return match runtime.block_on(status::run(args.api.api_addr, args.json)) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(status::NOT_READY),
                 Err(e) => {
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         }
         cli::Command::Doctor(args) => {
             let args = doctor::Args {
-                api_addr: args.api_addr,
+                api_addr: args.api.api_addr,
                 subnet_file: args.subnet_file,
                 json: args.json,
             };
