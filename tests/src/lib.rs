@@ -174,6 +174,24 @@ impl Node {
         sh(&full)
     }
 
+    /// The socket inode (`ino:N`, from `ss -e`) of the one UDP socket bound to `port`
+    /// in this namespace: the same inode means the same socket, not one closed and
+    /// bound again. Panics when no socket or more than one is bound there.
+    pub fn udp_socket_inode(&self, port: u16) -> String {
+        let out = self.exec(&["ss", "-H", "-ulne", "sport", &format!("= :{port}")]);
+        let inodes: Vec<&str> = out
+            .split_whitespace()
+            .filter(|w| w.starts_with("ino:"))
+            .collect();
+        assert_eq!(
+            inodes.len(),
+            1,
+            "{}: one UDP socket on :{port}, found:\n{out}",
+            self.ns
+        );
+        inodes[0].to_owned()
+    }
+
     /// GET `path` from this node's HTTP API (127.0.0.1:9465 in its namespace):
     /// (status code, body).
     pub fn api_get(&self, path: &str) -> (u16, String) {
@@ -850,17 +868,31 @@ pub fn workspace_target_dir() -> PathBuf {
 /// its own, so the build neither waits for nor disturbs the workspace's). Returns the
 /// component's path. Panics saying what is missing if cargo or the target is not there.
 pub fn build_plugin_crate(crate_dir: &Path) -> PathBuf {
+    build_plugin_crate_with(crate_dir, &[])
+}
+
+/// [`build_plugin_crate`] with the crate's cargo `features` on. Builds of one package
+/// with other features write the same output file, so each build's component is copied
+/// under a name of its own (`artefacts/<package>[+feature…].wasm`) while a process-wide
+/// lock keeps another build from writing in between; the copy's path is returned.
+pub fn build_plugin_crate_with(crate_dir: &Path, features: &[&str]) -> PathBuf {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let package = package_name(crate_dir)
         .unwrap_or_else(|e| panic!("read {}/Cargo.toml: {e}", crate_dir.display()));
     let target_dir = workspace_target_dir().join("test-plugins");
-    let out = cargo_build(crate_dir, &target_dir)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run cargo to build the plugin crate {}: {e}; cargo must be on PATH",
-                crate_dir.display()
-            )
-        });
+    let mut cargo = cargo_build(crate_dir, &target_dir);
+    if !features.is_empty() {
+        cargo.args(["--features", &features.join(",")]);
+    }
+    let out = cargo.output().unwrap_or_else(|e| {
+        panic!(
+            "cannot run cargo to build the plugin crate {}: {e}; cargo must be on PATH",
+            crate_dir.display()
+        )
+    });
     assert!(
         out.status.success(),
         "`cargo build --release --target {TARGET}` in {} failed ({}). Is the target \
@@ -876,7 +908,17 @@ pub fn build_plugin_crate(crate_dir: &Path) -> PathBuf {
         crate_dir.display(),
         wasm.display()
     );
-    wasm
+    let artefacts = target_dir.join("artefacts");
+    std::fs::create_dir_all(&artefacts)
+        .unwrap_or_else(|e| panic!("create {}: {e}", artefacts.display()));
+    let name = std::iter::once(package.as_str())
+        .chain(features.iter().copied())
+        .collect::<Vec<_>>()
+        .join("+");
+    let copy = artefacts.join(format!("{name}.wasm"));
+    std::fs::copy(&wasm, &copy)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", wasm.display(), copy.display()));
+    copy
 }
 
 /// `tests/plugins/<name>`: the test plugin crates of this repository.

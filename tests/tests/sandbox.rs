@@ -8,7 +8,9 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
-use twill_e2e::{Cluster, Node, build_plugin_crate, test_plugin_dir, wait_for};
+use twill_e2e::{
+    Cluster, Node, build_plugin_crate, build_plugin_crate_with, test_plugin_dir, wait_for,
+};
 
 fn misbehave_wasm() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
@@ -671,48 +673,10 @@ fn only_a_peers_own_packets_reach_the_pods_whatever_the_plugin_says() {
     let mut c = udp_open_node("");
     let peer = c.add_outside_host("peer", "192.168.77.50");
     let stranger = c.add_outside_host("stranger", "192.168.77.51");
-    c.etcdctl(&[
-        "put",
-        &format!("{}/subnets/10.244.2.0-24", c.prefix),
-        r#"{"PublicIP":"192.168.77.50","PublicIPv6":null,"BackendType":"udp-open"}"#,
-    ]);
+    lease_a_peer(&c);
     let node = &c.nodes[0];
-    wait_for("the peer known", Duration::from_secs(20), || {
-        node.api_get("/v1/peers")
-            .1
-            .contains("10.244.2.0/24")
-            .then_some(())
-    });
-    let pod: Ipv4Addr = node.pod_ip().parse().expect("pod IP");
-    // UDP datagrams the pod received for a closed port (ours go to port 9): the
-    // pod's `Udp: NoPorts` counter, untouched by ARP, IPv6 or anything else.
-    let pod_rx = || -> u64 {
-        let snmp = twill_e2e::sh(&["ip", "netns", "exec", &node.pod_ns, "cat", "/proc/net/snmp"]);
-        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-        let (names, values) = (
-            udp.next().expect("Udp names"),
-            udp.next().expect("Udp values"),
-        );
-        let at = names
-            .split_whitespace()
-            .position(|n| n == "NoPorts")
-            .expect("NoPorts column");
-        values
-            .split_whitespace()
-            .nth(at)
-            .and_then(|v| v.parse().ok())
-            .expect("NoPorts value")
-    };
-    // One datagram carrying an IPv4/UDP packet from `src` to the pod, sent from `ns`.
-    let send = |ns: &str, src: Ipv4Addr| {
-        let inner = ipv4_udp(src, pod);
-        let to = std::net::SocketAddrV4::new(node.ip().parse().expect("node IP"), 8285);
-        // A socket made inside the sender's namespace keeps it.
-        let socket =
-            twill_lab::netns::in_netns(Some(ns), || std::net::UdpSocket::bind("0.0.0.0:0"))
-                .expect("a socket in the sender's namespace");
-        socket.send_to(&inner, to).expect("send the datagram");
-    };
+    let pod_rx = || udp_no_ports(node);
+    let send = |ns: &str, src: Ipv4Addr| send_inner(node, ns, src);
     let denied = || {
         node.metric_opt(r#"twill_udp_dropped_packets_total{reason="denied"}"#)
             .unwrap_or(0.0)
@@ -751,6 +715,117 @@ fn only_a_peers_own_packets_reach_the_pods_whatever_the_plugin_says() {
             if reaches { "reached the pod" } else { "denied" }
         );
     }
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}
+
+/// UDP datagrams `node`'s pod received for a closed port (ours go to port 9): the pod's
+/// `Udp: NoPorts` counter, untouched by ARP, IPv6 or anything else.
+fn udp_no_ports(node: &Node) -> u64 {
+    let snmp = twill_e2e::sh(&["ip", "netns", "exec", &node.pod_ns, "cat", "/proc/net/snmp"]);
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (
+        udp.next().expect("Udp names"),
+        udp.next().expect("Udp values"),
+    );
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "NoPorts")
+        .expect("NoPorts column");
+    values
+        .split_whitespace()
+        .nth(at)
+        .and_then(|v| v.parse().ok())
+        .expect("NoPorts value")
+}
+
+/// One datagram to `node`'s :8285 carrying an IPv4/UDP packet from `src` to its pod,
+/// sent from namespace `ns` (a socket made inside the sender's namespace keeps it).
+fn send_inner(node: &Node, ns: &str, src: Ipv4Addr) {
+    let inner = ipv4_udp(src, node.pod_ip().parse().expect("pod IP"));
+    let to = std::net::SocketAddrV4::new(node.ip().parse().expect("node IP"), 8285);
+    let socket = twill_lab::netns::in_netns(Some(ns), || std::net::UdpSocket::bind("0.0.0.0:0"))
+        .expect("a socket in the sender's namespace");
+    socket.send_to(&inner, to).expect("send the datagram");
+}
+
+/// A lease making the outside host at 192.168.77.50 a udp-open peer with 10.244.2.0/24,
+/// and the node knowing it.
+fn lease_a_peer(c: &Cluster) {
+    c.etcdctl(&[
+        "put",
+        &format!("{}/subnets/10.244.2.0-24", c.prefix),
+        r#"{"PublicIP":"192.168.77.50","PublicIPv6":null,"BackendType":"udp-open"}"#,
+    ]);
+    wait_for("the peer known", Duration::from_secs(20), || {
+        c.nodes[0]
+            .api_get("/v1/peers")
+            .1
+            .contains("10.244.2.0/24")
+            .then_some(())
+    });
+}
+
+/// Audit G-2: a replacement component that loads and initialises but whose data path
+/// refuses to attach is refused as a whole: the running plugin, its data path included,
+/// stays (same sha256, flannel0 and :8285 socket), and a peer's datagram still reaches
+/// the pod afterwards.
+#[test]
+fn a_reload_whose_data_path_cannot_attach_keeps_the_running_one() {
+    let mut c = udp_open_node("");
+    let peer = c.add_outside_host("peer", "192.168.77.50");
+    lease_a_peer(&c);
+    let node = &c.nodes[0];
+    let delivered = |what: &str| {
+        let before = udp_no_ports(node);
+        wait_for(what, Duration::from_secs(10), || {
+            send_inner(node, &peer, Ipv4Addr::new(10, 244, 2, 7));
+            std::thread::sleep(Duration::from_millis(200));
+            (udp_no_ports(node) > before).then_some(())
+        });
+    };
+    delivered("a peer's datagram to reach the pod");
+    let plugin = |node: &Node| -> String {
+        let (code, body) = node.api_get("/v1/plugins");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        v["plugins"][0]["sha256"]
+            .as_str()
+            .expect("the plugin's sha256")
+            .to_owned()
+    };
+    let ifindex = || {
+        node.exec(&["cat", "/sys/class/net/flannel0/ifindex"])
+            .trim()
+            .to_owned()
+    };
+    let (sha, index, socket) = (plugin(node), ifindex(), node.udp_socket_inode(8285));
+
+    let refusing = build_plugin_crate_with(&test_plugin_dir("udp-open"), &["refuse-attach"]);
+    let file = c.dir().join("plugins").join("udp-open.wasm");
+    let tmp = file.with_extension("new");
+    std::fs::copy(&refusing, &tmp).expect("write the replacement beside");
+    std::fs::rename(&tmp, &file).expect("move it in");
+    let line = wait_for("the refused reload", Duration::from_secs(20), || {
+        node.log_text()
+            .lines()
+            .find(|l| l.contains("keeping the running plugin"))
+            .map(str::to_owned)
+    });
+    println!("{line}");
+    assert!(
+        line.contains("refuses to attach its data path on purpose"),
+        "the warning carries the plugin's error: {line}"
+    );
+    assert_eq!(plugin(node), sha, "the running plugin stays");
+    assert_eq!(ifindex(), index, "the same flannel0");
+    assert_eq!(node.udp_socket_inode(8285), socket, "the same :8285 socket");
+    assert!(
+        !node.log_text().contains("backend plugin reloaded"),
+        "nothing was reloaded:\n{}",
+        node.log_tail()
+    );
+    delivered("a peer's datagram to reach the pod after the refused reload");
+    assert_eq!(c.nodes[0].exited(), None, "the daemon goes on");
     assert_eq!(c.nodes[0].stop(), Some(0));
 }
 
@@ -850,15 +925,8 @@ fn a_trap_in_the_udp_data_path_restarts_it_on_the_same_device_and_socket() {
             .to_owned()
     };
     let index = ifindex();
-    let pod: Ipv4Addr = node.pod_ip().parse().expect("pod IP");
-    let send = || {
-        let inner = ipv4_udp(Ipv4Addr::new(10, 244, 2, 7), pod);
-        let to = std::net::SocketAddrV4::new(node.ip().parse().expect("node IP"), 8285);
-        let socket =
-            twill_lab::netns::in_netns(Some(&peer), || std::net::UdpSocket::bind("0.0.0.0:0"))
-                .expect("a socket in the sender's namespace");
-        socket.send_to(&inner, to).expect("send the datagram");
-    };
+    let socket = node.udp_socket_inode(8285);
+    let send = || send_inner(node, &peer, Ipv4Addr::new(10, 244, 2, 7));
     const TRAPS: &str = r#"twill_plugin_traps_total{plugin="udp-open"}"#;
     const RESTARTS: &str = r#"twill_plugin_restarts_total{plugin="udp-open"}"#;
     send();
@@ -876,9 +944,10 @@ fn a_trap_in_the_udp_data_path_restarts_it_on_the_same_device_and_socket() {
             .contains("dev flannel0"),
         "its route stays"
     );
-    assert!(
-        node.exec(&["ss", "-H", "-uln", "sport", "= :8285"])
-            .contains(":8285")
+    assert_eq!(
+        node.udp_socket_inode(8285),
+        socket,
+        "the same :8285 socket (inode)"
     );
     // The fresh data path gets the next datagram: in this mode, a second trap.
     wait_for("a second trap from the fresh data path", WAIT, || {

@@ -137,9 +137,8 @@ fn udp_three_nodes_reach_each_other_and_move_data() {
             .unwrap_or("")
             .to_owned()
     };
-    let sockets = |c: &Cluster| c.nodes[0].exec(&["ss", "-H", "-uln", "sport", "= :8285"]);
-    let (index_before, sockets_before) = (ifindex(&c), sockets(&c));
-    assert!(sockets_before.contains(":8285"), "{sockets_before}");
+    let socket = |c: &Cluster| c.nodes[0].udp_socket_inode(8285);
+    let (index_before, socket_before) = (ifindex(&c), socket(&c));
     let probe = twill_lab::tcp_probe::TcpProbe::start(
         &c.nodes[0].pod_ns,
         &c.nodes[1].pod_ns,
@@ -180,7 +179,7 @@ fn udp_three_nodes_reach_each_other_and_move_data() {
         "pings lost across the reload: {summary}"
     );
     assert_eq!(ifindex(&c), index_before, "the same flannel0");
-    assert_eq!(sockets(&c), sockets_before, "the same socket");
+    assert_eq!(socket(&c), socket_before, "the same :8285 socket (inode)");
     let before = c.nodes[0].metric(r#"twill_udp_packets_total{direction="out"}"#);
     c.assert_full_mesh(Duration::from_secs(10));
     assert!(c.nodes[0].metric(r#"twill_udp_packets_total{direction="out"}"#) > before);

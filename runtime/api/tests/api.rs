@@ -455,12 +455,15 @@ async fn metrics_follow_state_and_records() {
     assert_eq!(
         sample(
             &text,
-            r#"twill_netlink_operations_total{kind="neigh_replace"}"#
+            r#"twill_netlink_operations_total{kind="replace_neighbour"}"#
         ),
         1.0
     );
     assert_eq!(
-        sample(&text, r#"twill_netlink_errors_total{kind="neigh_replace"}"#),
+        sample(
+            &text,
+            r#"twill_netlink_errors_total{kind="replace_neighbour"}"#
+        ),
         1.0
     );
     assert_eq!(sample(&text, "twill_etcd_watch_connects_total"), 1.0);

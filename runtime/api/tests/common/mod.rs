@@ -92,8 +92,8 @@ pub fn populated() -> (ApiState, Arc<Metrics>) {
     metrics.denied_host_call("routes");
     metrics.plugin_trap("vxlan");
     metrics.plugin_restart("vxlan");
-    metrics.netlink_operation("route_replace", false);
-    metrics.netlink_operation("neigh_replace", true);
+    metrics.netlink_operation("replace_route", false);
+    metrics.netlink_operation("replace_neighbour", true);
     metrics.etcd_watch_connect();
     metrics.lease_reclaimed();
     metrics.udp_packets(Direction::In, 1, 1400);

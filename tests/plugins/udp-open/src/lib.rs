@@ -1,6 +1,8 @@
 //! `udp-open`: flannel0 and the udp port as the built-in udp backend opens them, and a
 //! data path that passes every received datagram into flannel0 and sends nothing. With
 //! `Backend.Mode` `trap-in-decap`, its data path panics on every received datagram.
+//! Built with the `refuse-attach` feature, its data path refuses to attach (a
+//! replacement that loads and initialises but whose data path cannot start).
 #![allow(clippy::cast_possible_truncation, reason = "test plugin")]
 
 use twill_plugin_sdk::datapath::{self, Action, BatchOut, Datapath, OutPacket};
@@ -64,6 +66,11 @@ struct Path {
 
 impl Datapath for Path {
     fn attach(config: &str, _node: &Node, _own: Subnet) -> Result<Self, Error> {
+        if cfg!(feature = "refuse-attach") {
+            return Err(Error::Invalid(
+                "udp-open: this build refuses to attach its data path on purpose".into(),
+            ));
+        }
         Ok(Path {
             trap: config.contains(r#""Mode":"trap-in-decap""#),
         })
