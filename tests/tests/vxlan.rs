@@ -645,8 +645,9 @@ fn gone_after_programmed(node: &twill_e2e::Node, put_at: Instant, store: &str) {
     println!(
         "{store}: a peer lease with a 5 s TTL gone from the node {gone:.1} s after it was written"
     );
+    // (etcd's TTL starts at `lease grant`, a moment before the put.)
     assert!(
-        gone >= 5.0,
+        gone >= 4.5,
         "{store}: removed before its TTL ran out ({gone:.1} s)"
     );
 }
