@@ -762,3 +762,121 @@ fn a_public_ip_is_published_while_the_tunnel_uses_the_interface_address() {
         assert_eq!(node.stop(), Some(0));
     }
 }
+
+/// Audit F-4: the counters against what really happened, counted by the test itself.
+/// With the resync an hour away and the probes off, nothing but the test's own writes
+/// moves them: five peer leases written one at a time (each waited for), then two
+/// deleted. Every counter moves by exactly what the test did, the histogram of plugin
+/// call times counts the same calls, and the gauges agree with the kernel's objects.
+#[test]
+fn the_counters_move_by_exactly_what_happened() {
+    let mut c = Cluster::new(1);
+    c.put_config(CONFIG);
+    c.start_twill_with(
+        1,
+        &[
+            "--iface",
+            "eth0",
+            "--resync-interval",
+            "3600",
+            "--peer-probe-interval",
+            "0",
+        ],
+    );
+    let node = &c.nodes[0];
+    wait_for("node 1 ready", Duration::from_secs(30), || {
+        (node.api_get("/readyz").0 == 200).then_some(())
+    });
+    const COUNTERS: [&str; 10] = [
+        r#"twill_netlink_operations_total{kind="replace_route"}"#,
+        r#"twill_netlink_operations_total{kind="replace_neighbour"}"#,
+        r#"twill_netlink_operations_total{kind="replace_fdb"}"#,
+        r#"twill_netlink_operations_total{kind="delete_route"}"#,
+        r#"twill_netlink_operations_total{kind="delete_neighbour"}"#,
+        r#"twill_netlink_operations_total{kind="delete_fdb"}"#,
+        r#"twill_lease_events_total{kind="added"}"#,
+        r#"twill_lease_events_total{kind="removed"}"#,
+        r#"twill_plugin_calls_total{plugin="vxlan",function="on-leases"}"#,
+        r#"twill_plugin_call_duration_seconds_count{function="on-leases"}"#,
+    ];
+    // Before the first event a counter's series may not exist yet: that is its 0.
+    // Afterwards every series must be there (`metric` fails on a missing one).
+    let before: Vec<f64> = COUNTERS
+        .iter()
+        .map(|s| node.metric_opt(s).unwrap_or(0.0))
+        .collect();
+    // Every series of the netlink error counter, whatever its kind: none may appear
+    // or move.
+    let errors = || -> Vec<String> {
+        let (_, text) = node.api_get("/metrics");
+        text.lines()
+            .filter(|l| l.starts_with("twill_netlink_errors_total"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let errors_before = errors();
+    let key = |k: u8| format!("{}/subnets/10.244.{}.0-24", c.prefix, 200 + k);
+    let peer_route = |k: u8| format!("10.244.{}.0/24", 200 + k);
+    for k in 0..5u8 {
+        c.etcdctl(&[
+            "put",
+            &key(k),
+            &format!(
+                r#"{{"PublicIP":"192.168.77.{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:00:c8:0{k}"}}}}"#,
+                200 + k
+            ),
+        ]);
+        wait_for("the peer programmed", Duration::from_secs(10), || {
+            node.exec(&["ip", "route", "show", &peer_route(k)])
+                .contains("dev flannel.1")
+                .then_some(())
+        });
+    }
+    for k in 0..2u8 {
+        c.etcdctl(&["del", &key(k)]);
+        wait_for("the peer removed", Duration::from_secs(10), || {
+            node.exec(&["ip", "route", "show", &peer_route(k)])
+                .trim()
+                .is_empty()
+                .then_some(())
+        });
+    }
+    // Each event's call ends before its route shows; its counters are bumped right
+    // after. Wait for the last one, then read every counter once.
+    node.wait_metric(COUNTERS[7], before[7] + 2.0, Duration::from_secs(5));
+    let expected = [5.0, 5.0, 5.0, 2.0, 2.0, 2.0, 5.0, 2.0, 7.0, 7.0];
+    let moved: Vec<f64> = COUNTERS
+        .iter()
+        .zip(&before)
+        .map(|(s, b)| node.metric(s) - b)
+        .collect();
+    for ((series, moved), want) in COUNTERS.iter().zip(&moved).zip(expected) {
+        println!("{series}: +{moved}");
+        assert_eq!(
+            *moved, want,
+            "{series} moved by {moved}, the test did {want}"
+        );
+    }
+    assert_eq!(errors(), errors_before, "no netlink error");
+    let took = node.metric(r#"twill_plugin_call_duration_seconds_sum{function="on-leases"}"#);
+    assert!(
+        took > 0.0 && took < 7.0 * 2.0,
+        "seven on-leases calls took {took} s in all"
+    );
+    // The gauges against the kernel: three peers left, each with its route, FDB entry
+    // and neighbour on flannel.1.
+    let routes = node.exec(&["ip", "route", "show", "proto", "167", "dev", "flannel.1"]);
+    let fdb = node.exec(&["bridge", "fdb", "show", "dev", "flannel.1"]);
+    let neighbours = node.exec(&["ip", "neigh", "show", "dev", "flannel.1"]);
+    let count = |text: &str, needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count(&routes, "10.244.2"), 3, "{routes}");
+    assert_eq!(count(&fdb, "dst 192.168.77.2"), 3, "{fdb}");
+    assert_eq!(
+        count(&neighbours, "lladdr 0e:00:00:00:c8"),
+        3,
+        "{neighbours}"
+    );
+    assert_eq!(node.metric(r#"twill_peers{state="programmed"}"#), 3.0);
+    assert_eq!(node.metric("twill_leases_known"), 4.0);
+    stop_cleanly(&mut c);
+}
