@@ -149,11 +149,25 @@ async fn expired_keys_read_as_absent_are_swept_and_the_log_trimmed() {
         leases_of(store).await.is_empty(),
         "an expired lease reads as absent"
     );
+    let before = SystemTime::now();
+    let created = store
+        .create_lease(subnet("10.244.1.0/24"), &a, Duration::from_secs(60))
+        .await
+        .expect("create over an expired lease");
+    let after = SystemTime::now();
+    // Won, running out 60 s from the write (the store keeps milliseconds), and the
+    // time given back is the one stored.
+    let Created::Won(expires) = created else {
+        panic!("the expired lease's key was taken over: {created:?}")
+    };
+    let ms = Duration::from_millis(1);
+    assert!(
+        expires + ms >= before + Duration::from_secs(60)
+            && expires <= after + Duration::from_secs(60) + ms,
+        "expires {expires:?}, written between {before:?} and {after:?}"
+    );
     assert_eq!(
-        store
-            .create_lease(subnet("10.244.1.0/24"), &a, Duration::from_secs(60))
-            .await
-            .expect("create over an expired lease"),
+        created,
         Created::Won(to_time(
             store
                 .blocking("expiry", |_, conn| conn.query_row(
