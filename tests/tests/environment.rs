@@ -1,7 +1,8 @@
 //! End to end (audit G-4): twill configured by flanneld's environment variables alone,
 //! as a kube-flannel or systemd deployment does it — no flag on the command line. Each
 //! variable is checked by its effect: where the lease is written, the subnet file,
-//! the interface and public IP, the masquerade and forward rules, the health listener,
+//! the interface and public IP, the masquerade and forward rules and how often they are
+//! repaired, the health listener,
 //! the renew margin (the lease's renewal time), the API address.
 
 use std::process::{Command, Stdio};
@@ -85,6 +86,30 @@ fn flanneld_environment_variables_alone_configure_a_node() {
     );
     let filter = node.iptables(&["-S"]);
     assert!(!filter.contains("TWILL-FWD"), "{filter}");
+    // FLANNELD_IPTABLES_RESYNC 1: the masquerade rules flushed under the node are back
+    // within about a second. The first repair lines the test up with the check's tick,
+    // so the second shows the period (the default 5 s would take about 5 s there).
+    let repaired = || {
+        node.iptables(&["-t", "nat", "-F", "TWILL-POSTRTG"]);
+        let flushed = std::time::Instant::now();
+        wait_for(
+            "the masquerade rules repaired",
+            Duration::from_secs(15),
+            || {
+                node.iptables(&["-t", "nat", "-S", "TWILL-POSTRTG"])
+                    .contains("-j MASQUERADE")
+                    .then_some(())
+            },
+        );
+        flushed.elapsed()
+    };
+    repaired();
+    let took = repaired();
+    println!("FLANNELD_IPTABLES_RESYNC=1: flushed masquerade rules back after {took:?}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "repaired after {took:?} with FLANNELD_IPTABLES_RESYNC=1"
+    );
     // FLANNELD_HEALTHZ_IP/PORT and TWILL_API_ADDR.
     let curl = |url: &str| http_code(&node.ns, url);
     wait_for("the health listener", Duration::from_secs(30), || {
