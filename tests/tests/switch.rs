@@ -212,6 +212,48 @@ fn every_backend_switches_to_every_other_and_leaves_nothing_of_the_previous() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A switch made while the nodes' leases ran out (down longer than the 24 h TTL; here
+/// the leases are deleted while both are stopped): no lease says what ran before, so
+/// the previous backend's devices are what tell. vxlan → udp leaves no flannel.1,
+/// then udp → host-gw leaves no flannel0.
+#[test]
+fn a_switch_after_the_leases_ran_out_leaves_nothing_of_the_previous() {
+    let mut c = Cluster::new(2);
+    c.put_config(&config("vxlan"));
+    c.start_twill(1);
+    c.start_twill(2);
+    c.wire_pods();
+    c.assert_full_mesh(Duration::from_secs(30));
+    for (from, to) in [("vxlan", "udp"), ("udp", "host-gw")] {
+        for k in 1..=2 {
+            assert_eq!(c.nodes[k - 1].stop(), Some(0), "node {k} stops on {from}");
+            let _ = std::fs::remove_file(&c.nodes[k - 1].subnet_file);
+        }
+        c.etcdctl(&["del", "--prefix", &format!("{}/subnets/", c.prefix)]);
+        c.put_config(&config(to));
+        c.start_twill(1);
+        c.start_twill(2);
+        c.wire_pods();
+        c.assert_full_mesh(Duration::from_secs(30));
+        let outcome = wait_for_ok(|| {
+            check(to, from, &c.nodes[0], &c.nodes[1])
+                .and_then(|()| check(to, from, &c.nodes[1], &c.nodes[0]))
+        });
+        assert_eq!(outcome, Ok(()), "{from} → {to} without leases");
+        assert!(
+            c.nodes[0]
+                .log_text()
+                .contains("removed the previous backend's objects"),
+            "{from} → {to}: the purge is logged:\n{}",
+            c.nodes[0].log_tail()
+        );
+        eprintln!("{from:>7} → {to:<7} after the leases ran out: clean");
+    }
+    for node in &mut c.nodes {
+        assert_eq!(node.stop(), Some(0));
+    }
+}
+
 /// `check` until it passes, for up to 5 s; its last answer.
 fn wait_for_ok(mut check: impl FnMut() -> Result<(), String>) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -128,7 +128,22 @@ async fn with_store<S: LeaseStore>(
     report.api.set_lease_held(true);
     report.api.set_own_lease_expiry(lease.expires);
 
-    if let Some(previous) = previous_type.filter(|t| *t != registration.backend_type) {
+    // What ran before: our lease says, or, when it ran out while the node was down,
+    // the flannel devices still on the node.
+    let previous_types = match previous_type {
+        Some(t) => (t != registration.backend_type)
+            .then_some(t)
+            .into_iter()
+            .collect(),
+        None => {
+            let (k, current) = (kernel.clone(), registration.backend_type.clone());
+            tokio::task::spawn_blocking(move || switch::left_behind(k.as_ref(), &current))
+                .await?
+                .context("list the devices an earlier backend left")
+                .or_fail_as(Failure::Node)?
+        }
+    };
+    for previous in previous_types {
         purge_previous(&kernel, previous, &registration, &config, &lease, &external).await?;
     }
     // Before this run's instance makes anything: what earlier runs left.

@@ -29,6 +29,38 @@ pub struct Purge {
     pub external_index: u32,
 }
 
+/// The flannel types whose devices are on this node although it now registers
+/// `current`, for when no lease of ours says what ran before (it ran out while the node
+/// was down): a `flannel…` vxlan device means `vxlan`, a TUN device udp (`""`), an
+/// ipip device `ipip`. Only for a flannel type now: a plugin of another type may own
+/// such devices itself (its `init` has already run), so nothing is guessed for it.
+pub fn left_behind(kernel: &dyn Kernel, current: &str) -> Result<Vec<String>, NetError> {
+    let current_kind = match current {
+        "vxlan" => Some("vxlan"),
+        "ipip" => Some("ipip"),
+        "" => Some("tun"),
+        "host-gw" => None,
+        _ => return Ok(Vec::new()),
+    };
+    let mut types = Vec::new();
+    for link in kernel.links()? {
+        let kind = link.kind.as_deref();
+        if !link.name.starts_with("flannel") || kind == current_kind {
+            continue;
+        }
+        let previous = match kind {
+            Some("vxlan") => "vxlan",
+            Some("ipip") => "ipip",
+            Some("tun") => "",
+            _ => continue,
+        };
+        if !types.iter().any(|t| t == previous) {
+            types.push(previous.to_owned());
+        }
+    }
+    Ok(types)
+}
+
 /// Remove the previous backend's objects. Returns a line per object removed.
 pub fn purge(kernel: &dyn Kernel, p: &Purge) -> Result<Vec<String>, NetError> {
     let mut removed = Vec::new();
@@ -213,5 +245,21 @@ mod tests {
                 .is_some()
         );
         assert_eq!(Kernel::routes(&k).expect("routes").len(), 5);
+    }
+
+    #[test]
+    fn without_a_lease_the_devices_name_the_backend_that_ran() {
+        let (k, _) = setup();
+        let left = |current: &str| left_behind(&k, current).expect("links");
+        // flannel.1 (vxlan) is there: it is the current backend's, or vxlan ran.
+        assert!(left("vxlan").is_empty());
+        assert_eq!(left(""), ["vxlan"]);
+        assert_eq!(left("host-gw"), ["vxlan"]);
+        assert_eq!(left("ipip"), ["vxlan"]);
+        k.open_tun("flannel0").expect("tun");
+        assert_eq!(left("vxlan"), [""]);
+        assert_eq!(left("host-gw"), ["vxlan", ""]);
+        // Another plugin's type: its devices may be its own; nothing is guessed.
+        assert!(left("misbehave").is_empty());
     }
 }
