@@ -2,8 +2,10 @@
 //!
 //! For each N, on a one-node namespace cluster with a real etcd:
 //!
-//! - N peer leases (vxlan, each with its own public IP and VTEP MAC) are written into
-//!   etcd in bulk (transactions of 128 puts, 16 in flight);
+//! - N peer leases (vxlan, each with its own public IP and VTEP MAC, and each with an
+//!   etcd lease of its own with flannel's 24 h TTL, as nodes write them, so twill looks
+//!   up N lease expiries) are written into etcd in bulk (transactions of 128 puts, 16
+//!   in flight);
 //! - twill starts on the node (its compiled plugin cached, as after a node's first
 //!   start), and the time until every peer's route, neighbour and FDB entry is on
 //!   `flannel.1` is the join time; its resident memory is then read;
@@ -36,6 +38,8 @@ use twill_lab::netns;
 
 /// The cluster network: room for 65,536 /24 leases.
 const CONFIG: &str = r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#;
+/// The TTL of each peer's etcd lease: flannel's 24 h.
+const LEASE_TTL: i64 = 24 * 3600;
 /// Puts per etcd transaction (etcd's default `--max-txn-ops`).
 const TXN_OPS: usize = 128;
 /// Transactions in flight.
@@ -108,13 +112,40 @@ where
     .map_err(|e| format!("{what}: {e}"))
 }
 
-/// Write (`Some(value)`) or delete (`None`) these keys in etcd, in transactions of
-/// [`TXN_OPS`] with [`IN_FLIGHT`] at a time.
-fn etcd_bulk(etcd_ns: &str, ops: Vec<(String, Option<String>)>) -> Result<Duration, String> {
+/// A key to write (with its value and etcd lease) or, `None`, to delete.
+type Op = (String, Option<(String, i64)>);
+
+/// `count` etcd leases of [`LEASE_TTL`], one per peer as every flanneld and twill node
+/// grants its own, [`IN_FLIGHT`] grants at a time; their IDs.
+fn etcd_grants(etcd_ns: &str, count: usize) -> Result<Vec<i64>, String> {
+    with_etcd(etcd_ns, "etcd lease grants", move |client| async move {
+        let mut ids = Vec::with_capacity(count);
+        let mut running = tokio::task::JoinSet::new();
+        let mut left = count;
+        loop {
+            while running.len() < IN_FLIGHT * 4 && left > 0 {
+                left -= 1;
+                let mut leases = client.lease_client();
+                running.spawn(async move { leases.grant(LEASE_TTL, None).await });
+            }
+            match running.join_next().await {
+                Some(Ok(granted)) => ids.push(granted?.id()),
+                Some(Err(e)) => {
+                    return Err(etcd_client::Error::IoError(std::io::Error::other(e)));
+                }
+                None => break,
+            }
+        }
+        Ok(ids)
+    })
+}
+
+/// Write (`Some((value, etcd lease))`) or delete (`None`) these keys in etcd, in
+/// transactions of [`TXN_OPS`] with [`IN_FLIGHT`] at a time.
+fn etcd_bulk(etcd_ns: &str, ops: Vec<Op>) -> Result<Duration, String> {
     with_etcd(etcd_ns, "etcd bulk write", move |client| async move {
         let started = Instant::now();
-        let chunks: Vec<Vec<(String, Option<String>)>> =
-            ops.chunks(TXN_OPS).map(<[_]>::to_vec).collect();
+        let chunks: Vec<Vec<Op>> = ops.chunks(TXN_OPS).map(<[_]>::to_vec).collect();
         let mut pending = chunks.into_iter();
         let mut running = tokio::task::JoinSet::new();
         loop {
@@ -125,7 +156,11 @@ fn etcd_bulk(etcd_ns: &str, ops: Vec<(String, Option<String>)>) -> Result<Durati
                     let ops: Vec<etcd_client::TxnOp> = chunk
                         .into_iter()
                         .map(|(k, v)| match v {
-                            Some(v) => etcd_client::TxnOp::put(k, v, None),
+                            Some((v, lease)) => etcd_client::TxnOp::put(
+                                k,
+                                v,
+                                Some(etcd_client::PutOptions::new().with_lease(lease)),
+                            ),
                             None => etcd_client::TxnOp::delete(k, None),
                         })
                         .collect();
@@ -386,15 +421,20 @@ fn measure(c: &mut Cluster, n: u32) -> Result<Row, String> {
     c.put_config(CONFIG);
 
     let prefix = c.prefix.clone();
-    let puts = |range: std::ops::Range<u32>| -> Vec<(String, Option<String>)> {
-        range
-            .map(|i| {
-                let (k, v) = lease(&prefix, i);
-                (k, Some(v))
+    // Each lease with an etcd lease of its own, granted before the clock starts (a
+    // node grants its lease before it writes it).
+    let puts = |peers: &[u32]| -> Result<Vec<Op>, String> {
+        let ids = etcd_grants(&etcd_ns, peers.len())?;
+        Ok(peers
+            .iter()
+            .zip(ids)
+            .map(|(i, id)| {
+                let (k, v) = lease(&prefix, *i);
+                (k, Some((v, id)))
             })
-            .collect()
+            .collect())
     };
-    let write = etcd_bulk(&etcd_ns, puts(0..n))?;
+    let write = etcd_bulk(&etcd_ns, puts(&(0..n).collect::<Vec<u32>>())?)?;
 
     let started = Instant::now();
     c.start_twill_with(1, &["--iface", "eth0"]);
@@ -410,13 +450,7 @@ fn measure(c: &mut Cluster, n: u32) -> Result<Row, String> {
         .filter(|i| subnet_of(*i).0 != own)
         .take((n / 10) as usize)
         .collect();
-    let adds: Vec<(String, Option<String>)> = extra
-        .iter()
-        .map(|i| {
-            let (k, v) = lease(&prefix, *i);
-            (k, Some(v))
-        })
-        .collect();
+    let adds = puts(&extra)?;
     let started = Instant::now();
     let add_write = etcd_bulk(&etcd_ns, adds)?;
     let add = converged(&node_ns, n as usize + extra.len(), started)?;
