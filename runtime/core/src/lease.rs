@@ -121,7 +121,9 @@ pub struct Lease {
 pub enum LeaseEvent {
     /// A lease appeared or its attributes changed.
     Added(Lease),
-    /// A lease went away (deleted or expired); carries the last known attributes.
+    /// A lease went away (deleted or expired). The peer set's events carry its last
+    /// known attributes; a store's watch may carry the subnet alone (etcd's sends no
+    /// deleted value; the attributes are then a placeholder).
     Removed(Lease),
 }
 
