@@ -592,28 +592,23 @@ mod tests {
     #[test]
     fn the_vnet_header_has_the_kernels_layout() {
         let bytes = [0x01, 0x01, 0x34, 0x00, 0x8c, 0x05, 0x14, 0x00, 0x10, 0x00];
-        let h = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            gso_type: GSO_TCPV4,
-            hdr_len: 52,
-            gso_size: 1420,
-            csum_start: 20,
-            csum_offset: 16,
-        };
-        assert_eq!(h.to_bytes(), bytes);
-        assert_eq!(VnetHdr::parse(&bytes), Some(h));
+        assert_eq!(GSO_HEADER.to_bytes(), bytes);
+        assert_eq!(VnetHdr::parse(&bytes), Some(GSO_HEADER));
     }
+
+    /// A TCPv4 GSO header of 1420-byte segments with a partial checksum.
+    const GSO_HEADER: VnetHdr = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        hdr_len: 52,
+        gso_size: 1420,
+        csum_start: 20,
+        csum_offset: 16,
+    };
 
     #[test]
     fn the_vnet_header_round_trips() {
-        let h = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            gso_type: GSO_TCPV4,
-            hdr_len: 52,
-            gso_size: 1420,
-            csum_start: 20,
-            csum_offset: 16,
-        };
+        let h = GSO_HEADER;
         assert_eq!(VnetHdr::parse(&h.to_bytes()), Some(h));
     }
 }

@@ -201,7 +201,7 @@ fn parse_kv(keys: &Keys, kv: &KeyValue) -> Option<(Subnet, LeaseAttrs)> {
 /// renewal instead of keeping one alive, so it is asked of etcd once per ID instead of
 /// once per listing and per event. Without it a node's start asked 3 × N `TimeToLive`s
 /// of etcd (the listings for the previous lease, the subnet choice and the watch),
-/// 3.4–3.7 s at 5,000 peers (`bench --scale 5000`). A listing keeps only the IDs it
+/// 2.7–3.7 s at 5,000 peers (`bench --scale 5000`). A listing keeps only the IDs it
 /// saw, so the map holds about one entry per lease.
 #[derive(Clone, Default)]
 struct Expiries(Arc<std::sync::Mutex<HashMap<i64, SystemTime>>>);

@@ -475,3 +475,90 @@ async fn acquire_prefers_the_previous_subnet_and_drops_stale_leases() {
     assert_ne!(got.lease.subnet, prev);
     assert!(config.fits(&got.lease.subnet));
 }
+
+/// How many `LeaseTimeToLive` requests etcd has answered, from its own `/metrics`.
+fn time_to_live_requests(etcd: &Etcd) -> u64 {
+    use std::io::{Read, Write};
+    let addr = etcd.endpoint().trim_start_matches("http://").to_owned();
+    let mut conn = std::net::TcpStream::connect(&addr).expect("connect to etcd's /metrics");
+    write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("ask for /metrics");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("read /metrics");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_handled_total{")
+                && l.contains(r#"grpc_method="LeaseTimeToLive""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A lease's expiry is fixed when its etcd lease is granted (flanneld and twill grant a
+/// new one at every renewal), so the store asks etcd for it once per etcd lease, counted
+/// by etcd itself: a second listing and the watch's snapshot ask nothing more, a lease
+/// added later is asked once, and one this store granted is not asked at all.
+#[tokio::test]
+async fn each_etcd_lease_is_asked_its_expiry_once() {
+    let etcd = Etcd::start();
+    let mut client = raw(&etcd).await;
+    for i in 1..=20 {
+        let granted = client.lease_grant(3600, None).await.expect("grant");
+        client
+            .put(
+                key(&format!("10.244.{i}.0/24")),
+                attrs([192, 168, 0, i]).to_json(),
+                Some(PutOptions::new().with_lease(granted.id())),
+            )
+            .await
+            .expect("put");
+    }
+    let store = store(&etcd).await;
+    let before = time_to_live_requests(&etcd);
+    let (first, _) = store.list_leases().await.expect("list");
+    assert_eq!(first.len(), 20);
+    assert_eq!(time_to_live_requests(&etcd) - before, 20, "one per lease");
+    let (second, _) = store.list_leases().await.expect("list again");
+    let mut watch = pin!(store.watch_leases());
+    let listed = snapshot(next(&mut watch).await);
+    assert_eq!(
+        time_to_live_requests(&etcd) - before,
+        20,
+        "nothing asked again"
+    );
+    let sorted = |mut l: Vec<Lease>| {
+        l.sort_by_key(|l| l.subnet);
+        l
+    };
+    assert_eq!(sorted(first.clone()), sorted(second), "the same expiries");
+    assert_eq!(sorted(first), listed);
+    // A lease added meanwhile: asked once, for its watch event.
+    let granted = client.lease_grant(3600, None).await.expect("grant");
+    client
+        .put(
+            key("10.244.99.0/24"),
+            attrs([192, 168, 0, 99]).to_json(),
+            Some(PutOptions::new().with_lease(granted.id())),
+        )
+        .await
+        .expect("put");
+    match events(next(&mut watch).await).as_slice() {
+        [LeaseEvent::Added(l)] => {
+            let left = secs_from_now(l.expires.expect("a TTL"));
+            assert!((3590.0..=3600.0).contains(&left), "{left} s left");
+        }
+        other => panic!("expected one Added, got {other:?}"),
+    }
+    assert_eq!(time_to_live_requests(&etcd) - before, 21);
+    // Our own lease, granted by this store: its expiry is known without asking.
+    store
+        .create_lease(
+            subnet("10.244.100.0/24"),
+            &attrs([192, 168, 0, 100]),
+            Duration::from_secs(600),
+        )
+        .await
+        .expect("create");
+    let _ = next(&mut watch).await;
+    store.list_leases().await.expect("list");
+    assert_eq!(time_to_live_requests(&etcd) - before, 21);
+}
