@@ -35,24 +35,20 @@ pub struct Purge {
 /// ipip device `ipip`. Only for a flannel type now: a plugin of another type may own
 /// such devices itself (its `init` has already run), so nothing is guessed for it.
 pub fn left_behind(kernel: &dyn Kernel, current: &str) -> Result<Vec<String>, NetError> {
-    let current_kind = match current {
-        "vxlan" => Some("vxlan"),
-        "ipip" => Some("ipip"),
-        "" => Some("tun"),
-        "host-gw" => None,
-        _ => return Ok(Vec::new()),
+    let Some((current_kind, _)) = shape(current) else {
+        return Ok(Vec::new());
     };
     let mut types = Vec::new();
     for link in kernel.links()? {
         let kind = link.kind.as_deref();
-        if !link.name.starts_with("flannel") || kind == current_kind {
+        if !link.name.starts_with("flannel") || kind.is_none() || kind == current_kind {
             continue;
         }
-        let previous = match kind {
-            Some("vxlan") => "vxlan",
-            Some("ipip") => "ipip",
-            Some("tun") => "",
-            _ => continue,
+        let Some(previous) = FLANNEL_TYPES
+            .into_iter()
+            .find(|t| shape(t).is_some_and(|(k, _)| k == kind))
+        else {
+            continue;
         };
         if !types.iter().any(|t| t == previous) {
             types.push(previous.to_owned());
@@ -61,16 +57,27 @@ pub fn left_behind(kernel: &dyn Kernel, current: &str) -> Result<Vec<String>, Ne
     Ok(types)
 }
 
+/// The backend types flannel has, udp being `""` (it publishes no type).
+const FLANNEL_TYPES: [&str; 4] = ["vxlan", "ipip", "host-gw", ""];
+
+/// What a flannel backend type leaves on a node: the kind of its `flannel…` device, and
+/// whether it routes via peers on the external interface; `None` for another type.
+fn shape(backend_type: &str) -> Option<(Option<&'static str>, bool)> {
+    match backend_type {
+        "vxlan" => Some((Some("vxlan"), true)),
+        "ipip" => Some((Some("ipip"), true)),
+        "host-gw" => Some((None, true)),
+        "" => Some((Some("tun"), false)),
+        _ => None,
+    }
+}
+
 /// Remove the previous backend's objects. Returns a line per object removed.
 pub fn purge(kernel: &dyn Kernel, p: &Purge) -> Result<Vec<String>, NetError> {
     let mut removed = Vec::new();
     // The previous type's device kind, and whether it routed via peers.
-    let (device_kind, direct_routes) = match p.previous.as_str() {
-        "vxlan" => (Some("vxlan"), true),
-        "ipip" => (Some("ipip"), true),
-        "host-gw" => (None, true),
-        "" => (Some("tun"), false),
-        _ => return Ok(removed),
+    let Some((device_kind, direct_routes)) = shape(&p.previous) else {
+        return Ok(removed);
     };
     if let Some(kind) = device_kind {
         for link in kernel.links()? {
