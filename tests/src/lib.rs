@@ -174,6 +174,27 @@ impl Node {
         sh(&full)
     }
 
+    /// The interface index of device `dev` in this namespace (from sysfs), to tell the
+    /// same device from one deleted and made again under its name.
+    pub fn ifindex(&self, dev: &str) -> String {
+        self.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")])
+            .trim()
+            .to_owned()
+    }
+
+    /// The sha256 of the backend plugin this node runs, from `/v1/plugins`.
+    pub fn plugin_sha(&self) -> String {
+        let (code, body) = self.api_get("/v1/plugins");
+        assert_eq!(code, 200, "GET /v1/plugins on {}: {body}", self.ns);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        v["plugins"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|p| p["sha256"].as_str())
+            .expect("a plugin with sha256")
+            .to_owned()
+    }
+
     /// The socket inode (`ino:N`, from `ss -e`) of the one UDP socket bound to `port`
     /// in this namespace: the same inode means the same socket, not one closed and
     /// bound again. Panics when no socket or more than one is bound there.

@@ -138,8 +138,7 @@ fn make_flannel_node(c: &Cluster, k: usize, n: usize) {
 }
 
 fn ifindex(c: &Cluster, k: usize) -> String {
-    let out = c.nodes[k - 1].exec(&["cat", "/sys/class/net/flannel.1/ifindex"]);
-    out.trim().to_owned()
+    c.nodes[k - 1].ifindex("flannel.1")
 }
 
 fn lease_value(c: &Cluster, k: usize) -> Value {

@@ -49,9 +49,7 @@ fn reload_times(node: &Node) -> Vec<u64> {
 }
 
 fn ifindex(node: &Node) -> String {
-    node.exec(&["cat", "/sys/class/net/flannel.1/ifindex"])
-        .trim()
-        .to_owned()
+    node.ifindex("flannel.1")
 }
 
 /// The netlink requests that would show kernel state torn down and rebuilt.
@@ -73,18 +71,6 @@ fn tearing_counts(node: &Node) -> Vec<Option<f64>> {
             ))
         })
         .collect()
-}
-
-fn plugin_sha(node: &Node) -> String {
-    let (code, body) = node.api_get("/v1/plugins");
-    assert_eq!(code, 200);
-    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    v["plugins"]
-        .as_array()
-        .and_then(|a| a.first())
-        .and_then(|p| p["sha256"].as_str())
-        .expect("a plugin with sha256")
-        .to_owned()
 }
 
 /// A reload swaps the component without touching kernel state: the same flannel.1
@@ -111,7 +97,7 @@ fn reloading_the_vxlan_plugin_touches_no_kernel_object_and_loses_nothing() {
         .collect();
     let ifindexes: Vec<String> = c.nodes.iter().map(ifindex).collect();
     let tearing: Vec<Vec<Option<f64>>> = c.nodes.iter().map(tearing_counts).collect();
-    let sha_before = plugin_sha(&c.nodes[0]);
+    let sha_before = c.nodes[0].plugin_sha();
 
     // 10 pings a second for 15 s, from pod 1 to pod 2, across both reloads.
     let mut ping = c.start_ping(1, 2, 150);
@@ -178,7 +164,7 @@ fn reloading_the_vxlan_plugin_touches_no_kernel_object_and_loses_nothing() {
             eprintln!("node {}: {line}", k + 1);
         }
     }
-    assert_ne!(plugin_sha(&c.nodes[0]), sha_before);
+    assert_ne!(c.nodes[0].plugin_sha(), sha_before);
     c.assert_full_mesh(Duration::from_secs(10));
     for k in 1..=2 {
         assert_eq!(c.nodes[k - 1].stop(), Some(0));
@@ -229,7 +215,7 @@ fn a_replacement_that_cannot_load_keeps_the_running_plugin() {
     c.wire_pods();
     c.assert_full_mesh(Duration::from_secs(30));
     let node = &c.nodes[0];
-    let sha = plugin_sha(node);
+    let sha = node.plugin_sha();
     let ifindex_before = ifindex(node);
     let tearing = tearing_counts(node);
 
@@ -260,7 +246,7 @@ fn a_replacement_that_cannot_load_keeps_the_running_plugin() {
             line.contains("vxlan.wasm"),
             "{what}: the warning names the file: {line}"
         );
-        assert_eq!(plugin_sha(node), sha, "{what}: the running plugin stays");
+        assert_eq!(node.plugin_sha(), sha, "{what}: the running plugin stays");
         assert_eq!(reloads(node), 0, "{what}: nothing was reloaded");
         assert!(
             c.pod_ping(1, 2) && c.pod_ping(2, 1),
@@ -280,7 +266,7 @@ fn a_replacement_that_cannot_load_keeps_the_running_plugin() {
         Duration::from_secs(20),
         || (reloads(node) == 1).then_some(()),
     );
-    assert_ne!(plugin_sha(node), sha, "the built-in now runs");
+    assert_ne!(node.plugin_sha(), sha, "the built-in now runs");
     assert!(
         c.pod_ping(1, 2) && c.pod_ping(2, 1),
         "the pods reach after the fallback"

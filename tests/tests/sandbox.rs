@@ -784,21 +784,8 @@ fn a_reload_whose_data_path_cannot_attach_keeps_the_running_one() {
         });
     };
     delivered("a peer's datagram to reach the pod");
-    let plugin = |node: &Node| -> String {
-        let (code, body) = node.api_get("/v1/plugins");
-        assert_eq!(code, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        v["plugins"][0]["sha256"]
-            .as_str()
-            .expect("the plugin's sha256")
-            .to_owned()
-    };
-    let ifindex = || {
-        node.exec(&["cat", "/sys/class/net/flannel0/ifindex"])
-            .trim()
-            .to_owned()
-    };
-    let (sha, index, socket) = (plugin(node), ifindex(), node.udp_socket_inode(8285));
+    let ifindex = || node.ifindex("flannel0");
+    let (sha, index, socket) = (node.plugin_sha(), ifindex(), node.udp_socket_inode(8285));
 
     let refusing = build_plugin_crate_with(&test_plugin_dir("udp-open"), &["refuse-attach"]);
     let file = c.dir().join("plugins").join("udp-open.wasm");
@@ -816,7 +803,7 @@ fn a_reload_whose_data_path_cannot_attach_keeps_the_running_one() {
         line.contains("refuses to attach its data path on purpose"),
         "the warning carries the plugin's error: {line}"
     );
-    assert_eq!(plugin(node), sha, "the running plugin stays");
+    assert_eq!(node.plugin_sha(), sha, "the running plugin stays");
     assert_eq!(ifindex(), index, "the same flannel0");
     assert_eq!(node.udp_socket_inode(8285), socket, "the same :8285 socket");
     assert!(
@@ -919,11 +906,7 @@ fn a_trap_in_the_udp_data_path_restarts_it_on_the_same_device_and_socket() {
     let mut c = udp_open_node("trap-in-decap");
     let peer = c.add_outside_host("peer", "192.168.77.50");
     let node = &c.nodes[0];
-    let ifindex = || {
-        node.exec(&["cat", "/sys/class/net/flannel0/ifindex"])
-            .trim()
-            .to_owned()
-    };
+    let ifindex = || node.ifindex("flannel0");
     let index = ifindex();
     let socket = node.udp_socket_inode(8285);
     let send = || send_inner(node, &peer, Ipv4Addr::new(10, 244, 2, 7));

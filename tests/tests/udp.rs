@@ -129,14 +129,7 @@ fn udp_three_nodes_reach_each_other_and_move_data() {
 
     // SIGHUP swaps the plugin, data path included, on the same flannel0 and socket —
     // under traffic (audit F-2): a live TCP connection and a ping run across it.
-    let ifindex = |c: &Cluster| {
-        c.nodes[0]
-            .exec(&["ip", "-o", "link", "show", "dev", "flannel0"])
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_owned()
-    };
+    let ifindex = |c: &Cluster| c.nodes[0].ifindex("flannel0");
     let socket = |c: &Cluster| c.nodes[0].udp_socket_inode(8285);
     let (index_before, socket_before) = (ifindex(&c), socket(&c));
     let probe = twill_lab::tcp_probe::TcpProbe::start(
@@ -369,12 +362,7 @@ fn a_udp_restart_keeps_flannel0_and_its_route() {
     c.put_config(UDP);
     start_all(&mut c);
     c.assert_full_mesh(Duration::from_secs(30));
-    let ifindex = |c: &Cluster| {
-        c.nodes[1]
-            .exec(&["cat", "/sys/class/net/flannel0/ifindex"])
-            .trim()
-            .to_owned()
-    };
+    let ifindex = |c: &Cluster| c.nodes[1].ifindex("flannel0");
     let before = ifindex(&c);
     let ping = c.start_ping(1, 2, 60);
     thread::sleep(Duration::from_secs(2));
@@ -426,7 +414,7 @@ fn a_deleted_flannel0_is_opened_again() {
     start_all(&mut c);
     c.assert_full_mesh(Duration::from_secs(30));
     let node = &c.nodes[0];
-    let before = node.exec(&["cat", "/sys/class/net/flannel0/ifindex"]);
+    let before = node.ifindex("flannel0");
     let deleted = Instant::now();
     node.exec(&["ip", "link", "del", "flannel0"]);
     wait_for(
@@ -437,7 +425,7 @@ fn a_deleted_flannel0_is_opened_again() {
             route.contains("dev flannel0").then_some(())
         },
     );
-    let after = node.exec(&["cat", "/sys/class/net/flannel0/ifindex"]);
+    let after = node.ifindex("flannel0");
     assert_ne!(before, after, "a new device");
     c.assert_full_mesh(Duration::from_secs(30));
     println!(
