@@ -115,28 +115,40 @@ where
 /// A key to write (with its value and etcd lease) or, `None`, to delete.
 type Op = (String, Option<(String, i64)>);
 
+/// Run `tasks` with at most `limit` in flight; their results, in completion order.
+async fn windowed<T, F>(
+    limit: usize,
+    tasks: impl IntoIterator<Item = F>,
+) -> Result<Vec<T>, etcd_client::Error>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+{
+    let mut pending = tasks.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    let mut done = Vec::new();
+    loop {
+        while running.len() < limit {
+            let Some(task) = pending.next() else { break };
+            running.spawn(task);
+        }
+        match running.join_next().await {
+            Some(Ok(result)) => done.push(result?),
+            Some(Err(e)) => return Err(etcd_client::Error::IoError(std::io::Error::other(e))),
+            None => return Ok(done),
+        }
+    }
+}
+
 /// `count` etcd leases of [`LEASE_TTL`], one per peer as every flanneld and twill node
-/// grants its own, [`IN_FLIGHT`] grants at a time; their IDs.
+/// grants its own, 4 × [`IN_FLIGHT`] grants at a time; their IDs.
 fn etcd_grants(etcd_ns: &str, count: usize) -> Result<Vec<i64>, String> {
     with_etcd(etcd_ns, "etcd lease grants", move |client| async move {
-        let mut ids = Vec::with_capacity(count);
-        let mut running = tokio::task::JoinSet::new();
-        let mut left = count;
-        loop {
-            while running.len() < IN_FLIGHT * 4 && left > 0 {
-                left -= 1;
-                let mut leases = client.lease_client();
-                running.spawn(async move { leases.grant(LEASE_TTL, None).await });
-            }
-            match running.join_next().await {
-                Some(Ok(granted)) => ids.push(granted?.id()),
-                Some(Err(e)) => {
-                    return Err(etcd_client::Error::IoError(std::io::Error::other(e)));
-                }
-                None => break,
-            }
-        }
-        Ok(ids)
+        let grants = (0..count).map(|_| {
+            let mut leases = client.lease_client();
+            async move { Ok(leases.grant(LEASE_TTL, None).await?.id()) }
+        });
+        windowed(IN_FLIGHT * 4, grants).await
     })
 }
 
@@ -145,38 +157,23 @@ fn etcd_grants(etcd_ns: &str, count: usize) -> Result<Vec<i64>, String> {
 fn etcd_bulk(etcd_ns: &str, ops: Vec<Op>) -> Result<Duration, String> {
     with_etcd(etcd_ns, "etcd bulk write", move |client| async move {
         let started = Instant::now();
-        let chunks: Vec<Vec<Op>> = ops.chunks(TXN_OPS).map(<[_]>::to_vec).collect();
-        let mut pending = chunks.into_iter();
-        let mut running = tokio::task::JoinSet::new();
-        loop {
-            while running.len() < IN_FLIGHT {
-                let Some(chunk) = pending.next() else { break };
-                let mut kv = client.kv_client();
-                running.spawn(async move {
-                    let ops: Vec<etcd_client::TxnOp> = chunk
-                        .into_iter()
-                        .map(|(k, v)| match v {
-                            Some((v, lease)) => etcd_client::TxnOp::put(
-                                k,
-                                v,
-                                Some(etcd_client::PutOptions::new().with_lease(lease)),
-                            ),
-                            None => etcd_client::TxnOp::delete(k, None),
-                        })
-                        .collect();
-                    kv.txn(etcd_client::Txn::new().and_then(ops)).await
-                });
-            }
-            match running.join_next().await {
-                Some(Ok(done)) => {
-                    done?;
-                }
-                Some(Err(e)) => {
-                    return Err(etcd_client::Error::IoError(std::io::Error::other(e)));
-                }
-                None => break,
-            }
-        }
+        let txns = ops.chunks(TXN_OPS).map(|chunk| {
+            let mut kv = client.kv_client();
+            let ops: Vec<etcd_client::TxnOp> = chunk
+                .iter()
+                .cloned()
+                .map(|(k, v)| match v {
+                    Some((v, lease)) => etcd_client::TxnOp::put(
+                        k,
+                        v,
+                        Some(etcd_client::PutOptions::new().with_lease(lease)),
+                    ),
+                    None => etcd_client::TxnOp::delete(k, None),
+                })
+                .collect();
+            async move { kv.txn(etcd_client::Txn::new().and_then(ops)).await }
+        });
+        windowed(IN_FLIGHT, txns).await?;
         Ok(started.elapsed())
     })
 }
