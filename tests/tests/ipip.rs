@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use twill_core::Subnet;
-use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use twill_core::lease::{Expiry, Lease, LeaseAttrs, LeaseEvent};
 use twill_e2e::build_plugin_crate;
 use twill_net::KernelOp as Op;
 use twill_net::fake::{Call, FakeKernel};
@@ -94,7 +94,7 @@ fn lease(subnet_text: &str, public_ip: [u8; 4], backend_type: &str) -> Lease {
     Lease {
         subnet: subnet(subnet_text),
         attrs: LeaseAttrs::new(Ipv4Addr::from(public_ip), backend_type, None).expect("attrs"),
-        expires: Some(SystemTime::now()),
+        expires: Expiry::At(SystemTime::now()),
     }
 }
 

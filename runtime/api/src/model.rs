@@ -152,7 +152,8 @@ pub struct LeaseEntry {
     pub backend_type: String,
     /// flannel's `BackendData`, as stored (any JSON), or `null`.
     pub backend_data: Option<BackendData>,
-    /// When the lease runs out; `null` for a reservation.
+    /// When the lease runs out; `null` for a reservation, and for a lease whose expiry
+    /// is still being read (etcd is asked lease by lease once the peers are programmed).
     pub expires_at: Option<String>,
     /// Whether it is this node's own lease.
     pub own: bool,

@@ -247,6 +247,17 @@ impl ApiState {
         }
     }
 
+    /// Expiries read after their leases were listed (subnets not listed are passed
+    /// over).
+    pub fn set_lease_expiries(&self, expiries: &[(Subnet, SystemTime)]) {
+        let mut inner = self.write();
+        for (subnet, t) in expiries {
+            if let Some(entry) = inner.leases.get_mut(subnet) {
+                entry.expires_at = Some(rfc3339(*t));
+            }
+        }
+    }
+
     /// A lease this node does not program, and why (a short reason, from a fixed set);
     /// a later event for the subnet starts it over as valid. Unknown subnets are ignored.
     pub fn lease_invalid(&self, subnet: Subnet, reason: &str) {
@@ -564,7 +575,7 @@ fn lease_entry(lease: &Lease) -> LeaseEntry {
         public_ip: lease.attrs.public_ip,
         backend_type: lease.attrs.backend_type.clone(),
         backend_data: backend_data(lease),
-        expires_at: lease.expires.map(rfc3339),
+        expires_at: lease.expires.at().map(rfc3339),
         own: false,
         invalid: None,
     }
@@ -613,7 +624,7 @@ mod tests {
             subnet: subnet.parse().expect("subnet"),
             attrs: LeaseAttrs::new(Ipv4Addr::from(ip), "vxlan", Some(r#"{"VNI":1}"#))
                 .expect("attrs"),
-            expires: None,
+            expires: twill_core::Expiry::Never,
         }
     }
 

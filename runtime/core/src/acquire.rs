@@ -120,7 +120,7 @@ pub fn free_candidates(config: &Config, leases: &[Lease]) -> Vec<Subnet> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::LeaseAttrs;
+    use crate::lease::{Expiry, LeaseAttrs};
 
     fn cfg(text: &str) -> Config {
         Config::parse(text).expect("valid config")
@@ -130,7 +130,7 @@ mod tests {
         Lease {
             subnet: subnet.parse().expect("subnet"),
             attrs: LeaseAttrs::new(Ipv4Addr::from(ip), "vxlan", None).expect("attrs"),
-            expires: None,
+            expires: Expiry::Never,
         }
     }
 

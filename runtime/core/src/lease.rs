@@ -112,8 +112,38 @@ pub struct Lease {
     pub subnet: Subnet,
     /// What the node published.
     pub attrs: LeaseAttrs,
-    /// When the lease runs out; `None` for a reservation (a key with no etcd lease).
-    pub expires: Option<SystemTime>,
+    /// When the lease runs out.
+    pub expires: Expiry,
+}
+
+/// When a lease runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// At this time, unless renewed first.
+    At(SystemTime),
+    /// Never: a reservation (a key with no etcd lease, no TTL).
+    Never,
+    /// The lease has a TTL the store has not read yet. etcd answers a lease's expiry
+    /// only one `TimeToLive` request per lease, so a node's first listing leaves them
+    /// unread and the watch delivers them later ([`LeaseEvent`]s stay in order).
+    Unread,
+}
+
+impl Expiry {
+    /// The time, if it is known and there is one.
+    pub fn at(self) -> Option<SystemTime> {
+        match self {
+            Expiry::At(t) => Some(t),
+            Expiry::Never | Expiry::Unread => None,
+        }
+    }
+}
+
+impl From<Option<SystemTime>> for Expiry {
+    /// `None` is a reservation.
+    fn from(t: Option<SystemTime>) -> Self {
+        t.map_or(Expiry::Never, Expiry::At)
+    }
 }
 
 /// A change in the set of leases, as the watch and the peer set report it.

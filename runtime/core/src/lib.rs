@@ -14,7 +14,7 @@ pub mod subnet;
 pub mod subnet_env;
 
 pub use config::{BackendConfig, Config, ConfigError};
-pub use lease::{Lease, LeaseAttrs, LeaseError, LeaseEvent};
+pub use lease::{Expiry, Lease, LeaseAttrs, LeaseError, LeaseEvent};
 pub use mac::MacAddr;
 pub use peers::{Changes, MAX_BACKEND_DATA, PeerSet, Skip};
 pub use subnet::{Subnet, SubnetError};

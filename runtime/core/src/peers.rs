@@ -13,8 +13,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::time::SystemTime;
 
-use crate::lease::{Lease, LeaseEvent};
+use crate::lease::{Expiry, Lease, LeaseEvent};
 use crate::subnet::Subnet;
 
 /// The most BackendData a peer lease may carry, in bytes of its compact JSON. flannel's
@@ -208,6 +209,16 @@ impl PeerSet {
         out
     }
 
+    /// Note expiries read after their leases were delivered (subnets not in the set
+    /// are passed over).
+    pub fn set_expiries(&mut self, expiries: &[(Subnet, SystemTime)]) {
+        for (subnet, t) in expiries {
+            if let Some(lease) = self.leases.get_mut(subnet) {
+                lease.expires = Expiry::At(*t);
+            }
+        }
+    }
+
     fn add(&mut self, lease: Lease, out: &mut Vec<LeaseEvent>) {
         match self.leases.get_mut(&lease.subnet) {
             Some(old) if old.attrs == lease.attrs => old.expires = lease.expires,
@@ -306,7 +317,7 @@ mod tests {
                 Some(&format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#)),
             )
             .expect("attrs"),
-            expires: None,
+            expires: Expiry::Never,
         }
     }
 
@@ -441,7 +452,7 @@ mod tests {
         let with_ip = |subnet: &str, ip: [u8; 4]| Lease {
             subnet: subnet.parse().expect("subnet"),
             attrs: LeaseAttrs::new(Ipv4Addr::from(ip), "vxlan", None).expect("attrs"),
-            expires: None,
+            expires: Expiry::Never,
         };
         let big = format!(r#"{{"VNI":1,"Pad":"{}"}}"#, "x".repeat(MAX_BACKEND_DATA));
         let cases = [
@@ -529,7 +540,7 @@ mod tests {
                 let lease = Lease {
                     subnet: "10.244.2.0/24".parse().expect("subnet"),
                     attrs,
-                    expires: None,
+                    expires: Expiry::Never,
                 };
                 let _ = set.check(&lease);
             }

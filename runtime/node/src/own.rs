@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use tokio::time::Instant;
 use twill_api::StoreState;
 use twill_core::error_chain;
-use twill_core::lease::Lease;
+use twill_core::lease::{Expiry, Lease};
 use twill_core::subnet_env::SubnetEnv;
 use twill_store::{AcquireError, Created, LEASE_TTL, LeaseStore, acquire};
 
@@ -30,7 +30,7 @@ const RECLAIM_RETRY: Duration = Duration::from_secs(5);
 impl<S: LeaseStore> Node<S> {
     /// When the lease is due for renewal: its expiry less the margin.
     pub(super) fn renew_deadline(&self) -> Option<Instant> {
-        let expires = self.own.lease.expires?;
+        let expires = self.own.lease.expires.at()?;
         let wait = expires
             .checked_sub(self.own.renew_margin)
             .and_then(|at| at.duration_since(SystemTime::now()).ok())
@@ -54,7 +54,7 @@ impl<S: LeaseStore> Node<S> {
             .await;
         match renewed {
             Ok(expires) => {
-                self.own.lease.expires = expires;
+                self.own.lease.expires = expires.into();
                 self.report.api.set_own_lease_expiry(expires);
                 self.report.api.set_store_state(StoreState::Connected);
                 tracing::info!(%subnet, ?expires, "renewed lease");
@@ -85,7 +85,7 @@ impl<S: LeaseStore> Node<S> {
         match created {
             Ok(Created::Won(expires)) => {
                 self.own.missing = false;
-                self.own.lease.expires = Some(expires);
+                self.own.lease.expires = Expiry::At(expires);
                 self.own.renew_at = self.renew_deadline();
                 self.report.lease_reclaimed();
                 tracing::warn!(
@@ -97,7 +97,7 @@ impl<S: LeaseStore> Node<S> {
                 let holder = self
                     .own
                     .store
-                    .list_leases()
+                    .list_holders()
                     .await
                     .ok()
                     .and_then(|(leases, _)| leases.into_iter().find(|l| l.subnet == subnet))
@@ -117,6 +117,12 @@ impl<S: LeaseStore> Node<S> {
             }
         }
         Ok(())
+    }
+
+    /// Our own lease's expiry as the store reports it.
+    pub(super) fn own_expiry(&mut self, expires: Expiry) {
+        self.own.lease.expires = expires;
+        self.report.api.set_own_lease_expiry(expires.at());
     }
 
     /// Our own lease as the store reports it: still ours (its expiry noted), ours with
@@ -141,8 +147,9 @@ impl<S: LeaseStore> Node<S> {
             self.own.renew_at = Some(Instant::now());
             return Ok(());
         }
-        self.own.lease.expires = lease.expires;
-        self.report.api.set_own_lease_expiry(lease.expires);
+        if lease.expires != Expiry::Unread {
+            self.own_expiry(lease.expires);
+        }
         Ok(())
     }
 }
@@ -180,7 +187,9 @@ impl<S: LeaseStore> Node<S> {
         self.own.taken = false;
         self.own.missing = false;
         self.own.renew_at = self.renew_deadline();
-        self.report.api.set_own_lease_expiry(self.own.lease.expires);
+        self.report
+            .api
+            .set_own_lease_expiry(self.own.lease.expires.at());
         self.report.subnet_moved(from, to, taken_by);
         tracing::error!(
             %from, %to, %taken_by,

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use twill_api::ApiState;
-use twill_core::lease::{Lease, LeaseEvent};
+use twill_core::lease::{Expiry, Lease, LeaseEvent};
 use twill_core::{Changes, Config, PeerSet, Skip, Subnet};
 use twill_plugin_host::PeerOutcome;
 use twill_store::{LeaseStore, WatchEvent};
@@ -233,6 +233,14 @@ impl<S: LeaseStore> Node<S> {
                     }
                 }
                 self.peers.set.apply(events)
+            }
+            WatchEvent::Expiries(expiries) => {
+                self.report.api.set_lease_expiries(&expiries);
+                self.peers.set.set_expiries(&expiries);
+                if let Some((_, t)) = expiries.iter().find(|(s, _)| *s == own) {
+                    self.own_expiry(Expiry::At(*t));
+                }
+                return Ok(());
             }
         };
         self.hand_over(changes, false).await

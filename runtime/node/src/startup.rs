@@ -86,7 +86,7 @@ async fn with_store<S: LeaseStore>(
         load_plugin(&args, kernel.clone(), &config).or_fail_as(Failure::Backend)?;
     describe_node(&args, &report, &external, public_ip, &config, &plugin);
 
-    let (leases, _) = retry("list leases", || store.list_leases())
+    let (leases, _) = retry("list leases", || store.list_holders())
         .await
         .or_fail_as(Failure::Store)?;
     // Our previous lease's BackendData, whatever its type: the backend keeps what it
@@ -126,7 +126,7 @@ async fn with_store<S: LeaseStore>(
     tracing::info!(subnet = %lease.subnet, expires = ?lease.expires, "holding lease");
     report.api.set_subnet(lease.subnet);
     report.api.set_lease_held(true);
-    report.api.set_own_lease_expiry(lease.expires);
+    report.api.set_own_lease_expiry(lease.expires.at());
 
     // What ran before: our lease says, or, when it ran out while the node was down,
     // the flannel devices still on the node.

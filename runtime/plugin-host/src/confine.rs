@@ -95,7 +95,7 @@ impl Confinement {
 
 #[cfg(test)]
 mod tests {
-    use twill_core::lease::{Lease, LeaseAttrs};
+    use twill_core::lease::{Expiry, Lease, LeaseAttrs};
 
     use super::*;
 
@@ -107,7 +107,7 @@ mod tests {
         Lease {
             subnet: subnet.parse().expect("subnet"),
             attrs: LeaseAttrs::new(Ipv4Addr::from(public_ip), "", None).expect("attrs"),
-            expires: None,
+            expires: Expiry::Never,
         }
     }
 

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use twill_core::lease::{Expiry, Lease, LeaseAttrs, LeaseEvent};
 use twill_net::fake::{Call, FakeKernel};
 use twill_net::{Kernel, Route};
 use twill_plugin_host::{Action, Grant, NodeInfo, Packet, Plugin, PluginHost, PluginStats};
@@ -50,7 +50,7 @@ fn attached() -> (twill_plugin_host::Datapath, Arc<PluginStats>) {
     let peer = Lease {
         subnet: "10.244.2.0/24".parse().expect("subnet"),
         attrs: LeaseAttrs::new(Ipv4Addr::new(192, 168, 0, 2), "", None).expect("attrs"),
-        expires: None,
+        expires: Expiry::Never,
     };
     dp.update(&[LeaseEvent::Added(peer)]).expect("update");
     (dp, stats)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use twill_core::MacAddr;
-use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use twill_core::lease::{Expiry, Lease, LeaseAttrs, LeaseEvent};
 use twill_net::fake::{Call, FakeKernel};
 use twill_net::{Kernel, Route};
 use twill_plugin_host::{Grant, NodeInfo, Plugin, PluginHost};
@@ -28,7 +28,7 @@ fn peer(subnet: &str, ip: [u8; 4], mac: &str) -> Lease {
             Some(&format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#)),
         )
         .expect("attrs"),
-        expires: Some(SystemTime::now()),
+        expires: Expiry::At(SystemTime::now()),
     }
 }
 

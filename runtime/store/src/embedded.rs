@@ -53,7 +53,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::Stream;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tracing::{debug, warn};
-use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use twill_core::lease::{Expiry, Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet::Subnet;
 
 use crate::keys::{Keys, parse_key, parse_lease, placeholder_attrs, removed_attrs};
@@ -337,7 +337,7 @@ impl EmbeddedStore {
                 Some(Lease {
                     subnet,
                     attrs,
-                    expires: row.expires_ms.map(to_time),
+                    expires: row.expires_ms.map(to_time).into(),
                 })
             })
             .collect();

@@ -13,9 +13,9 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
     PutOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
 };
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use tracing::{debug, warn};
-use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use twill_core::lease::{Expiry, Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet::Subnet;
 
 use crate::keys::{DEFAULT_PREFIX, Keys, parse_key, parse_lease, placeholder_attrs};
@@ -218,6 +218,16 @@ impl Expiries {
         self.lock().insert(id, expires);
     }
 
+    /// When etcd lease `id` runs out, if that is known without asking etcd.
+    fn known(&self, id: i64) -> Expiry {
+        if id == 0 {
+            return Expiry::Never;
+        }
+        self.lock()
+            .get(&id)
+            .map_or(Expiry::Unread, |t| Expiry::At(*t))
+    }
+
     /// When etcd lease `id` runs out; `None` for id 0 (a key without a lease).
     async fn of(&self, client: &Client, id: i64) -> Result<Option<SystemTime>, etcd_client::Error> {
         if id == 0 {
@@ -254,36 +264,62 @@ impl Expiries {
     }
 }
 
-/// Every lease under the subnets prefix that parses, with the listing's revision.
-async fn list(
+/// Every lease under the subnets prefix that parses, each with its etcd lease ID, and
+/// the listing's revision. An expiry not in `expiries` is [`Expiry::Unread`]: no
+/// `TimeToLive` is asked here.
+async fn list_unread(
     client: &Client,
     keys: &Keys,
     expiries: &Expiries,
-) -> Result<(Vec<Lease>, Revision), StoreError> {
+) -> Result<(Vec<(Lease, i64)>, Revision), StoreError> {
     let mut resp = client
         .clone()
         .get(keys.subnets.as_str(), Some(GetOptions::new().with_prefix()))
         .await
         .map_err(etcd_err("list leases"))?;
     let revision = resp.header().map_or(0, |h| h.revision());
-    let parsed: Vec<(Subnet, LeaseAttrs, i64)> = resp
-        .take_kvs()
+    let kvs = resp.take_kvs();
+    expiries.keep_only(&kvs.iter().map(KeyValue::lease).collect());
+    let leases = kvs
         .iter()
-        .filter_map(|kv| parse_kv(keys, kv).map(|(s, a)| (s, a, kv.lease())))
+        .filter_map(|kv| {
+            let (subnet, attrs) = parse_kv(keys, kv)?;
+            let lease = Lease {
+                subnet,
+                attrs,
+                expires: expiries.known(kv.lease()),
+            };
+            Some((lease, kv.lease()))
+        })
         .collect();
-    let ids: Vec<i64> = parsed.iter().map(|(_, _, id)| *id).collect();
-    expiries.keep_only(&ids.iter().copied().collect());
-    let times = expiries
-        .of_all(client, ids)
+    Ok((leases, revision))
+}
+
+/// Every lease under the subnets prefix that parses, with its expiry (asked of etcd
+/// for the leases not in `expiries`), and the listing's revision.
+async fn list(
+    client: &Client,
+    keys: &Keys,
+    expiries: &Expiries,
+) -> Result<(Vec<Lease>, Revision), StoreError> {
+    let (leases, revision) = list_unread(client, keys, expiries).await?;
+    let unread: Vec<i64> = leases
+        .iter()
+        .filter(|(l, _)| l.expires == Expiry::Unread)
+        .map(|(_, id)| *id)
+        .collect();
+    let mut read = expiries
+        .of_all(client, unread)
         .await
-        .map_err(etcd_err("lease time-to-live"))?;
-    let leases = parsed
+        .map_err(etcd_err("lease time-to-live"))?
+        .into_iter();
+    let leases = leases
         .into_iter()
-        .zip(times)
-        .map(|((subnet, attrs, _), expires)| Lease {
-            subnet,
-            attrs,
-            expires,
+        .map(|(mut lease, _)| {
+            if lease.expires == Expiry::Unread {
+                lease.expires = read.next().flatten().into();
+            }
+            lease
         })
         .collect();
     Ok((leases, revision))
@@ -404,6 +440,11 @@ impl LeaseStore for EtcdStore {
 
     async fn list_leases(&self) -> Result<(Vec<Lease>, Revision), StoreError> {
         list(&self.client, &self.keys, &self.expiries).await
+    }
+
+    async fn list_holders(&self) -> Result<(Vec<Lease>, Revision), StoreError> {
+        let (leases, revision) = list_unread(&self.client, &self.keys, &self.expiries).await?;
+        Ok((leases.into_iter().map(|(l, _)| l).collect(), revision))
     }
 
     async fn create_lease(
@@ -539,19 +580,32 @@ impl LeaseStore for EtcdStore {
             client: self.client.clone(),
             keys: self.keys.clone(),
             stream: None,
+            unread: HashMap::new(),
         })
     }
 }
 
 /// etcd as the watch loop sees it: a listing, then an etcd watch opened at the
 /// revision after it (and opened again after a failure).
+///
+/// Leases are delivered as soon as they are listed or changed, with the expiries
+/// [`Expiries`] knows; the others are delivered [`Expiry::Unread`] and read afterwards,
+/// [`READ_CHUNK`] at a time and only while no change waits. A node joining 5,000 peers
+/// so programs them without first waiting for 5,000 `TimeToLive` round trips (0.9 s
+/// here), and a live change is not held behind them.
 struct EtcdSource {
     connects: Arc<AtomicU64>,
     expiries: Expiries,
     client: Client,
     keys: Keys,
     stream: Option<WatchStream>,
+    /// The leases delivered unread and not changed since, by subnet: their etcd lease.
+    unread: HashMap<Subnet, i64>,
 }
+
+/// How many unread expiries one [`WatchEvent::Expiries`] carries at most (about 50 ms
+/// of `TimeToLive` requests here): a change arriving meanwhile waits at most that long.
+const READ_CHUNK: usize = 256;
 
 fn is_compacted(e: &etcd_client::Error) -> bool {
     e.to_string()
@@ -565,7 +619,13 @@ impl WatchSource for EtcdSource {
     async fn list(&mut self) -> Result<(Vec<Lease>, Revision), StoreError> {
         // The watch reopens at the revision after this listing.
         self.stream = None;
-        list(&self.client, &self.keys, &self.expiries).await
+        let (leases, revision) = list_unread(&self.client, &self.keys, &self.expiries).await?;
+        self.unread = leases
+            .iter()
+            .filter(|(l, _)| l.expires == Expiry::Unread)
+            .map(|(l, id)| (l.subnet, *id))
+            .collect();
+        Ok((leases.into_iter().map(|(l, _)| l).collect(), revision))
     }
 
     async fn poll(&mut self, since: Revision) -> Polled {
@@ -601,7 +661,13 @@ impl WatchSource for EtcdSource {
                 }
             }
         };
-        let polled = match stream.message().await {
+        // Changes first: unread expiries are read only while none waits.
+        let message = match stream.message().now_or_never() {
+            Some(message) => message,
+            None if !self.unread.is_empty() => return self.read_unread().await,
+            None => stream.message().await,
+        };
+        let polled = match message {
             Ok(Some(resp)) => self.handle(resp, since).await,
             Ok(None) => Polled::Failed("the lease watch was closed".to_owned()),
             Err(e) if is_compacted(&e) => Polled::Compacted {
@@ -618,7 +684,32 @@ impl WatchSource for EtcdSource {
 }
 
 impl EtcdSource {
-    async fn handle(&self, resp: WatchResponse, since: Revision) -> Polled {
+    /// Read up to [`READ_CHUNK`] of the unread expiries.
+    async fn read_unread(&mut self) -> Polled {
+        let chunk: Vec<(Subnet, i64)> = self
+            .unread
+            .iter()
+            .take(READ_CHUNK)
+            .map(|(subnet, id)| (*subnet, *id))
+            .collect();
+        let ids = chunk.iter().map(|(_, id)| *id).collect();
+        match self.expiries.of_all(&self.client, ids).await {
+            Ok(times) => Polled::Expiries(
+                chunk
+                    .into_iter()
+                    .zip(times)
+                    .filter_map(|((subnet, _), expires)| {
+                        self.unread.remove(&subnet);
+                        expires.map(|t| (subnet, t))
+                    })
+                    .collect(),
+            ),
+            // Still unread: asked again after the backoff.
+            Err(e) => Polled::Failed(format!("lease time-to-live failed: {e}")),
+        }
+    }
+
+    async fn handle(&mut self, resp: WatchResponse, since: Revision) -> Polled {
         if resp.compact_revision() != 0 {
             return Polled::Compacted {
                 what: COMPACTED,
@@ -655,59 +746,41 @@ impl EtcdSource {
                 next,
             };
         }
-        // Removals as they are; additions with their lease IDs, whose expiries are
-        // then looked up together (most are known already, see [`Expiries`]).
+        // Additions with the expiries known, the others unread (read later).
         let mut events = Vec::with_capacity(resp.events().len());
-        let mut added = Vec::new();
         let mut last = since;
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
             last = last.max(kv.mod_revision() + 1);
-            match event.event_type() {
-                EventType::Put => {
-                    let Some((subnet, attrs)) = parse_kv(&self.keys, kv) else {
-                        // The key now holds garbage (skipped with a warning): whatever
-                        // lease it held before is gone, as a re-list would find.
-                        if let Some(subnet) = parse_key(&self.keys, kv.key()) {
-                            events.push(LeaseEvent::Removed(Lease {
-                                subnet,
-                                attrs: placeholder_attrs(),
-                                expires: None,
-                            }));
-                        }
-                        continue;
-                    };
-                    added.push((events.len(), kv.lease()));
-                    events.push(LeaseEvent::Added(Lease {
-                        subnet,
-                        attrs,
-                        expires: None,
-                    }));
-                }
-                EventType::Delete => {
-                    let Some(subnet) = parse_key(&self.keys, kv.key()) else {
-                        continue;
-                    };
-                    // The subnet alone: the peer set answers with the lease it stored.
-                    debug!(%subnet, "lease removed");
-                    events.push(LeaseEvent::Removed(Lease {
-                        subnet,
-                        attrs: placeholder_attrs(),
-                        expires: None,
-                    }));
-                }
+            let Some(subnet) = parse_key(&self.keys, kv.key()) else {
+                continue;
+            };
+            self.unread.remove(&subnet);
+            let attrs = match event.event_type() {
+                EventType::Put => parse_kv(&self.keys, kv).map(|(_, attrs)| attrs),
+                EventType::Delete => None,
+            };
+            let Some(attrs) = attrs else {
+                // Deleted, or the key now holds garbage (skipped with a warning): the
+                // lease it held is gone, as a re-list would find. The subnet alone:
+                // the peer set answers with the lease it stored.
+                debug!(%subnet, "lease removed");
+                events.push(LeaseEvent::Removed(Lease {
+                    subnet,
+                    attrs: placeholder_attrs(),
+                    expires: Expiry::Never,
+                }));
+                continue;
+            };
+            let expires = self.expiries.known(kv.lease());
+            if expires == Expiry::Unread {
+                self.unread.insert(subnet, kv.lease());
             }
-        }
-        let ids = added.iter().map(|(_, id)| *id).collect();
-        let times = match self.expiries.of_all(&self.client, ids).await {
-            Ok(times) => times,
-            // Not delivered yet: the watch reopens at this response.
-            Err(e) => return Polled::Failed(format!("lease time-to-live failed: {e}")),
-        };
-        for ((at, _), expires) in added.into_iter().zip(times) {
-            if let LeaseEvent::Added(lease) = &mut events[at] {
-                lease.expires = expires;
-            }
+            events.push(LeaseEvent::Added(Lease {
+                subnet,
+                attrs,
+                expires,
+            }));
         }
         Polled::Changes { events, next: last }
     }

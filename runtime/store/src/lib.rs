@@ -17,6 +17,8 @@ mod watch;
 use std::time::{Duration, SystemTime};
 
 use futures::Stream;
+#[cfg(doc)]
+use twill_core::lease::Expiry;
 use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet::Subnet;
 
@@ -48,6 +50,10 @@ pub enum WatchEvent {
     Snapshot(Vec<Lease>),
     /// Changes since the previous delivery, in store order.
     Events(Vec<LeaseEvent>),
+    /// The expiries of leases delivered as [`Expiry::Unread`], read since: each for a
+    /// lease as the deliveries so far left it (a later change to a subnet drops its
+    /// pending read). Not a change: no lease appears, goes or changes holder.
+    Expiries(Vec<(Subnet, SystemTime)>),
 }
 
 /// A store failure. Store content that does not parse is never an error here: such
@@ -202,10 +208,20 @@ pub trait LeaseStore: Clone + Send + Sync + 'static {
     /// The network config text at `<prefix>/config`, or `None` if it is not there yet.
     fn get_config(&self) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
-    /// Every lease that parses, and the revision of the listing.
+    /// Every lease that parses, with its expiry, and the revision of the listing.
     fn list_leases(
         &self,
     ) -> impl Future<Output = Result<(Vec<Lease>, Revision), StoreError>> + Send;
+
+    /// Every lease that parses, as [`list_leases`](Self::list_leases), but an expiry
+    /// the store has to ask for lease by lease may be [`Expiry::Unread`]: for callers
+    /// that need only who holds which subnet (a node choosing its own), which would
+    /// otherwise cost etcd one `TimeToLive` request per lease.
+    fn list_holders(
+        &self,
+    ) -> impl Future<Output = Result<(Vec<Lease>, Revision), StoreError>> + Send {
+        self.list_leases()
+    }
 
     /// Create the lease only if no key exists for `subnet` (etcd: key version = 0).
     fn create_lease(

@@ -5,7 +5,7 @@
 use tracing::{info, warn};
 use twill_core::acquire::{Action, Exhausted, plan};
 use twill_core::config::Config;
-use twill_core::lease::{Lease, LeaseAttrs};
+use twill_core::lease::{Expiry, Lease, LeaseAttrs};
 use twill_core::subnet::Subnet;
 
 use crate::keys::placeholder_attrs;
@@ -52,7 +52,7 @@ pub async fn acquire<S: LeaseStore>(
     // them (a value that does not parse is skipped there), so they are not tried again.
     let mut occupied: Vec<Lease> = Vec::new();
     for attempt in 1..=RACE_RETRIES {
-        let (mut leases, _) = store.list_leases().await?;
+        let (mut leases, _) = store.list_holders().await?;
         if attempt == 1 {
             for l in leases.iter().filter(|l| !config.is_lease(&l.subnet)) {
                 warn!(
@@ -82,7 +82,7 @@ pub async fn acquire<S: LeaseStore>(
                     lease: Lease {
                         subnet: lease.subnet,
                         attrs: attrs.clone(),
-                        expires,
+                        expires: expires.into(),
                     },
                 });
             }
@@ -95,7 +95,7 @@ pub async fn acquire<S: LeaseStore>(
                     lease: Lease {
                         subnet,
                         attrs: attrs.clone(),
-                        expires: Some(expires),
+                        expires: Expiry::At(expires),
                     },
                 });
             }
@@ -108,7 +108,7 @@ pub async fn acquire<S: LeaseStore>(
                 occupied.push(Lease {
                     subnet,
                     attrs: placeholder_attrs(),
-                    expires: None,
+                    expires: Expiry::Never,
                 });
             }
         }

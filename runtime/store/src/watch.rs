@@ -5,11 +5,12 @@
 //! events in store order, with store failures retried forever with backoff and a log
 //! line each.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::Stream;
 use tracing::warn;
 use twill_core::lease::{Lease, LeaseEvent};
+use twill_core::subnet::Subnet;
 
 use crate::{Revision, StoreError, WatchEvent};
 use twill_core::error_chain;
@@ -33,6 +34,8 @@ pub(crate) enum Polled {
         what: &'static str,
         revision: Revision,
     },
+    /// The expiries of leases delivered as unread (see [`WatchEvent::Expiries`]).
+    Expiries(Vec<(Subnet, SystemTime)>),
     /// The look failed; it is retried after a backoff.
     Failed(String),
 }
@@ -96,6 +99,12 @@ impl<W: WatchSource> Loop<W> {
                     self.since = self.since.max(next);
                     if !events.is_empty() {
                         return WatchEvent::Events(events);
+                    }
+                }
+                Polled::Expiries(expiries) => {
+                    self.backoff = BACKOFF_MIN;
+                    if !expiries.is_empty() {
+                        return WatchEvent::Expiries(expiries);
                     }
                 }
                 Polled::Compacted { what, revision } => {

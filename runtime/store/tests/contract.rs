@@ -16,7 +16,7 @@ use etcd_client::Client;
 use futures::Stream;
 use twill_core::acquire::Exhausted;
 use twill_core::config::Config;
-use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use twill_core::lease::{Expiry, Lease, LeaseAttrs, LeaseEvent};
 use twill_core::peers::{PeerSet, Skip};
 use twill_core::subnet::Subnet;
 use twill_store::{
@@ -239,14 +239,14 @@ async fn acquire_creates_then_reuses<H: Harness>() {
     let got = acquire(&store, &config, &me, None).await.expect("acquire");
     assert!(config.fits(&got.lease.subnet), "{:?}", got.lease.subnet);
     assert_eq!(got.lease.attrs, me);
-    let left = secs_from_now(got.lease.expires.expect("a new lease has a TTL"));
+    let left = secs_from_now(got.lease.expires.at().expect("a new lease has a TTL"));
     assert!((86_000.0..=86_401.0).contains(&left), "expires in {left} s");
 
     let listed = list(&store).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].subnet, got.lease.subnet);
     assert_eq!(listed[0].attrs, me);
-    assert!(secs_from_now(listed[0].expires.expect("ttl")) > 86_000.0);
+    assert!(secs_from_now(listed[0].expires.at().expect("ttl")) > 86_000.0);
 
     // The same public IP gets the same subnet, with fresh attributes.
     let again = LeaseAttrs::new(Ipv4Addr::new(192, 168, 10, 1), "vxlan", None).expect("attrs");
@@ -321,7 +321,7 @@ async fn renew_extends_the_expiry<H: Harness>() {
         .create_lease(s, &mine, Duration::from_secs(60))
         .await
         .expect("create");
-    assert!(secs_from_now(list(&store).await[0].expires.expect("ttl")) <= 61.0);
+    assert!(secs_from_now(list(&store).await[0].expires.at().expect("ttl")) <= 61.0);
 
     let changed = LeaseAttrs::new(Ipv4Addr::new(192, 168, 0, 4), "vxlan", None).expect("attrs");
     let expires = store
@@ -334,7 +334,7 @@ async fn renew_extends_the_expiry<H: Harness>() {
     let listed = list(&store).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].attrs, changed);
-    let left = secs_from_now(listed[0].expires.expect("expiry"));
+    let left = secs_from_now(listed[0].expires.at().expect("expiry"));
     assert!(left > 86_000.0, "listed expiry {left} s away");
 
     // Renewing a lease that vanished writes it again.
@@ -370,7 +370,7 @@ async fn an_expired_lease_disappears<H: Harness>() {
     match one_event(&mut watch).await {
         LeaseEvent::Added(l) => {
             assert_eq!(l.subnet, s);
-            assert!(secs_from_now(l.expires.expect("ttl")) <= 2.5);
+            assert!(secs_from_now(l.expires.at().expect("ttl")) <= 2.5);
         }
         other => panic!("expected Added, got {other:?}"),
     }
@@ -455,10 +455,10 @@ async fn watch_delivers_snapshot_then_adds_and_removes<H: Harness>() {
     assert_eq!(snap.len(), 2, "{snap:?}");
     assert_eq!(snap[0].subnet, subnet("10.244.1.0/24"));
     assert_eq!(snap[0].attrs, a);
-    assert!(secs_from_now(snap[0].expires.expect("ttl")) > 500.0);
+    assert!(secs_from_now(snap[0].expires.at().expect("ttl")) > 500.0);
     assert_eq!(snap[1].subnet, subnet("10.244.9.0/24"));
     assert_eq!(snap[1].attrs, r);
-    assert_eq!(snap[1].expires, None);
+    assert_eq!(snap[1].expires, Expiry::Never);
 
     store
         .create_lease(subnet("10.244.2.0/24"), &b, Duration::from_secs(600))
@@ -468,7 +468,7 @@ async fn watch_delivers_snapshot_then_adds_and_removes<H: Harness>() {
         LeaseEvent::Added(l) => {
             assert_eq!(l.subnet, subnet("10.244.2.0/24"));
             assert_eq!(l.attrs, b);
-            assert!(secs_from_now(l.expires.expect("ttl")) > 500.0);
+            assert!(secs_from_now(l.expires.at().expect("ttl")) > 500.0);
         }
         other => panic!("expected Added, got {other:?}"),
     }
@@ -498,9 +498,9 @@ async fn watch_delivers_snapshot_then_adds_and_removes<H: Harness>() {
         [LeaseEvent::Added(r), LeaseEvent::Added(l)] => {
             assert_eq!(r.subnet, subnet("10.244.9.0/24"));
             assert_eq!(r.attrs, a);
-            assert_eq!(r.expires, None);
+            assert_eq!(r.expires, Expiry::Never);
             assert_eq!(l.subnet, subnet("10.244.2.0/24"));
-            assert!(secs_from_now(l.expires.expect("ttl")) > 86_000.0);
+            assert!(secs_from_now(l.expires.at().expect("ttl")) > 86_000.0);
         }
         other => panic!("expected two Added, got {other:?}"),
     }
@@ -545,10 +545,10 @@ async fn a_new_watch_resumes_after_a_restart<H: Harness>() {
     assert_eq!(snap.len(), 2, "{snap:?}");
     assert_eq!(snap[0].subnet, subnet("10.244.30.0/24"));
     assert_eq!(snap[0].attrs, a);
-    let left = secs_from_now(snap[0].expires.expect("the TTL survived"));
+    let left = secs_from_now(snap[0].expires.at().expect("the TTL survived"));
     assert!((500.0..=601.0).contains(&left), "expires in {left} s");
     assert_eq!(snap[1].subnet, subnet("10.244.39.0/24"));
-    assert_eq!(snap[1].expires, None);
+    assert_eq!(snap[1].expires, Expiry::Never);
 
     // And it goes on watching.
     store
@@ -568,7 +568,11 @@ async fn a_reservation_survives_renewal<H: Harness>() {
     h.reserve(s, &attrs([192, 168, 0, 5])).await;
     let listed = list(&store).await;
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].expires, None, "a reservation has no expiry");
+    assert_eq!(
+        listed[0].expires,
+        Expiry::Never,
+        "a reservation has no expiry"
+    );
 
     let mine = LeaseAttrs::new(Ipv4Addr::new(192, 168, 0, 5), "vxlan", None).expect("attrs");
     assert_eq!(
@@ -577,7 +581,8 @@ async fn a_reservation_survives_renewal<H: Harness>() {
     );
     let listed = list(&store).await;
     assert_eq!(
-        listed[0].expires, None,
+        listed[0].expires,
+        Expiry::Never,
         "no TTL after renewal (flannel #1329)"
     );
     assert_eq!(listed[0].attrs, mine);
@@ -587,8 +592,8 @@ async fn a_reservation_survives_renewal<H: Harness>() {
         .await
         .expect("acquire");
     assert_eq!(got.lease.subnet, s);
-    assert_eq!(got.lease.expires, None);
-    assert_eq!(list(&store).await[0].expires, None);
+    assert_eq!(got.lease.expires, Expiry::Never);
+    assert_eq!(list(&store).await[0].expires, Expiry::Never);
 }
 
 async fn racing_acquires_for_the_last_subnet<H: Harness>() {

@@ -10,7 +10,7 @@ use common::{Etcd, attrs, next, secs_from_now, subnet};
 use etcd_client::{Client, GetOptions, PutOptions};
 use twill_core::acquire::Exhausted;
 use twill_core::config::Config;
-use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use twill_core::lease::{Expiry, Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet::Subnet;
 use twill_store::{
     AcquireError, Created, EtcdOptions, EtcdStore, LEASE_TTL, LeaseStore, WatchEvent, acquire,
@@ -141,7 +141,7 @@ async fn renew_extends_and_revokes_the_old_lease() {
 
     let (listed, _) = store.list_leases().await.expect("list");
     assert_eq!(listed.len(), 1);
-    let left = secs_from_now(listed[0].expires.expect("expiry"));
+    let left = secs_from_now(listed[0].expires.at().expect("expiry"));
     assert!(left > 86_000.0, "listed expiry {left} s away");
 
     // Renewing a lease that vanished writes it again.
@@ -169,7 +169,11 @@ async fn a_reservation_survives_renewal_without_a_ttl() {
         .expect("put reservation");
     let (listed, _) = store.list_leases().await.expect("list");
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].expires, None, "a reservation has no expiry");
+    assert_eq!(
+        listed[0].expires,
+        Expiry::Never,
+        "a reservation has no expiry"
+    );
 
     let mine = attrs([192, 168, 0, 5]);
     assert_eq!(
@@ -192,7 +196,7 @@ async fn a_reservation_survives_renewal_without_a_ttl() {
         .await
         .expect("acquire");
     assert_eq!(got.lease.subnet, s);
-    assert_eq!(got.lease.expires, None);
+    assert_eq!(got.lease.expires, Expiry::Never);
     let (_, lease) = read_raw(&mut client, &key("10.244.5.0/24"))
         .await
         .expect("reservation kept");
@@ -420,7 +424,7 @@ async fn acquire_reuses_the_lease_with_our_public_ip() {
         .expect("acquire");
     assert_eq!(got.lease.subnet, ours);
     assert_eq!(got.lease.attrs, me);
-    assert!(secs_from_now(got.lease.expires.expect("ttl")) > 86_000.0);
+    assert!(secs_from_now(got.lease.expires.at().expect("ttl")) > 86_000.0);
     let (value, lease) = read_raw(&mut client, &key("10.244.40.0/24"))
         .await
         .expect("key");
@@ -493,62 +497,104 @@ fn time_to_live_requests(etcd: &Etcd) -> u64 {
         .sum()
 }
 
-/// A lease's expiry is fixed when its etcd lease is granted (flanneld and twill grant a
-/// new one at every renewal), so the store asks etcd for it once per etcd lease, counted
-/// by etcd itself: a second listing and the watch's snapshot ask nothing more, a lease
-/// added later is asked once, and one this store granted is not asked at all.
-#[tokio::test]
-async fn each_etcd_lease_is_asked_its_expiry_once() {
-    let etcd = Etcd::start();
-    let mut client = raw(&etcd).await;
-    for i in 1..=20 {
-        let granted = client.lease_grant(3600, None).await.expect("grant");
-        client
-            .put(
-                key(&format!("10.244.{i}.0/24")),
-                attrs([192, 168, 0, i]).to_json(),
-                Some(PutOptions::new().with_lease(granted.id())),
-            )
-            .await
-            .expect("put");
-    }
-    let store = store(&etcd).await;
-    let before = time_to_live_requests(&etcd);
-    let (first, _) = store.list_leases().await.expect("list");
-    assert_eq!(first.len(), 20);
-    assert_eq!(time_to_live_requests(&etcd) - before, 20, "one per lease");
-    let (second, _) = store.list_leases().await.expect("list again");
-    let mut watch = pin!(store.watch_leases());
-    let listed = snapshot(next(&mut watch).await);
-    assert_eq!(
-        time_to_live_requests(&etcd) - before,
-        20,
-        "nothing asked again"
-    );
-    let sorted = |mut l: Vec<Lease>| {
-        l.sort_by_key(|l| l.subnet);
-        l
-    };
-    assert_eq!(sorted(first.clone()), sorted(second), "the same expiries");
-    assert_eq!(sorted(first), listed);
-    // A lease added meanwhile: asked once, for its watch event.
+/// Put a lease on `s` for `ip` under a fresh one-hour etcd lease, as another node would.
+async fn put_with_ttl(client: &mut Client, s: &str, ip: u8) {
     let granted = client.lease_grant(3600, None).await.expect("grant");
     client
         .put(
-            key("10.244.99.0/24"),
-            attrs([192, 168, 0, 99]).to_json(),
+            key(s),
+            attrs([192, 168, 0, ip]).to_json(),
             Some(PutOptions::new().with_lease(granted.id())),
         )
         .await
         .expect("put");
-    match events(next(&mut watch).await).as_slice() {
-        [LeaseEvent::Added(l)] => {
-            let left = secs_from_now(l.expires.expect("a TTL"));
-            assert!((3590.0..=3600.0).contains(&left), "{left} s left");
-        }
-        other => panic!("expected one Added, got {other:?}"),
+}
+
+/// A lease's expiry is fixed when its etcd lease is granted (flanneld and twill grant a
+/// new one at every renewal), so the store asks etcd for it once per etcd lease, counted
+/// by etcd itself. Choosing a subnet asks nothing; the watch delivers every lease at
+/// once, unread, and the expiries after, in an order that never names a lease the
+/// deliveries so far have removed; a lease added later is asked once; one this store
+/// granted is not asked at all; a full listing asks only what it does not know.
+#[tokio::test]
+async fn each_etcd_lease_is_asked_its_expiry_once_and_after_it_is_delivered() {
+    let etcd = Etcd::start();
+    let mut client = raw(&etcd).await;
+    for i in 1..=20 {
+        put_with_ttl(&mut client, &format!("10.244.{i}.0/24"), i).await;
     }
-    assert_eq!(time_to_live_requests(&etcd) - before, 21);
+    let store = store(&etcd).await;
+    let before = time_to_live_requests(&etcd);
+    let asked = || time_to_live_requests(&etcd) - before;
+
+    let (holders, _) = store.list_holders().await.expect("list holders");
+    assert_eq!(holders.len(), 20);
+    assert!(holders.iter().all(|l| l.expires == Expiry::Unread));
+    assert_eq!(asked(), 0, "choosing a subnet needs no expiry");
+
+    let mut watch = pin!(store.watch_leases());
+    let mut model: std::collections::BTreeMap<Subnet, Expiry> = snapshot(next(&mut watch).await)
+        .into_iter()
+        .map(|l| (l.subnet, l.expires))
+        .collect();
+    assert_eq!(model.len(), 20);
+    assert!(model.values().all(|e| *e == Expiry::Unread), "{model:?}");
+    assert_eq!(
+        asked(),
+        0,
+        "the snapshot is delivered before any expiry is asked"
+    );
+
+    // Changes while the expiries are unread: one lease goes, another comes.
+    client
+        .delete(key("10.244.1.0/24"), None)
+        .await
+        .expect("delete");
+    put_with_ttl(&mut client, "10.244.99.0/24", 99).await;
+    let (gone, new) = (subnet("10.244.1.0/24"), subnet("10.244.99.0/24"));
+    let mut saw = (false, false);
+    while !(saw.0 && saw.1) || model.values().any(|e| *e == Expiry::Unread) {
+        match next(&mut watch).await {
+            WatchEvent::Events(events) => {
+                for e in events {
+                    match e {
+                        LeaseEvent::Added(l) => {
+                            saw.1 |= l.subnet == new;
+                            model.insert(l.subnet, l.expires);
+                        }
+                        LeaseEvent::Removed(l) => {
+                            saw.0 |= l.subnet == gone;
+                            model.remove(&l.subnet);
+                        }
+                    }
+                }
+            }
+            WatchEvent::Expiries(read) => {
+                for (s, t) in read {
+                    let slot = model.get_mut(&s).unwrap_or_else(|| {
+                        panic!("an expiry for {s}, which the deliveries removed")
+                    });
+                    assert_eq!(*slot, Expiry::Unread, "{s} was not unread");
+                    let left = secs_from_now(t);
+                    assert!((3590.0..=3600.0).contains(&left), "{s}: {left} s left");
+                    *slot = Expiry::At(t);
+                }
+            }
+            WatchEvent::Snapshot(l) => panic!("no second snapshot expected: {l:?}"),
+        }
+    }
+    assert_eq!(model.len(), 20);
+    // The 20 listed (the removed one perhaps read before its removal came) and the new one.
+    assert!((21..=22).contains(&asked()), "{} asked", asked());
+    let after_watch = asked();
+
+    // A full listing now knows every expiry, the same as the watch delivered.
+    let (listed, _) = store.list_leases().await.expect("list");
+    let listed: std::collections::BTreeMap<Subnet, Expiry> =
+        listed.into_iter().map(|l| (l.subnet, l.expires)).collect();
+    assert_eq!(listed, model, "the listing and the watch agree");
+    assert_eq!(asked(), after_watch, "nothing asked again");
+
     // Our own lease, granted by this store: its expiry is known without asking.
     store
         .create_lease(
@@ -558,7 +604,16 @@ async fn each_etcd_lease_is_asked_its_expiry_once() {
         )
         .await
         .expect("create");
-    let _ = next(&mut watch).await;
-    store.list_leases().await.expect("list");
-    assert_eq!(time_to_live_requests(&etcd) - before, 21);
+    match events(next(&mut watch).await).as_slice() {
+        [LeaseEvent::Added(l)] => assert!(matches!(l.expires, Expiry::At(_)), "{l:?}"),
+        other => panic!("expected one Added, got {other:?}"),
+    }
+    assert_eq!(asked(), after_watch);
+
+    // Another client asks each lease once for a full listing, then no more.
+    let other = self::store(&etcd).await;
+    other.list_leases().await.expect("list");
+    assert_eq!(asked(), after_watch + 21, "one per lease");
+    other.list_leases().await.expect("list again");
+    assert_eq!(asked(), after_watch + 21, "nothing asked again");
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use twill_core::Subnet;
-use twill_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use twill_core::lease::{Expiry, Lease, LeaseAttrs, LeaseEvent};
 use twill_net::Kernel;
 use twill_net::fake::{Call, FakeKernel};
 use twill_plugin_host::{
@@ -137,7 +137,7 @@ pub fn sample_peers(
             Ok(Lease {
                 subnet,
                 attrs,
-                expires: None,
+                expires: Expiry::Never,
             })
         })
         .collect()

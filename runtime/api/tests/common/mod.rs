@@ -29,7 +29,7 @@ pub fn lease(text: &str, ip: [u8; 4], ttl: Option<Duration>) -> Lease {
             Some(r#"{"VNI":1,"VtepMAC":"0e:2a:5b:11:22:33"}"#),
         )
         .expect("attrs"),
-        expires: ttl.map(|ttl| SystemTime::now() + ttl),
+        expires: ttl.map(|ttl| SystemTime::now() + ttl).into(),
     }
 }
 
@@ -53,7 +53,7 @@ pub fn populated() -> (ApiState, Arc<Metrics>) {
     let reserved = lease("10.244.4.0/24", [192, 168, 1, 4], None);
     state.set_subnet(own.subnet);
     state.set_mtu(1450);
-    state.set_own_lease_expiry(own.expires);
+    state.set_own_lease_expiry(own.expires.at());
     state.set_store_state(StoreState::Connected);
     state.set_leases([&own, &programmed, &failing]);
     state.apply_lease_event(&LeaseEvent::Added(reserved.clone()));

@@ -173,7 +173,7 @@ impl EmbeddedSource {
                         Some((subnet, attrs)) => events.push(LeaseEvent::Added(Lease {
                             subnet,
                             attrs,
-                            expires: change.expires_ms.map(to_time),
+                            expires: change.expires_ms.map(to_time).into(),
                         })),
                         // The key now holds garbage (skipped with a warning): whatever
                         // lease it held before is gone, as a re-list would find.
@@ -182,7 +182,7 @@ impl EmbeddedSource {
                                 events.push(LeaseEvent::Removed(Lease {
                                     subnet,
                                     attrs: placeholder_attrs(),
-                                    expires: None,
+                                    expires: Expiry::Never,
                                 }));
                             }
                         }
@@ -196,7 +196,7 @@ impl EmbeddedSource {
                     events.push(LeaseEvent::Removed(Lease {
                         subnet,
                         attrs: removed_attrs(Some(change.value.as_bytes())),
-                        expires: None,
+                        expires: Expiry::Never,
                     }));
                 }
             }

@@ -112,7 +112,7 @@ async fn garbage_is_skipped_by_listings_and_read_as_removal_by_watches() {
             LeaseEvent::Removed(Lease {
                 subnet: subnet("10.244.10.0/24"),
                 attrs: placeholder_attrs(),
-                expires: None,
+                expires: twill_core::lease::Expiry::Never,
             }),
             LeaseEvent::Added(leases_of(store).await.remove(1)),
         ]

@@ -8,10 +8,12 @@
 //!   in flight);
 //! - twill starts on the node (its compiled plugin cached, as after a node's first
 //!   start), and the time until every peer's route, neighbour and FDB entry is on
-//!   `flannel.1` is the join time; its resident memory is then read;
+//!   `flannel.1` is the join time. twill asks etcd each lease's expiry after that (one
+//!   `TimeToLive` per lease); the time until its API shows them all is printed too, and
+//!   its resident memory is read once they are;
 //! - N/10 more leases are written at once (live add, transactions as above), then
 //!   deleted at once (live remove, one range delete), each timed from the start of the
-//!   write until the kernel shows it;
+//!   write until the kernel shows it, on the settled node;
 //! - the baseline, in the same run: the same objects written by `ip -batch` and
 //!   `bridge -batch` into a fresh namespace holding only a `flannel.1`, for the join, the
 //!   add and the remove, timed by the same poll of the kernel as twill is (from the
@@ -191,6 +193,50 @@ fn etcd_delete_range(etcd_ns: &str, (start, end): (String, String)) -> Result<Du
             .await?;
         Ok(started.elapsed())
     })
+}
+
+/// How many `LeaseTimeToLive` requests etcd has answered (its own `/metrics`), read
+/// from inside the etcd namespace.
+fn time_to_live_requests(etcd_ns: &str) -> Result<u64, String> {
+    netns::in_netns(Some(etcd_ns), || {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect((ETCD_IP, 2379))?;
+        write!(conn, "GET /metrics HTTP/1.0\r\nHost: {ETCD_IP}\r\n\r\n")?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text)?;
+        Ok(text
+            .lines()
+            .filter(|l| {
+                l.starts_with("grpc_server_handled_total{")
+                    && l.contains(r#"grpc_method="LeaseTimeToLive""#)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum())
+    })
+    .map_err(|e| format!("etcd's /metrics: {e}"))
+}
+
+/// From `since` until etcd has answered `want` more `TimeToLive` requests than
+/// `before`: twill programs the peers first and asks their expiries afterwards, one
+/// request per lease. Counted by etcd, so the wait costs twill nothing.
+fn expiries_read(
+    etcd_ns: &str,
+    before: u64,
+    want: u64,
+    since: Instant,
+) -> Result<Duration, String> {
+    loop {
+        let asked = time_to_live_requests(etcd_ns)? - before;
+        if asked >= want {
+            return Ok(since.elapsed());
+        }
+        if since.elapsed() > CONVERGE_LIMIT {
+            return Err(format!(
+                "etcd answered {asked} of {want} expiries in {CONVERGE_LIMIT:?}"
+            ));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Routes, neighbours and FDB entries (with a destination) on `flannel.1` in `ns`.
@@ -385,6 +431,8 @@ struct Row {
     peers: u32,
     write: Duration,
     twill: Duration,
+    /// From twill's start until its API shows every lease's expiry.
+    read: Duration,
     base: Duration,
     rss: f64,
     peak: f64,
@@ -433,9 +481,12 @@ fn measure(c: &mut Cluster, n: u32) -> Result<Row, String> {
     };
     let write = etcd_bulk(&etcd_ns, puts(&(0..n).collect::<Vec<u32>>())?)?;
 
+    let asked_before = time_to_live_requests(&etcd_ns)?;
     let started = Instant::now();
     c.start_twill_with(1, &["--iface", "eth0"]);
     let twill = converged(&node_ns, n as usize, started)?;
+    // Settled: the live changes below meet a node in its steady state.
+    let read = expiries_read(&etcd_ns, asked_before, u64::from(n), started)?;
     let pid = c.nodes[0].twill_pid().ok_or("twill exited")?;
     thread::sleep(Duration::from_millis(500));
     let (rss, _) = memory(pid);
@@ -492,6 +543,7 @@ fn measure(c: &mut Cluster, n: u32) -> Result<Row, String> {
         peers: n,
         write,
         twill,
+        read,
         base,
         rss,
         peak,
@@ -529,8 +581,10 @@ pub fn run_scale(id: &str, sizes: &[u32], json_path: Option<&Path>) -> bool {
         match measure(&mut c, n) {
             Ok(row) => {
                 eprintln!(
-                    "bench: {n} peers: twill {:.2} s, ip/bridge -batch {:.2} s",
+                    "bench: {n} peers: twill {:.2} s (every expiry read at {:.2} s), \
+                     ip/bridge -batch {:.2} s",
                     row.twill.as_secs_f64(),
+                    row.read.as_secs_f64(),
                     row.base.as_secs_f64()
                 );
                 rows.push(row);
@@ -578,7 +632,8 @@ pub fn run_scale(id: &str, sizes: &[u32], json_path: Option<&Path>) -> bool {
     println!(
         "(twill: from its start until every route, neighbour and FDB entry is on flannel.1; \
          batch: ip -batch + bridge -batch of the same objects in a fresh namespace, same run; \
-         ±10%: from the start of the etcd write until the kernel shows it. Leases written in \
+         ±10%: from the start of the etcd write until the kernel shows it, once twill has \
+         read every lease's expiry. Leases written in \
          {} s.)",
         rows.iter()
             .map(|r| format!("{:.1}", r.write.as_secs_f64()))
@@ -592,6 +647,7 @@ pub fn run_scale(id: &str, sizes: &[u32], json_path: Option<&Path>) -> bool {
                 json!({
                     "peers": r.peers,
                     "twill_seconds": r.twill.as_secs_f64(),
+                    "expiries_read_seconds": r.read.as_secs_f64(),
                     "batch_seconds": r.base.as_secs_f64(),
                     "rss_mb": r.rss,
                     "peak_rss_mb": r.peak,
