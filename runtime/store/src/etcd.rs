@@ -13,7 +13,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
     PutOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
 };
-use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use tracing::{debug, warn};
 use twill_core::lease::{Expiry, Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet::Subnet;
@@ -661,11 +661,25 @@ impl WatchSource for EtcdSource {
                 }
             }
         };
-        // Changes first: unread expiries are read only while none waits.
-        let message = match stream.message().now_or_never() {
-            Some(message) => message,
-            None if !self.unread.is_empty() => return self.read_unread().await,
-            None => stream.message().await,
+        let message = if self.unread.is_empty() {
+            stream.message().await
+        } else {
+            // Changes first: a chunk of unread expiries is read while none waits, and a
+            // change that arrives meanwhile cuts the read short (the expiries answered
+            // so far are kept in `Expiries`; the chunk is asked again later).
+            let chunk: Vec<(Subnet, i64)> = self
+                .unread
+                .iter()
+                .take(READ_CHUNK)
+                .map(|(subnet, id)| (*subnet, *id))
+                .collect();
+            let ids = chunk.iter().map(|(_, id)| *id).collect();
+            let read = self.expiries.of_all(&self.client, ids);
+            tokio::select! {
+                biased;
+                message = stream.message() => message,
+                read = read => return self.read(chunk, read),
+            }
         };
         let polled = match message {
             Ok(Some(resp)) => self.handle(resp, since).await,
@@ -684,16 +698,13 @@ impl WatchSource for EtcdSource {
 }
 
 impl EtcdSource {
-    /// Read up to [`READ_CHUNK`] of the unread expiries.
-    async fn read_unread(&mut self) -> Polled {
-        let chunk: Vec<(Subnet, i64)> = self
-            .unread
-            .iter()
-            .take(READ_CHUNK)
-            .map(|(subnet, id)| (*subnet, *id))
-            .collect();
-        let ids = chunk.iter().map(|(_, id)| *id).collect();
-        match self.expiries.of_all(&self.client, ids).await {
+    /// The expiries read for `chunk` of the unread ones.
+    fn read(
+        &mut self,
+        chunk: Vec<(Subnet, i64)>,
+        read: Result<Vec<Option<SystemTime>>, etcd_client::Error>,
+    ) -> Polled {
+        match read {
             Ok(times) => Polled::Expiries(
                 chunk
                     .into_iter()
