@@ -176,7 +176,7 @@ impl Peers {
     fn report_conflicts(&mut self, api: &ApiState) {
         let mut now = BTreeSet::new();
         for (ip, subnets) in self.set.shared_ips() {
-            for subnet in subnets {
+            for subnet in &subnets {
                 let others: Vec<String> = subnets
                     .iter()
                     .filter(|s| *s != subnet)
