@@ -67,11 +67,92 @@ struct Inner {
     lease_held: bool,
     backend_initialised: bool,
     subnet_env_written: bool,
-    leases: BTreeMap<Subnet, LeaseEntry>,
-    peers: BTreeMap<Subnet, Peer>,
+    leases: BTreeMap<Subnet, LeaseRecord>,
+    peers: BTreeMap<Subnet, PeerRecord>,
     /// Probes of each peer unanswered since its last answer.
     probe_losses: BTreeMap<Subnet, u32>,
     plugins: BTreeMap<String, Plugin>,
+}
+
+/// A lease as the state keeps it, made a [`LeaseEntry`] when asked for: the subnet is
+/// its key and the expiry a time, not text (a node keeps one per lease, 20,000 of them).
+#[derive(Debug, Clone)]
+struct LeaseRecord {
+    public_ip: Ipv4Addr,
+    backend_type: String,
+    backend_data: Option<BackendData>,
+    expires: Option<SystemTime>,
+    invalid: Option<String>,
+}
+
+impl LeaseRecord {
+    fn new(lease: &Lease) -> Self {
+        Self {
+            public_ip: lease.attrs.public_ip,
+            backend_type: lease.attrs.backend_type.clone(),
+            backend_data: backend_data(lease),
+            expires: lease.expires.at(),
+            invalid: None,
+        }
+    }
+
+    fn entry(&self, subnet: Subnet, own: bool) -> LeaseEntry {
+        LeaseEntry {
+            subnet: subnet.to_string(),
+            public_ip: self.public_ip,
+            backend_type: self.backend_type.clone(),
+            backend_data: self.backend_data.clone(),
+            expires_at: self.expires.map(rfc3339),
+            own,
+            invalid: self.invalid.clone(),
+        }
+    }
+}
+
+/// A peer as the state keeps it, made a [`Peer`] when asked for: the subnet is its key,
+/// times are times, and what was programmed is shared with the daemon's own record.
+#[derive(Debug, Clone)]
+struct PeerRecord {
+    public_ip: Ipv4Addr,
+    backend_type: String,
+    backend_data: Option<BackendData>,
+    programmed: Arc<str>,
+    state: PeerState,
+    state_since: SystemTime,
+    last_error: Option<ErrorInfo>,
+    health: Option<HealthRecord>,
+}
+
+/// [`PeerHealth`], with times as times.
+#[derive(Debug, Clone, Copy)]
+struct HealthRecord {
+    reachable: bool,
+    rtt_ms: Option<f64>,
+    checked_at: SystemTime,
+    since: SystemTime,
+    lost_in_a_row: u32,
+}
+
+impl PeerRecord {
+    fn peer(&self, subnet: Subnet) -> Peer {
+        Peer {
+            subnet: subnet.to_string(),
+            public_ip: self.public_ip,
+            backend_type: self.backend_type.clone(),
+            backend_data: self.backend_data.clone(),
+            programmed: self.programmed.to_string(),
+            state: self.state,
+            state_since: rfc3339(self.state_since),
+            last_error: self.last_error.clone(),
+            health: self.health.map(|h| PeerHealth {
+                reachable: h.reachable,
+                rtt_ms: h.rtt_ms,
+                checked_at: rfc3339(h.checked_at),
+                since: rfc3339(h.since),
+                lost_in_a_row: h.lost_in_a_row,
+            }),
+        }
+    }
 }
 
 /// Counts that the metrics gauges mirror, read in one go at scrape time.
@@ -229,7 +310,7 @@ impl ApiState {
     pub fn set_leases<'a>(&self, leases: impl IntoIterator<Item = &'a Lease>) {
         let leases = leases
             .into_iter()
-            .map(|l| (l.subnet, lease_entry(l)))
+            .map(|l| (l.subnet, LeaseRecord::new(l)))
             .collect();
         self.write().leases = leases;
     }
@@ -239,7 +320,7 @@ impl ApiState {
         let mut inner = self.write();
         match event {
             LeaseEvent::Added(lease) => {
-                inner.leases.insert(lease.subnet, lease_entry(lease));
+                inner.leases.insert(lease.subnet, LeaseRecord::new(lease));
             }
             LeaseEvent::Removed(lease) => {
                 inner.leases.remove(&lease.subnet);
@@ -253,7 +334,7 @@ impl ApiState {
         let mut inner = self.write();
         for (subnet, t) in expiries {
             if let Some(entry) = inner.leases.get_mut(subnet) {
-                entry.expires_at = Some(rfc3339(*t));
+                entry.expires = Some(*t);
             }
         }
     }
@@ -272,7 +353,7 @@ impl ApiState {
     /// the lease's attributes. The last error of a peer already known is kept; a peer
     /// handed again with the same lease (a resync, a replay) keeps its state.
     pub fn peer_pending(&self, lease: &Lease) {
-        let now = rfc3339(SystemTime::now());
+        let now = SystemTime::now();
         let mut inner = self.write();
         // The same lease handed again (a resync, a restart's replay) changes nothing:
         // the peer keeps its state and `state_since`.
@@ -286,16 +367,15 @@ impl ApiState {
         let (last_error, health) = inner
             .peers
             .get(&lease.subnet)
-            .map(|p| (p.last_error.clone(), p.health.clone()))
+            .map(|p| (p.last_error.clone(), p.health))
             .unwrap_or_default();
         inner.peers.insert(
             lease.subnet,
-            Peer {
-                subnet: lease.subnet.to_string(),
+            PeerRecord {
                 public_ip: lease.attrs.public_ip,
                 backend_type: lease.attrs.backend_type.clone(),
                 backend_data: backend_data(lease),
-                programmed: String::new(),
+                programmed: Arc::from(""),
                 state: PeerState::Pending,
                 state_since: now,
                 last_error,
@@ -307,7 +387,7 @@ impl ApiState {
     /// The backend programmed the peer; `programmed` says what, for a person (e.g.
     /// `route 10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink; neigh …; fdb …`).
     /// Unknown subnets are ignored.
-    pub fn peer_programmed(&self, subnet: Subnet, programmed: impl Into<String>) {
+    pub fn peer_programmed(&self, subnet: Subnet, programmed: impl Into<Arc<str>>) {
         let now = SystemTime::now();
         if let Some(peer) = self.write().peers.get_mut(&subnet) {
             peer.programmed = programmed.into();
@@ -341,7 +421,7 @@ impl ApiState {
     /// result changed it (or decided it for the first time); unknown subnets are
     /// ignored.
     pub fn peer_probed(&self, subnet: Subnet, result: ProbeResult) -> Option<bool> {
-        let now = rfc3339(SystemTime::now());
+        let now = SystemTime::now();
         let mut inner = self.write();
         let Inner {
             peers,
@@ -350,7 +430,7 @@ impl ApiState {
         } = &mut *inner;
         let peer = peers.get_mut(&subnet)?;
         let lost = probe_losses.entry(subnet).or_default();
-        let previous = peer.health.as_ref();
+        let previous = peer.health;
         let (reachable, rtt_ms) = match result {
             ProbeResult::Answered(rtt) => {
                 *lost = 0;
@@ -368,10 +448,10 @@ impl ApiState {
         };
         let changed = previous.map(|h| h.reachable) != Some(reachable);
         let since = match previous {
-            Some(h) if !changed => h.since.clone(),
-            _ => now.clone(),
+            Some(h) if !changed => h.since,
+            _ => now,
         };
-        peer.health = Some(PeerHealth {
+        peer.health = Some(HealthRecord {
             reachable,
             rtt_ms,
             checked_at: now,
@@ -468,15 +548,16 @@ impl ApiState {
         inner
             .leases
             .iter()
-            .map(|(subnet, entry)| LeaseEntry {
-                own: Some(*subnet) == inner.subnet,
-                ..entry.clone()
-            })
+            .map(|(subnet, entry)| entry.entry(*subnet, Some(*subnet) == inner.subnet))
             .collect()
     }
 
     pub(crate) fn peers(&self) -> Vec<Peer> {
-        self.read().peers.values().cloned().collect()
+        self.read()
+            .peers
+            .iter()
+            .map(|(subnet, peer)| peer.peer(*subnet))
+            .collect()
     }
 
     pub(crate) fn plugins(&self) -> Vec<Plugin> {
@@ -503,10 +584,10 @@ impl ApiState {
                 }),
             health: inner
                 .peers
-                .values()
-                .filter_map(|p| {
+                .iter()
+                .filter_map(|(subnet, p)| {
                     let h = p.health.as_ref()?;
-                    Some((p.subnet.clone(), h.reachable, h.rtt_ms))
+                    Some((subnet.to_string(), h.reachable, h.rtt_ms))
                 })
                 .collect(),
             health_counts: inner.health_counts(),
@@ -569,27 +650,15 @@ impl Inner {
     }
 }
 
-fn lease_entry(lease: &Lease) -> LeaseEntry {
-    LeaseEntry {
-        subnet: lease.subnet.to_string(),
-        public_ip: lease.attrs.public_ip,
-        backend_type: lease.attrs.backend_type.clone(),
-        backend_data: backend_data(lease),
-        expires_at: lease.expires.at().map(rfc3339),
-        own: false,
-        invalid: None,
-    }
-}
-
 /// The lease's BackendData, kept as its text.
 fn backend_data(lease: &Lease) -> Option<BackendData> {
     lease.attrs.backend_data.as_deref().map(BackendData::new)
 }
 
-fn set_peer_state(peer: &mut Peer, state: PeerState, now: SystemTime) {
+fn set_peer_state(peer: &mut PeerRecord, state: PeerState, now: SystemTime) {
     if peer.state != state {
         peer.state = state;
-        peer.state_since = rfc3339(now);
+        peer.state_since = now;
     }
 }
 

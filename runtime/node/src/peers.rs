@@ -20,8 +20,8 @@ use crate::Node;
 /// What the backend last reported for a peer.
 #[derive(Debug, Default)]
 struct PeerState {
-    /// What is programmed for it, when it is.
-    programmed: Option<String>,
+    /// What is programmed for it, when it is (the API shows the same text).
+    programmed: Option<std::sync::Arc<str>>,
     /// Its error and since when, when it is in error.
     error: Option<(String, SystemTime)>,
 }
@@ -151,10 +151,12 @@ impl Peers {
                 Ok(programmed) => {
                     if state.error.is_some() || state.programmed.as_deref() != Some(&programmed) {
                         tracing::info!(%subnet, %public_ip, "peer programmed: {programmed}");
+                        state.programmed = Some(programmed.into());
                     }
-                    api.peer_programmed(subnet, programmed.clone());
+                    if let Some(programmed) = &state.programmed {
+                        api.peer_programmed(subnet, programmed.clone());
+                    }
                     state.error = None;
-                    state.programmed = Some(programmed);
                 }
                 Err(e) => {
                     let message = e.to_string();
