@@ -43,7 +43,6 @@ mod switch;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,7 +53,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use twill_api::{ApiState, Metrics, StoreState};
 use twill_core::Config;
 use twill_core::lease::{Lease, LeaseAttrs};
-use twill_store::LeaseStore;
+use twill_store::{LeaseStore, LeaseWatch};
 
 use peers::Peers;
 use report::Report;
@@ -289,8 +288,15 @@ struct Node<S> {
 }
 
 impl<S: LeaseStore> Node<S> {
-    async fn run(mut self, mut signals: Signals) -> anyhow::Result<()> {
-        let mut watch = pin!(self.own.store.watch_leases());
+    /// Serve until SIGTERM/SIGINT or a fatal error. `watch` is the lease watch whose
+    /// first listing the start read, and `listed` that listing with our lease as
+    /// acquired: it is handed over first, then the watch's changes since.
+    async fn run(
+        mut self,
+        mut signals: Signals,
+        mut watch: LeaseWatch,
+        listed: Vec<Lease>,
+    ) -> anyhow::Result<()> {
         let (probe_tx, mut probed) = tokio::sync::mpsc::channel(1);
         let _probe = AbortOnDrop(tokio::spawn(probe_store(self.own.store.clone(), probe_tx)));
         let _peer_probes = (!self.probes.settings.interval.is_zero()).then(|| {
@@ -311,6 +317,9 @@ impl<S: LeaseStore> Node<S> {
         rules_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
         self.own.renew_at = self.renew_deadline();
+        self.on_watch(twill_store::WatchEvent::Snapshot(listed))
+            .await
+            .or_fail_as(Failure::Backend)?;
         loop {
             tokio::select! {
                 event = watch.next() => {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use twill_api::ApiState;
-use twill_core::lease::{Expiry, Lease, LeaseEvent};
+use twill_core::lease::{Lease, LeaseEvent};
 use twill_core::{Changes, Config, PeerSet, Skip, Subnet};
 use twill_plugin_host::PeerOutcome;
 use twill_store::{LeaseStore, WatchEvent};
@@ -236,12 +236,12 @@ impl<S: LeaseStore> Node<S> {
                 }
                 self.peers.set.apply(events)
             }
-            WatchEvent::Expiries(expiries) => {
+            WatchEvent::Expiries(mut expiries) => {
+                // Our own lease's expiry is the one we were granted: a read of an etcd
+                // lease our start replaced (the listing predates our renewal) is not it.
+                expiries.retain(|(s, _)| *s != own);
                 self.report.api.set_lease_expiries(&expiries);
                 self.peers.set.set_expiries(&expiries);
-                if let Some((_, t)) = expiries.iter().find(|(s, _)| *s == own) {
-                    self.own_expiry(Expiry::At(*t));
-                }
                 return Ok(());
             }
         };

@@ -57,8 +57,8 @@ use twill_core::lease::{Expiry, Lease, LeaseAttrs, LeaseEvent};
 use twill_core::subnet::Subnet;
 
 use crate::keys::{Keys, parse_key, parse_lease, placeholder_attrs, removed_attrs};
-use crate::watch::{Polled, WatchSource, watch};
-use crate::{Created, LeaseStore, Revision, StoreError, WatchEvent};
+use crate::watch::{Polled, WatchSource, listed, watch};
+use crate::{Created, LeaseStore, LeaseWatch, Revision, StoreError, WatchEvent};
 use twill_core::error_chain;
 
 mod poll;
@@ -416,5 +416,12 @@ impl LeaseStore for EmbeddedStore {
         watch(EmbeddedSource {
             store: self.clone(),
         })
+    }
+
+    async fn list_and_watch(&self) -> Result<(Vec<Lease>, LeaseWatch), StoreError> {
+        listed(EmbeddedSource {
+            store: self.clone(),
+        })
+        .await
     }
 }

@@ -20,8 +20,8 @@ use twill_core::subnet::Subnet;
 
 use crate::keys::{DEFAULT_PREFIX, Keys, parse_key, parse_lease, placeholder_attrs};
 use crate::tls::{self, Probe};
-use crate::watch::{Polled, WatchSource, watch};
-use crate::{Created, LeaseStore, Revision, StoreError, WatchEvent};
+use crate::watch::{Polled, WatchSource, listed, watch};
+use crate::{Created, LeaseStore, LeaseWatch, Revision, StoreError, WatchEvent};
 
 /// How many `TimeToLive` requests a listing keeps in flight.
 const TTL_CONCURRENCY: usize = 16;
@@ -410,6 +410,18 @@ impl EtcdStore {
         self.keys.config()
     }
 
+    /// A fresh watch source on this client.
+    fn source(&self) -> EtcdSource {
+        EtcdSource {
+            connects: self.watch_connects.clone(),
+            expiries: self.expiries.clone(),
+            client: self.client.clone(),
+            keys: self.keys.clone(),
+            stream: None,
+            unread: HashMap::new(),
+        }
+    }
+
     async fn grant(&self, ttl: Duration) -> Result<(i64, SystemTime), StoreError> {
         let resp = self
             .client
@@ -574,14 +586,11 @@ impl LeaseStore for EtcdStore {
     }
 
     fn watch_leases(&self) -> impl Stream<Item = WatchEvent> + Send + 'static {
-        watch(EtcdSource {
-            connects: self.watch_connects.clone(),
-            expiries: self.expiries.clone(),
-            client: self.client.clone(),
-            keys: self.keys.clone(),
-            stream: None,
-            unread: HashMap::new(),
-        })
+        watch(self.source())
+    }
+
+    async fn list_and_watch(&self) -> Result<(Vec<Lease>, LeaseWatch), StoreError> {
+        listed(self.source()).await
     }
 }
 

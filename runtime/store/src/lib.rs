@@ -25,10 +25,13 @@ use twill_core::subnet::Subnet;
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use etcd::{EtcdOptions, EtcdStore};
 pub use keys::DEFAULT_PREFIX;
-pub use manager::{AcquireError, Acquired, acquire};
+pub use manager::{AcquireError, Acquired, acquire, acquire_listed};
 
 /// flannel's lease TTL.
 pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A lease watch: the deliveries of [`LeaseStore::watch_leases`], boxed.
+pub type LeaseWatch = std::pin::Pin<Box<dyn Stream<Item = WatchEvent> + Send>>;
 
 /// A store revision (etcd's header revision; the embedded store's change counter).
 pub type Revision = i64;
@@ -248,6 +251,16 @@ pub trait LeaseStore: Clone + Send + Sync + 'static {
     /// changes. Reconnects with backoff and re-lists after compaction on its own; the
     /// stream ends only when it is dropped.
     fn watch_leases(&self) -> impl Stream<Item = WatchEvent> + Send + 'static;
+
+    /// A listing taken now, as [`list_holders`](Self::list_holders), and the lease watch
+    /// that goes on from its revision with the changes since: [`watch_leases`] whose
+    /// first snapshot is that listing, except that a failure to list is returned here
+    /// (a node's start exits on a refusal) instead of retried.
+    ///
+    /// [`watch_leases`]: Self::watch_leases
+    fn list_and_watch(
+        &self,
+    ) -> impl Future<Output = Result<(Vec<Lease>, LeaseWatch), StoreError>> + Send;
 
     /// How many times a lease watch connected to the store (the first time and every
     /// reconnect), for the metrics. Stores without connections answer 0.

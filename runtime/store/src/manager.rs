@@ -48,11 +48,26 @@ pub async fn acquire<S: LeaseStore>(
     attrs: &LeaseAttrs,
     previous: Option<Subnet>,
 ) -> Result<Acquired, AcquireError> {
+    acquire_listed(store, config, attrs, previous, None).await
+}
+
+/// [`acquire`], whose first try chooses from `listed`, leases the caller has just
+/// listed (a node's start reads them anyway), instead of listing them again.
+pub async fn acquire_listed<S: LeaseStore>(
+    store: &S,
+    config: &Config,
+    attrs: &LeaseAttrs,
+    previous: Option<Subnet>,
+    mut listed: Option<Vec<Lease>>,
+) -> Result<Acquired, AcquireError> {
     // Subnets whose create we lost: their keys exist even if a listing does not show
     // them (a value that does not parse is skipped there), so they are not tried again.
     let mut occupied: Vec<Lease> = Vec::new();
     for attempt in 1..=RACE_RETRIES {
-        let (mut leases, _) = store.list_holders().await?;
+        let mut leases = match listed.take() {
+            Some(leases) => leases,
+            None => store.list_holders().await?.0,
+        };
         if attempt == 1 {
             for l in leases.iter().filter(|l| !config.is_lease(&l.subnet)) {
                 warn!(

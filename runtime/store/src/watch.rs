@@ -12,7 +12,7 @@ use tracing::warn;
 use twill_core::lease::{Lease, LeaseEvent};
 use twill_core::subnet::Subnet;
 
-use crate::{Revision, StoreError, WatchEvent};
+use crate::{LeaseWatch, Revision, StoreError, WatchEvent};
 use twill_core::error_chain;
 
 /// The first wait after a failure; doubled per failure in a row.
@@ -53,12 +53,30 @@ pub(crate) trait WatchSource: Send + 'static {
 /// The stream of [`WatchEvent`]s of `source`. It does nothing until polled: the
 /// listing is taken on the first poll.
 pub(crate) fn watch(source: impl WatchSource) -> impl Stream<Item = WatchEvent> + Send + 'static {
-    let state = Loop {
+    stream(Loop {
         source,
         since: 0,
         resync: true,
         backoff: BACKOFF_MIN,
-    };
+    })
+}
+
+/// A listing of `source` taken now (its failure returned, not retried), and the
+/// stream of what changes after it: [`watch`] without its first snapshot.
+pub(crate) async fn listed(
+    mut source: impl WatchSource,
+) -> Result<(Vec<Lease>, LeaseWatch), StoreError> {
+    let (leases, revision) = source.list().await?;
+    let rest = stream(Loop {
+        source,
+        since: revision + 1,
+        resync: false,
+        backoff: BACKOFF_MIN,
+    });
+    Ok((leases, Box::pin(rest)))
+}
+
+fn stream<W: WatchSource>(state: Loop<W>) -> impl Stream<Item = WatchEvent> + Send + 'static {
     futures::stream::unfold(state, |mut w| async move {
         let event = w.next().await;
         Some((event, w))
