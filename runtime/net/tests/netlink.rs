@@ -609,7 +609,19 @@ fn a_tun_device_moves_packets_with_their_vnet_header_and_persists() {
             Some(index),
             "the device outlives its descriptor"
         );
-        let _again = Tun::open("twtun0").expect("attach again");
+        // Other tests in this process spawn `ip`: a child forked while our descriptor
+        // was open holds it until its exec closes it (O_CLOEXEC), and the device stays
+        // attached that long (EBUSY). Only that is waited out, briefly.
+        let mut tries = 0;
+        let _again = loop {
+            match Tun::open("twtun0") {
+                Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.expect("attach again"),
+            }
+        };
         assert_eq!(
             nl.link_by_name("twtun0").expect("get").map(|l| l.index),
             Some(index),
