@@ -60,7 +60,8 @@ struct Inner {
 }
 
 /// A second rtnetlink socket, for the requests a join repeats thousands of times
-/// (replacing and deleting routes, neighbours and FDB entries): each is written and its
+/// (replacing and deleting routes, neighbours and FDB entries, and the route lookup
+/// that checks whose route a destination has): each is written and its
 /// acknowledgement read on the calling thread, with no runtime, task or channel in
 /// between. The kernel does the work inside the `send`, so this is what is left of a
 /// request's cost besides the kernel's own: with the async path, the plugin thread spent
@@ -88,18 +89,19 @@ impl Requests {
         })
     }
 
-    /// Send `message` with `flags` (plus REQUEST and ACK), and read the kernel's
-    /// acknowledgement: `Ok` or its error, as [`request_error`] words it.
-    fn acked(
+    /// Send `message` with `flags` (plus REQUEST), and read the kernel's answer: the
+    /// message it answers with, `None` for an acknowledgement, or its error as
+    /// [`request_error`] words it.
+    fn exchange(
         &mut self,
         op: &'static str,
         object: impl FnOnce() -> String,
         message: RouteNetlinkMessage,
         flags: u16,
-    ) -> Result<(), NetError> {
+    ) -> Result<Option<RouteNetlinkMessage>, NetError> {
         self.sequence = self.sequence.wrapping_add(1);
         let mut request = NetlinkMessage::from(message);
-        request.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        request.header.flags = NLM_F_REQUEST | flags;
         request.header.sequence_number = self.sequence;
         request.finalize();
         self.out.resize(request.buffer_len(), 0);
@@ -134,17 +136,18 @@ impl Requests {
                 };
                 let length = reply.header.length as usize;
                 // An answer to an earlier request (one given up on) is passed over.
-                if reply.header.sequence_number == self.sequence
-                    && let NetlinkPayload::Error(e) = reply.payload
-                {
-                    return match e.code {
-                        None => Ok(()),
-                        Some(_) => Err(request_error(
-                            op,
-                            object(),
-                            rtnetlink::Error::NetlinkError(e),
-                        )),
-                    };
+                if reply.header.sequence_number == self.sequence {
+                    match reply.payload {
+                        NetlinkPayload::Error(e) if e.code.is_some() => {
+                            return Err(request_error(
+                                op,
+                                object(),
+                                rtnetlink::Error::NetlinkError(e),
+                            ));
+                        }
+                        NetlinkPayload::InnerMessage(answer) => return Ok(Some(answer)),
+                        _ => return Ok(None),
+                    }
                 }
                 if length == 0 {
                     break;
@@ -229,7 +232,8 @@ impl Netlink {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .requests
-            .acked(op, object, message, flags)
+            .exchange(op, object, message, NLM_F_ACK | flags)
+            .map(drop)
     }
 
     /// Run one request on the private runtime, serialised with every other.
@@ -541,10 +545,23 @@ impl Kernel for Netlink {
         query.header.scope = RouteScope::Universe;
         query.header.kind = RouteType::Unspec;
         query.header.flags = RouteFlags::FibMatch;
-        let matched = self.run(|h| async move {
-            let mut stream = h.route().get(query).execute();
-            Ok(stream.try_next().await.ok().flatten())
-        })?;
+        // On the synchronous socket: a peer's route added or removed asks this first.
+        let answer = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .requests
+            .exchange(
+                "route get",
+                || dst.to_string(),
+                RouteNetlinkMessage::GetRoute(query),
+                0,
+            );
+        // A failed lookup (no route, a blackhole) is read from the table below.
+        let matched = match answer {
+            Ok(Some(RouteNetlinkMessage::NewRoute(msg))) => Some(msg),
+            _ => None,
+        };
         let entry = matched.as_ref().and_then(table_route_from_message);
         match entry {
             Some(t) if t.route.dst == dst => Ok(Some(t)),

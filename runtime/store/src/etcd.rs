@@ -616,6 +616,9 @@ struct EtcdSource {
 /// of `TimeToLive` requests here): a change arriving meanwhile waits at most that long.
 const READ_CHUNK: usize = 256;
 
+/// How long the lease watch must be quiet before unread expiries are read.
+const QUIET: Duration = Duration::from_millis(50);
+
 fn is_compacted(e: &etcd_client::Error) -> bool {
     e.to_string()
         .contains("required revision has been compacted")
@@ -673,9 +676,11 @@ impl WatchSource for EtcdSource {
         let message = if self.unread.is_empty() {
             stream.message().await
         } else {
-            // Changes first: a chunk of unread expiries is read while none waits, and a
-            // change that arrives meanwhile cuts the read short (the expiries answered
-            // so far are kept in `Expiries`; the chunk is asked again later).
+            // Changes first: a chunk of unread expiries is read once the watch has been
+            // quiet for [`QUIET`] (a burst of changes comes in several responses; reads
+            // between them would make etcd answer them later), and a change that
+            // arrives meanwhile cuts the read short (the expiries answered so far are
+            // kept in `Expiries`; the chunk is asked again later).
             let chunk: Vec<(Subnet, i64)> = self
                 .unread
                 .iter()
@@ -683,7 +688,10 @@ impl WatchSource for EtcdSource {
                 .map(|(subnet, id)| (*subnet, *id))
                 .collect();
             let ids = chunk.iter().map(|(_, id)| *id).collect();
-            let read = self.expiries.of_all(&self.client, ids);
+            let read = async {
+                tokio::time::sleep(QUIET).await;
+                self.expiries.of_all(&self.client, ids).await
+            };
             tokio::select! {
                 biased;
                 message = stream.message() => message,
