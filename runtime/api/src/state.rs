@@ -739,6 +739,28 @@ mod tests {
     }
 
     #[test]
+    fn an_expiry_read_later_fills_its_lease_and_no_other() {
+        let state = ApiState::new();
+        let mut unread = lease("10.244.2.0/24", [192, 168, 1, 2]);
+        unread.expires = twill_core::Expiry::Unread;
+        let reservation = lease("10.244.3.0/24", [192, 168, 1, 3]);
+        state.set_leases([&unread, &reservation]);
+        let expires_at = |state: &ApiState| -> Vec<Option<String>> {
+            state.leases().into_iter().map(|l| l.expires_at).collect()
+        };
+        assert_eq!(expires_at(&state), vec![None, None], "not read yet");
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let gone = "10.244.9.0/24".parse().expect("subnet");
+        state.set_lease_expiries(&[(unread.subnet, at), (gone, at)]);
+        assert_eq!(
+            expires_at(&state),
+            vec![Some("2027-01-15T08:00:00Z".to_owned()), None],
+            "the read lease has its expiry; the reservation none; no lease for the gone one"
+        );
+        assert_eq!(state.leases().len(), 2);
+    }
+
+    #[test]
     fn peer_error_keeps_since_for_a_repeat_and_survives_recovery() {
         let state = ApiState::new();
         let l = lease("10.244.2.0/24", [192, 168, 1, 2]);
