@@ -419,6 +419,7 @@ impl EtcdStore {
             keys: self.keys.clone(),
             stream: None,
             unread: HashMap::new(),
+            reading: None,
         }
     }
 
@@ -599,9 +600,10 @@ impl LeaseStore for EtcdStore {
 ///
 /// Leases are delivered as soon as they are listed or changed, with the expiries
 /// [`Expiries`] knows; the others are delivered [`Expiry::Unread`] and read afterwards,
-/// [`READ_CHUNK`] at a time and only while no change waits. A node joining 5,000 peers
-/// so programs them without first waiting for 5,000 `TimeToLive` round trips (0.9 s
-/// here), and a live change is not held behind them.
+/// [`READ_CHUNK`] at a time, once the watch has been quiet for [`QUIET`], by a task that
+/// a change arriving meanwhile does not wait for. A node joining 5,000 peers so
+/// programs them without first waiting for 5,000 `TimeToLive` round trips (0.9 s here),
+/// and a live change is not held behind them.
 struct EtcdSource {
     connects: Arc<AtomicU64>,
     expiries: Expiries,
@@ -610,10 +612,22 @@ struct EtcdSource {
     stream: Option<WatchStream>,
     /// The leases delivered unread and not changed since, by subnet: their etcd lease.
     unread: HashMap<Subnet, i64>,
+    /// The chunk of `unread` being read, if one is.
+    reading: Option<Reading>,
+}
+
+/// What a chunk read answers: each lease's expiry, in the chunk's order.
+type ReadResult = Result<Vec<Option<SystemTime>>, etcd_client::Error>;
+
+/// A chunk of unread expiries being read by a task of its own.
+struct Reading {
+    /// Each lease's subnet and etcd lease, in the order asked.
+    chunk: Vec<(Subnet, i64)>,
+    task: tokio::task::JoinHandle<ReadResult>,
 }
 
 /// How many unread expiries one [`WatchEvent::Expiries`] carries at most (about 50 ms
-/// of `TimeToLive` requests here): a change arriving meanwhile waits at most that long.
+/// of `TimeToLive` requests here).
 const READ_CHUNK: usize = 256;
 
 /// How long the lease watch must be quiet before unread expiries are read.
@@ -629,8 +643,12 @@ const COMPACTED: &str = "lease watch history was compacted";
 
 impl WatchSource for EtcdSource {
     async fn list(&mut self) -> Result<(Vec<Lease>, Revision), StoreError> {
-        // The watch reopens at the revision after this listing.
+        // The watch reopens at the revision after this listing; a chunk being read
+        // belongs to the listing before.
         self.stream = None;
+        if let Some(reading) = self.reading.take() {
+            reading.task.abort();
+        }
         let (leases, revision) = list_unread(&self.client, &self.keys, &self.expiries).await?;
         self.unread = leases
             .iter()
@@ -676,26 +694,35 @@ impl WatchSource for EtcdSource {
         let message = if self.unread.is_empty() {
             stream.message().await
         } else {
-            // Changes first: a chunk of unread expiries is read once the watch has been
-            // quiet for [`QUIET`] (a burst of changes comes in several responses; reads
-            // between them would make etcd answer them later), and a change that
-            // arrives meanwhile cuts the read short (the expiries answered so far are
-            // kept in `Expiries`; the chunk is asked again later).
-            let chunk: Vec<(Subnet, i64)> = self
-                .unread
-                .iter()
-                .take(READ_CHUNK)
-                .map(|(subnet, id)| (*subnet, *id))
-                .collect();
-            let ids = chunk.iter().map(|(_, id)| *id).collect();
+            // Changes first: a chunk of unread expiries starts to be read once the watch
+            // has been quiet for [`QUIET`] (a burst of changes comes in several
+            // responses; reads between them would make etcd answer them later). The
+            // chunk is read by a task of its own, so a change that arrives meanwhile
+            // is delivered at once and the chunk's requests are not asked again.
+            let (reading, unread) = (&mut self.reading, &self.unread);
+            let (expiries, client) = (&self.expiries, &self.client);
             let read = async {
-                tokio::time::sleep(QUIET).await;
-                self.expiries.of_all(&self.client, ids).await
+                if reading.is_none() {
+                    tokio::time::sleep(QUIET).await;
+                    let chunk: Vec<(Subnet, i64)> = unread
+                        .iter()
+                        .take(READ_CHUNK)
+                        .map(|(subnet, id)| (*subnet, *id))
+                        .collect();
+                    let ids = chunk.iter().map(|(_, id)| *id).collect();
+                    let (expiries, client) = (expiries.clone(), client.clone());
+                    let task = tokio::spawn(async move { expiries.of_all(&client, ids).await });
+                    *reading = Some(Reading { chunk, task });
+                }
+                match reading.as_mut() {
+                    Some(r) => (&mut r.task).await,
+                    None => std::future::pending().await,
+                }
             };
             tokio::select! {
                 biased;
                 message = stream.message() => message,
-                read = read => return self.read(chunk, read),
+                read = read => return self.read(read),
             }
         };
         let polled = match message {
@@ -716,24 +743,28 @@ impl WatchSource for EtcdSource {
 
 impl EtcdSource {
     /// The expiries read for `chunk` of the unread ones.
-    fn read(
-        &mut self,
-        chunk: Vec<(Subnet, i64)>,
-        read: Result<Vec<Option<SystemTime>>, etcd_client::Error>,
-    ) -> Polled {
+    /// The chunk read finished: the expiries of its leases that are still unread as
+    /// they were (a lease changed or removed since is passed over: its new etcd lease,
+    /// if any, is read in a later chunk).
+    fn read(&mut self, read: Result<ReadResult, tokio::task::JoinError>) -> Polled {
+        let chunk = self.reading.take().map(|r| r.chunk).unwrap_or_default();
         match read {
-            Ok(times) => Polled::Expiries(
+            Ok(Ok(times)) => Polled::Expiries(
                 chunk
                     .into_iter()
                     .zip(times)
-                    .filter_map(|((subnet, _), expires)| {
+                    .filter_map(|((subnet, id), expires)| {
+                        if self.unread.get(&subnet) != Some(&id) {
+                            return None;
+                        }
                         self.unread.remove(&subnet);
                         expires.map(|t| (subnet, t))
                     })
                     .collect(),
             ),
             // Still unread: asked again after the backoff.
-            Err(e) => Polled::Failed(format!("lease time-to-live failed: {e}")),
+            Ok(Err(e)) => Polled::Failed(format!("lease time-to-live failed: {e}")),
+            Err(e) => Polled::Failed(format!("lease time-to-live task failed: {e}")),
         }
     }
 
