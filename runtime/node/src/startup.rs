@@ -185,9 +185,12 @@ async fn with_store<S: LeaseStore>(
         .await
         .or_fail_as(Failure::Node)?;
     write_env(&args, &config, &lease, &registration, &report)?;
-    // The listing as acquiring left it: our lease as written, none other with our
-    // PublicIP (acquiring deleted those that no longer fit; the watch says so too).
-    leases.retain(|l| l.attrs.public_ip != public_ip && l.subnet != lease.subnet);
+    // The listing as acquiring left it: our lease as written, and without the leases
+    // with our PublicIP that no longer fit the config, which acquiring deleted (the
+    // watch says so too).
+    leases.retain(|l| {
+        l.subnet != lease.subnet && (l.attrs.public_ip != public_ip || config.fits(&l.subnet))
+    });
     leases.push(lease.clone());
     let node = Node {
         own: OwnLease {
