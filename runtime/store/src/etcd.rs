@@ -742,7 +742,6 @@ impl WatchSource for EtcdSource {
 }
 
 impl EtcdSource {
-    /// The expiries read for `chunk` of the unread ones.
     /// The chunk read finished: the expiries of its leases that are still unread as
     /// they were (a lease changed or removed since is passed over: its new etcd lease,
     /// if any, is read in a later chunk).
