@@ -219,8 +219,23 @@ impl Netlink {
         })
     }
 
-    /// One request on the synchronous socket ([`Requests`]), serialised with every
-    /// other.
+    /// One request on the synchronous socket ([`Requests::exchange`]), serialised
+    /// with every other.
+    fn exchange(
+        &self,
+        op: &'static str,
+        object: impl FnOnce() -> String,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Option<RouteNetlinkMessage>, NetError> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .requests
+            .exchange(op, object, message, flags)
+    }
+
+    /// A change on the synchronous socket, acknowledged by the kernel.
     fn acked(
         &self,
         op: &'static str,
@@ -228,11 +243,7 @@ impl Netlink {
         message: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<(), NetError> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .requests
-            .exchange(op, object, message, NLM_F_ACK | flags)
+        self.exchange(op, object, message, NLM_F_ACK | flags)
             .map(drop)
     }
 
@@ -546,17 +557,12 @@ impl Kernel for Netlink {
         query.header.kind = RouteType::Unspec;
         query.header.flags = RouteFlags::FibMatch;
         // On the synchronous socket: a peer's route added or removed asks this first.
-        let answer = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .requests
-            .exchange(
-                "route get",
-                || dst.to_string(),
-                RouteNetlinkMessage::GetRoute(query),
-                0,
-            );
+        let answer = self.exchange(
+            "route get",
+            || dst.to_string(),
+            RouteNetlinkMessage::GetRoute(query),
+            0,
+        );
         // A failed lookup (no route, a blackhole) is read from the table below.
         let matched = match answer {
             Ok(Some(RouteNetlinkMessage::NewRoute(msg))) => Some(msg),

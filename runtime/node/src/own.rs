@@ -119,12 +119,6 @@ impl<S: LeaseStore> Node<S> {
         Ok(())
     }
 
-    /// Our own lease's expiry as the store reports it.
-    pub(super) fn own_expiry(&mut self, expires: Expiry) {
-        self.own.lease.expires = expires;
-        self.report.api.set_own_lease_expiry(expires.at());
-    }
-
     /// Our own lease as the store reports it: still ours (its expiry noted), ours with
     /// other attributes (ours written back), or another node's (we stop).
     pub(super) async fn check_own(&mut self, lease: &Lease) -> anyhow::Result<()> {
@@ -148,7 +142,8 @@ impl<S: LeaseStore> Node<S> {
             return Ok(());
         }
         if lease.expires != Expiry::Unread {
-            self.own_expiry(lease.expires);
+            self.own.lease.expires = lease.expires;
+            self.report.api.set_own_lease_expiry(lease.expires.at());
         }
         Ok(())
     }
